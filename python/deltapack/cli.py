@@ -1,0 +1,190 @@
+"""`deltapack` command line: inspect | verify | sample (compress, materialize, serve and demo
+arrive with their issues)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import sys
+from typing import Any
+
+from . import __version__
+from .errors import ChecksumError, DeltapackError
+from .format import DeltaFile
+from .format import open as open_dpk
+
+
+def _numel(shape: list[int]) -> int:
+    return math.prod(shape) if shape else 1
+
+
+def summarize(f: DeltaFile) -> dict[str, Any]:
+    """Everything `inspect` shows, as plain data (the --json output)."""
+    m = f.manifest
+    infos = {n: f.info(n) for n in f.names()}
+    tensors = [
+        {
+            "name": i.name,
+            "encoding": i.encoding_name,
+            "encoding_id": i.encoding,
+            "shape": list(i.shape),
+            "bytes": i.nbytes,
+            "bits_per_param": i.bits_per_param,
+            "stats": i.stats,
+        }
+        for i in infos.values()
+    ]
+    base_fp = m["base"].get("tensors", {})
+    deltas = []
+    for d in m.get("deltas", []):
+        parts = [d["tensor"]] if d["form"] == "dense" else [x for b in d["blocks"] for x in (b["u"], b.get("s"), b["vt"]) if x]
+        if d.get("input_perm"):
+            parts.append(d["input_perm"])
+        if d["target"] in base_fp:
+            shape = base_fp[d["target"]]["shape"]
+        elif d["form"] == "dense":
+            shape = list(infos[d["tensor"]].shape)
+        else:
+            shape = [infos[d["blocks"][0]["u"]].shape[0], infos[d["blocks"][0]["vt"]].shape[1]]
+        nbytes = sum(infos[p].nbytes for p in parts)
+        stats = dict(d.get("stats", {}))
+        if d["form"] == "dense":
+            stats = {**infos[d["tensor"]].stats, **stats}
+        deltas.append(
+            {
+                "target": d["target"],
+                "op": d.get("op", "add"),
+                "form": d["form"],
+                "shape": shape,
+                "params": _numel(shape),
+                "bytes": nbytes,
+                "bits_per_param": 8 * nbytes / max(_numel(shape), 1),
+                "rel_error": stats.get("rel_error"),
+                "tensors": parts,
+            }
+        )
+    stored = sum(t["bytes"] for t in tensors)
+    params = sum(d["params"] for d in deltas) if deltas else sum(i.numel for i in infos.values())
+    return {
+        "file": f.path,
+        "file_bytes": f.file_len,
+        "format_version": m["format_version"],
+        "producer": m["producer"],
+        "method": m["method"],
+        "finetune": m["finetune"],
+        "base": {"name": m["base"]["name"], "fingerprinted_tensors": len(base_fp)},
+        "tensor_count": len(tensors),
+        "stored_bytes": stored,
+        "params": params,
+        "bits_per_param": 8 * stored / max(params, 1),
+        "file_bits_per_param": 8 * f.file_len / max(params, 1),
+        "metadata": m.get("metadata", {}),
+        "deltas": deltas,
+        "tensors": tensors,
+    }
+
+
+def _human(n: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if abs(n) < 1024 or unit == "GiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.2f} {unit}"
+        n /= 1024
+    raise AssertionError
+
+
+def cmd_inspect(args: argparse.Namespace) -> int:
+    with open_dpk(args.file, verify="none") as f:
+        s = summarize(f)
+    if args.json:
+        json.dump(s, sys.stdout, indent=2)
+        sys.stdout.write("\n")
+        return 0
+    from rich.console import Console
+    from rich.table import Table
+
+    con = Console()
+    con.print(f"[bold]{s['file']}[/bold]  {_human(s['file_bytes'])}, format v{s['format_version']}, made by {s['producer']['name']} {s['producer']['version']}")
+    con.print(f"method [bold]{s['method']['name']}[/bold] {json.dumps(s['method']['params'])}")
+    con.print(f"fine-tune {s['finetune']['name']}  base {s['base']['name']} ({s['base']['fingerprinted_tensors']} tensors fingerprinted)")
+    con.print(
+        f"{s['tensor_count']} tensors, {_human(s['stored_bytes'])} stored for {s['params']:,} params: "
+        f"[bold]{s['bits_per_param']:.3f} bits/param[/bold] ({s['file_bits_per_param']:.3f} counting the whole file)"
+    )
+    if s["deltas"]:
+        t = Table(title="deltas")
+        for c in ("target", "op", "form", "shape", "bytes", "bits/param", "rel. error"):
+            t.add_column(c, justify="right" if c in ("bytes", "bits/param", "rel. error") else "left")
+        for d in s["deltas"]:
+            err = "" if d["rel_error"] is None else f"{d['rel_error']:.4f}"
+            t.add_row(d["target"], d["op"], d["form"], str(d["shape"]), _human(d["bytes"]), f"{d['bits_per_param']:.3f}", err)
+        con.print(t)
+    if args.tensors or not s["deltas"]:
+        t = Table(title="tensors")
+        for c in ("name", "encoding", "shape", "bytes", "bits/param"):
+            t.add_column(c, justify="right" if c in ("bytes", "bits/param") else "left")
+        for x in s["tensors"]:
+            t.add_row(x["name"], x["encoding"], str(x["shape"]), _human(x["bytes"]), f"{x['bits_per_param']:.3f}")
+        con.print(t)
+    return 0
+
+
+def cmd_verify(args: argparse.Namespace) -> int:
+    with open_dpk(args.file, verify="none") as f:
+        faults = f.check()
+        n = len(f)
+    if faults:
+        for tensor, segment, msg in faults:
+            print(f"FAIL {tensor}/{segment}: {msg}", file=sys.stderr)
+        print(f"{args.file}: {len(faults)} of {n} tensors failed verification", file=sys.stderr)
+        return 1
+    print(f"{args.file}: OK ({n} tensors, every checksum matches)")
+    return 0
+
+
+def cmd_sample(args: argparse.Namespace) -> int:
+    from .sample import write_sample
+
+    m = write_sample(args.output, seed=args.seed, layers=args.layers)
+    print(f"wrote {args.output}: {len(m['tensors'])} tensors, {os.path.getsize(args.output)} bytes")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="deltapack", description="Compressed fine-tune deltas: the .dpk format and tools.")
+    p.add_argument("--version", action="version", version=f"deltapack {__version__}")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    s = sub.add_parser("inspect", help="summarize a .dpk: method, tensors, encodings, sizes, bits/param")
+    s.add_argument("file")
+    s.add_argument("--json", action="store_true", help="machine-readable output")
+    s.add_argument("--tensors", action="store_true", help="also list every stored tensor")
+    s.set_defaults(func=cmd_inspect)
+
+    s = sub.add_parser("verify", help="check every checksum; exit status 1 on any fault")
+    s.add_argument("file")
+    s.set_defaults(func=cmd_verify)
+
+    s = sub.add_parser("sample", help="write a small synthetic delta (every encoding family) to try the tools on")
+    s.add_argument("output")
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--layers", type=int, default=2)
+    s.set_defaults(func=cmd_sample)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.func(args))
+    except ChecksumError as e:
+        print(f"error: checksum: {e}", file=sys.stderr)
+        return 1
+    except (DeltapackError, OSError, ValueError) as e:
+        print(f"error: {type(e).__name__}: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""Delta compression methods (each in its own module)."""

@@ -1,0 +1,51 @@
+"""Uniform k-bit round-to-nearest quantization with per-group affine scales: the baseline
+every other method is compared with, and the building block the others' scales reuse."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+
+@dataclass
+class GroupQuantized:
+    """Codes of a [rows, cols] matrix with one (scale, zero) per ``group_size`` columns."""
+
+    codes: torch.Tensor  # uint8 [rows, cols]
+    scales: torch.Tensor  # float16 [rows, n_groups]
+    zeros: torch.Tensor  # uint8 [rows, n_groups], in code units
+    bits: int
+    group_size: int
+
+    def dequantize(self) -> torch.Tensor:
+        idx = torch.arange(self.codes.shape[1], device=self.codes.device) // self.group_size
+        s = self.scales.float()[:, idx]
+        z = self.zeros.float()[:, idx]
+        return (self.codes.float() - z) * s
+
+
+def quantize_rtn(w: torch.Tensor, bits: int, group_size: int = 128) -> GroupQuantized:
+    """Asymmetric min/max RTN of ``w`` ([rows, cols]) per group of ``group_size`` columns.
+    Scales are rounded to float16 before the codes are computed, so what is stored is
+    exactly what was used."""
+    if w.dim() != 2:
+        raise ValueError(f"quantize_rtn expects a 2-D matrix, got shape {tuple(w.shape)}")
+    if bits not in (1, 2, 3, 4, 8):
+        raise ValueError(f"unsupported bit width {bits}")
+    rows, cols = w.shape
+    n_groups = -(-cols // group_size)
+    pad = n_groups * group_size - cols
+    wf = w.float()
+    # Pad the short last group with copies of its own first element so min/max are its own.
+    padded = torch.cat([wf, wf[:, -1:].expand(rows, pad)], dim=1) if pad else wf
+    g = padded.reshape(rows, n_groups, group_size)
+    lo = g.amin(dim=2).clamp(max=0.0)
+    hi = g.amax(dim=2).clamp(min=0.0)
+    maxq = (1 << bits) - 1
+    scale = ((hi - lo) / maxq).clamp(min=1e-8).half()
+    sf = scale.float()
+    zero = torch.round(-lo / sf).clamp(0, maxq)
+    codes = torch.round(g / sf.unsqueeze(2) + zero.unsqueeze(2)).clamp(0, maxq)
+    codes = codes.reshape(rows, n_groups * group_size)[:, :cols]
+    return GroupQuantized(codes=codes.to(torch.uint8), scales=scale, zeros=zero.to(torch.uint8), bits=bits, group_size=group_size)

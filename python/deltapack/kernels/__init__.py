@@ -1,0 +1,1 @@
+"""Kernels over the .dpk encodings. ``reference`` is the pure-torch ground truth."""

@@ -1,0 +1,49 @@
+"""Pure-torch reference of the .dpk encodings (docs/FORMAT.md): the ground truth every GPU
+kernel is checked against. Works on any device; favours clarity over speed."""
+
+from __future__ import annotations
+
+import torch
+
+from ..format import PackedTensor
+
+
+def unpack_rows(packed: torch.Tensor, cols: int, bits: int) -> torch.Tensor:
+    """Unpack uint8 ``[rows, row_bytes]`` (a little-endian bit stream per row, rows padded to
+    32-bit words) into uint8 codes ``[rows, cols]``."""
+    if bits not in (1, 2, 3, 4, 8):
+        raise ValueError(f"unsupported bit width {bits}")
+    rows = packed.shape[0]
+    if cols == 0:
+        return torch.zeros((rows, 0), dtype=torch.uint8, device=packed.device)
+    bit = torch.arange(cols, device=packed.device, dtype=torch.int64) * bits
+    byte, shift = bit // 8, bit % 8
+    p = packed.to(torch.int32)
+    lo = p[:, byte]
+    # A code straddles into the next byte when shift + bits > 8 (3-bit codes only); the
+    # index is clamped because such a next byte always exists inside the padded row.
+    hi = p[:, torch.clamp(byte + 1, max=packed.shape[1] - 1)]
+    v = (lo | (hi << 8)) >> shift
+    return (v & ((1 << bits) - 1)).to(torch.uint8)
+
+
+def dequantize(p: PackedTensor, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """Dense values of a packed tensor in its logical shape: (code - zero) * scale."""
+    info = p.info
+    q = info.quant or {}
+    codes = unpack_rows(p.codes, info.code_cols, info.bits).to(torch.float32)
+    scales = p.scales.to(torch.float32)
+    zeros = p.zeros.to(torch.float32) if p.zeros is not None else torch.full_like(scales, float(q["zero"]["value"]))
+    if q["granularity"] == "group":
+        g = int(q["group_size"])
+        col_group = torch.arange(info.code_cols, device=codes.device) // g
+        s, z = scales[:, col_group], zeros[:, col_group]
+    else:  # 'row' is [rows, 1], 'tensor' is [1, 1]: both broadcast
+        s, z = scales, zeros
+    vals = (codes - z) * s
+    if p.indices is not None:
+        idx = unpack_rows(p.indices, info.code_cols, 2).to(torch.int64)
+        pos = (torch.arange(info.code_cols, device=codes.device) // 2 * 4).unsqueeze(0) + idx
+        dense = torch.zeros((info.rows, info.cols), dtype=torch.float32, device=codes.device)
+        vals = dense.scatter_(1, pos, vals)
+    return vals.reshape(info.shape).to(dtype)
