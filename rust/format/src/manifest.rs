@@ -124,8 +124,13 @@ pub enum DeltaOp {
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct LowRankBlock {
-    /// `[out, r]`
-    pub u: String,
+    /// `[out, r]`; exactly one of `u` and `ut` is given.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub u: Option<String>,
+    /// `[r, out]`: U stored transposed, so its quantization groups run along the output
+    /// dimension (one scale per rank component and group of outputs, not per output row).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ut: Option<String>,
     /// `[r]`, absent when folded into `u`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub s: Option<String>,
@@ -275,6 +280,9 @@ impl Manifest {
             }
             layouts.push(layout);
         }
+        // Empty segments occupy no bytes and cannot overlap anything; they must also not sit
+        // between two overlapping ranges in the sorted order and hide them from the sweep.
+        ranges.retain(|r| r.0 < r.1);
         ranges.sort_by_key(|r| (r.0, r.1));
         for w in ranges.windows(2) {
             let (a, b) = (&w[0], &w[1]);
@@ -324,17 +332,35 @@ impl Manifest {
                     }
                     let mut dims: Option<(u64, u64)> = None;
                     for (k, b) in blocks.iter().enumerate() {
-                        let (u, vt) = (part(&b.u)?, part(&b.vt)?);
-                        if u.shape.len() != 2 || vt.shape.len() != 2 || u.shape[1] != vt.shape[0] {
-                            return Err(Error::manifest(format!("delta for '{}' block {k}: u {:?} and vt {:?} are not [out, r] and [r, in]", d.target, u.shape, vt.shape)));
+                        // (out, r) of the U factor, whichever way it is stored
+                        let (out, r, what) = match (&b.u, &b.ut) {
+                            (Some(u), None) => {
+                                let u = part(u)?;
+                                if u.shape.len() != 2 {
+                                    return Err(Error::manifest(format!("delta for '{}' block {k}: u has shape {:?}, expected [out, r]", d.target, u.shape)));
+                                }
+                                (u.shape[0], u.shape[1], "u")
+                            }
+                            (None, Some(ut)) => {
+                                let ut = part(ut)?;
+                                if ut.shape.len() != 2 {
+                                    return Err(Error::manifest(format!("delta for '{}' block {k}: ut has shape {:?}, expected [r, out]", d.target, ut.shape)));
+                                }
+                                (ut.shape[1], ut.shape[0], "ut")
+                            }
+                            _ => return Err(Error::manifest(format!("delta for '{}' block {k}: give exactly one of 'u' and 'ut'", d.target))),
+                        };
+                        let vt = part(&b.vt)?;
+                        if vt.shape.len() != 2 || vt.shape[0] != r {
+                            return Err(Error::manifest(format!("delta for '{}' block {k}: {what} gives rank {r} but vt has shape {:?}, expected [{r}, in]", d.target, vt.shape)));
                         }
                         if let Some(s) = &b.s {
                             let s = part(s)?;
-                            if s.shape != [u.shape[1]] {
-                                return Err(Error::manifest(format!("delta for '{}' block {k}: s has shape {:?}, expected [{}]", d.target, s.shape, u.shape[1])));
+                            if s.shape != [r] {
+                                return Err(Error::manifest(format!("delta for '{}' block {k}: s has shape {:?}, expected [{r}]", d.target, s.shape)));
                             }
                         }
-                        let io = (u.shape[0], vt.shape[1]);
+                        let io = (out, vt.shape[1]);
                         if *dims.get_or_insert(io) != io {
                             return Err(Error::manifest(format!("delta for '{}': blocks disagree on [out, in]", d.target)));
                         }
@@ -379,7 +405,7 @@ pub(crate) fn check_quant(t: &TensorEntry, enc: Encoding) -> Result<Option<Quant
                     return Err(Error::manifest(format!("tensor '{}': constant zero point must be finite", t.name)));
                 }
             }
-            Ok(Some(q.clone()))
+            Ok(Some(*q))
         }
     }
 }
