@@ -1,5 +1,5 @@
-"""`deltapack` command line: inspect | verify | sample (compress, materialize, serve and demo
-arrive with their issues)."""
+"""`deltapack` command line: compress | inspect | verify | materialize | export-lora | demo |
+sample (serve arrives with the runtime issue)."""
 
 from __future__ import annotations
 
@@ -39,7 +39,7 @@ def summarize(f: DeltaFile) -> dict[str, Any]:
     base_fp = m["base"].get("tensors", {})
     deltas = []
     for d in m.get("deltas", []):
-        parts = [d["tensor"]] if d["form"] == "dense" else [x for b in d["blocks"] for x in (b["u"], b.get("s"), b["vt"]) if x]
+        parts = [d["tensor"]] if d["form"] == "dense" else [x for b in d["blocks"] for x in (b.get("u"), b.get("ut"), b.get("s"), b["vt"]) if x]
         if d.get("input_perm"):
             parts.append(d["input_perm"])
         if d["target"] in base_fp:
@@ -47,7 +47,8 @@ def summarize(f: DeltaFile) -> dict[str, Any]:
         elif d["form"] == "dense":
             shape = list(infos[d["tensor"]].shape)
         else:
-            shape = [infos[d["blocks"][0]["u"]].shape[0], infos[d["blocks"][0]["vt"]].shape[1]]
+            b0 = d["blocks"][0]
+            shape = [infos[b0["u"]].shape[0] if b0.get("u") else infos[b0["ut"]].shape[1], infos[b0["vt"]].shape[1]]
         nbytes = sum(infos[p].nbytes for p in parts)
         stats = dict(d.get("stats", {}))
         if d["form"] == "dense":
@@ -66,7 +67,14 @@ def summarize(f: DeltaFile) -> dict[str, Any]:
             }
         )
     stored = sum(t["bytes"] for t in tensors)
-    params = sum(d["params"] for d in deltas) if deltas else sum(i.numel for i in infos.values())
+    # Parameters the delta covers: every fingerprinted base tensor (a matrix a budget left
+    # without a delta is covered at zero bits), else the delta targets, else what is stored.
+    if base_fp:
+        params = sum(_numel(fp["shape"]) for fp in base_fp.values())
+    elif deltas:
+        params = sum(d["params"] for d in deltas)
+    else:
+        params = sum(i.numel for i in infos.values())
     return {
         "file": f.path,
         "file_bytes": f.file_len,
@@ -97,6 +105,12 @@ def _human(n: float) -> str:
 def cmd_inspect(args: argparse.Namespace) -> int:
     with open_dpk(args.file, verify="none") as f:
         s = summarize(f)
+    if args.plot:
+        from .plot import plot_file
+
+        with open_dpk(args.file) as f:
+            plot_file(f, args.plot)
+        print(f"wrote {args.plot}", file=sys.stderr)
     if args.json:
         json.dump(s, sys.stdout, indent=2)
         sys.stdout.write("\n")
@@ -151,6 +165,60 @@ def cmd_sample(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_compress(args: argparse.Namespace) -> int:
+    from .compress.pipeline import CompressConfig, compress
+
+    cfg = CompressConfig(
+        method=args.method,
+        bits_per_param=args.bits_per_param,
+        plan=args.plan,
+        schedule=args.schedule,
+        group_size=args.group_size,
+        bits=args.bits,
+        embeddings=args.embeddings,
+        calib=args.calib,
+        n_samples=args.samples,
+        seq_len=args.seq_len,
+        damp=args.damp,
+        distill=args.distill,
+        distill_steps=args.distill_steps,
+        device=args.device,
+        seed=args.seed,
+        progress=not args.quiet,
+    )
+    r = compress(args.base, args.finetuned, args.output, cfg)
+    errs = [m["rel_error"] for m in r.matrices]
+    mean_err = sum(errs) / len(errs) if errs else float("nan")
+    print(f"wrote {r.path}: {r.method}, {r.stored_bytes:,} bytes for {r.params:,} params = {r.bits_per_param:.4f} bits/param; mean relative error {mean_err:.4f}; {r.seconds:.1f} s")
+    return 0
+
+
+def cmd_materialize(args: argparse.Namespace) -> int:
+    import torch
+
+    from .nn.load import materialize
+
+    dtype = {"bf16": torch.bfloat16, "f16": torch.float16, "f32": torch.float32, None: None}[args.dtype]
+    out = materialize(args.base, args.delta, args.output, dtype=dtype, allow_base_mismatch=args.allow_base_mismatch)
+    print(f"wrote {out}")
+    return 0
+
+
+def cmd_export_lora(args: argparse.Namespace) -> int:
+    from .export import export_lora
+
+    out = export_lora(args.delta, args.output)
+    print(f"wrote {out}")
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from .demo import run_demo
+
+    run_demo(args.workdir, preset=args.preset, task=args.task, bits_per_param=args.bits_per_param, n_eval=args.n_eval)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="deltapack", description="Compressed fine-tune deltas: the .dpk format and tools.")
     p.add_argument("--version", action="version", version=f"deltapack {__version__}")
@@ -160,11 +228,55 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("file")
     s.add_argument("--json", action="store_true", help="machine-readable output")
     s.add_argument("--tensors", action="store_true", help="also list every stored tensor")
+    s.add_argument("--plot", metavar="PNG", help="draw per-layer error and singular-value spectra")
     s.set_defaults(func=cmd_inspect)
+
+    s = sub.add_parser("compress", help="compress a fine-tune's delta against its base into a .dpk")
+    s.add_argument("base", help="base model: Hugging Face directory (config.json + safetensors)")
+    s.add_argument("finetuned", help="fine-tuned model directory")
+    s.add_argument("-o", "--output", required=True)
+    s.add_argument("--method", default="delta-come", choices=["delta-come", "bitdelta", "deltazip", "lowrank", "rtn"])
+    s.add_argument("--bits-per-param", type=float, help="budget counting every stored bit (default: 1.0 for delta-come/lowrank, the method's natural rate otherwise)")
+    s.add_argument("--plan", default="fixed", choices=["fixed", "auto"], help="delta-come: fixed 8+3+2 schedule per shape, or ranks and bits allocated across matrices by measured error")
+    s.add_argument("--schedule", default="8:2,3:32,2", help="delta-come bit groups bits:max_rank,... (the last fills the budget)")
+    s.add_argument("--group-size", type=int, default=128)
+    s.add_argument("--bits", type=int, help="rtn / deltazip bit width without a budget")
+    s.add_argument("--embeddings", default="compress", choices=["compress", "raw"], help="embeddings and lm_head: compressed like other matrices, or stored whole")
+    s.add_argument("--calib", help="calibration text (.txt or .jsonl); default: sampled from the fine-tune")
+    s.add_argument("--samples", type=int, default=128, help="calibration sequences")
+    s.add_argument("--seq-len", type=int, default=2048, help="calibration sequence length")
+    s.add_argument("--damp", type=float, default=0.01, help="GPTQ / SparseGPT damping")
+    s.add_argument("--distill", action="store_true", help="bitdelta: train the scales against the fine-tune's logits")
+    s.add_argument("--distill-steps", type=int, default=200)
+    s.add_argument("--device", help="cuda, cpu, ... (default: cuda when available)")
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
+    s.set_defaults(func=cmd_compress)
+
+    s = sub.add_parser("materialize", help="write base + delta as a full Hugging Face model directory")
+    s.add_argument("base")
+    s.add_argument("delta")
+    s.add_argument("-o", "--output", required=True)
+    s.add_argument("--dtype", choices=["bf16", "f16", "f32"], help="dtype of the written weights (default: the base's)")
+    s.add_argument("--allow-base-mismatch", action="store_true", help="apply the delta even if the base's fingerprints differ")
+    s.set_defaults(func=cmd_materialize)
+
+    s = sub.add_parser("export-lora", help="write a low-rank .dpk as a PEFT LoRA adapter directory")
+    s.add_argument("delta")
+    s.add_argument("-o", "--output", required=True)
+    s.set_defaults(func=cmd_export_lora)
 
     s = sub.add_parser("verify", help="check every checksum; exit status 1 on any fault")
     s.add_argument("file")
     s.set_defaults(func=cmd_verify)
+
+    s = sub.add_parser("demo", help="train a tiny base + fine-tune, compress at 1 bit/param, compare (CPU, about a minute, no download)")
+    s.add_argument("--workdir", help="where models and deltas go (default ~/.cache/deltapack/demo)")
+    s.add_argument("--preset", default="tiny")
+    s.add_argument("--task", default="arith")
+    s.add_argument("--bits-per-param", type=float, default=1.0)
+    s.add_argument("--n-eval", type=int, default=100)
+    s.set_defaults(func=cmd_demo)
 
     s = sub.add_parser("sample", help="write a small synthetic delta (every encoding family) to try the tools on")
     s.add_argument("output")

@@ -49,3 +49,12 @@ def quantize_rtn(w: torch.Tensor, bits: int, group_size: int = 128) -> GroupQuan
     codes = torch.round(g / sf.unsqueeze(2) + zero.unsqueeze(2)).clamp(0, maxq)
     codes = codes.reshape(rows, n_groups * group_size)[:, :cols]
     return GroupQuantized(codes=codes.to(torch.uint8), scales=scale, zeros=zero.to(torch.uint8), bits=bits, group_size=group_size)
+
+
+def compress_rtn(delta: torch.Tensor, bits: int, group_size: int = 128):
+    """The uniform low-bit baseline: the whole delta at ``bits`` with group RTN."""
+    from .core import CompressedDelta, QuantPart
+
+    q = quantize_rtn(delta, bits, group_size)
+    part = QuantPart(codes=q.codes, bits=bits, scales=q.scales, zeros=q.zeros, group_size=group_size)
+    return CompressedDelta(form="dense", parts={"delta": part}, approx=q.dequantize(), info={"bits": bits})

@@ -1,0 +1,69 @@
+"""A stored delta as a torch module computing Δ·x (reference path: plain torch on the
+dequantized factors). The manifest entry's semantics are docs/FORMAT.md §4."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import nn
+
+from ..format import DeltaFile
+from ..kernels.reference import dequantize
+
+
+def _tensor(f: DeltaFile, name: str, device, dtype) -> torch.Tensor:
+    info = f.info(name)
+    t = f.raw(name) if info.is_raw else dequantize(f.packed(name))
+    return t.to(device=device, dtype=dtype if t.is_floating_point() else t.dtype)
+
+
+class DenseDelta(nn.Module):
+    def __init__(self, weight: torch.Tensor):
+        super().__init__()
+        self.register_buffer("weight", weight)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return nn.functional.linear(x, self.weight.to(x.dtype))
+
+    def dense(self) -> torch.Tensor:
+        return self.weight
+
+
+class LowRankDelta(nn.Module):
+    """Δ·x = U·diag(s)·Vᵀ·x[perm], blocks concatenated along the rank."""
+
+    def __init__(self, u: torch.Tensor, s: torch.Tensor, vt: torch.Tensor, perm: torch.Tensor | None):
+        super().__init__()
+        self.register_buffer("u", u)
+        self.register_buffer("s", s)
+        self.register_buffer("vt", vt)
+        self.register_buffer("perm", perm.long() if perm is not None else None)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.perm is not None:
+            x = x.index_select(-1, self.perm)
+        t = nn.functional.linear(x, self.vt.to(x.dtype)) * self.s.to(x.dtype)
+        return nn.functional.linear(t, self.u.to(x.dtype))
+
+    def dense(self) -> torch.Tensor:
+        m = (self.u.float() * self.s.float()) @ self.vt.float()
+        if self.perm is None:
+            return m
+        out = torch.empty_like(m)
+        out[:, self.perm] = m
+        return out
+
+
+def read_delta(f: DeltaFile, entry: dict[str, Any], device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32) -> nn.Module:
+    """The module computing one manifest delta entry's Δ·x."""
+    if entry["form"] == "dense":
+        return DenseDelta(_tensor(f, entry["tensor"], device, dtype))
+    us, ss, vts = [], [], []
+    for b in entry["blocks"]:
+        u = _tensor(f, b["u"], device, dtype) if b.get("u") else _tensor(f, b["ut"], device, dtype).T
+        us.append(u)
+        vts.append(_tensor(f, b["vt"], device, dtype))
+        ss.append(_tensor(f, b["s"], device, dtype) if b.get("s") else torch.ones(u.shape[1], device=device, dtype=dtype))
+    perm = _tensor(f, entry["input_perm"], device, dtype) if entry.get("input_perm") else None
+    return LowRankDelta(torch.cat(us, 1), torch.cat(ss), torch.cat(vts, 0), perm)

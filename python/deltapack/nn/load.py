@@ -1,0 +1,110 @@
+"""Load a base model with a .dpk delta applied (``load``), or write the merged fine-tune as a
+Hugging Face directory (``materialize``)."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from ..compress.hf import ModelDir
+from ..format import DTYPE_NAMES, DeltaFile
+from ..format import open as open_dpk
+from .delta import read_delta
+from .delta_linear import DeltaLinear
+
+_TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "tokenizer.model", "vocab.json", "merges.txt", "generation_config.json", "chat_template.jinja")
+
+
+def check_base_dir(f: DeltaFile, base: ModelDir) -> None:
+    """BaseMismatchError unless every fingerprinted tensor of the base directory matches."""
+    f.check_base(lambda n: base.get(n) if n in base else None)
+
+
+def load(base_dir: str | os.PathLike[str], dpk: str | os.PathLike[str], *, device: str | torch.device = "cpu", dtype: torch.dtype | None = None, allow_base_mismatch: bool = False) -> nn.Module:
+    """A transformers model: the base, with each compressed linear replaced by a DeltaLinear
+    (base weight + compressed delta) and every other delta (norms, embeddings) merged.
+    Refuses a base whose fingerprints differ (BaseMismatchError) unless allowed."""
+    from transformers import AutoModelForCausalLM
+
+    f = open_dpk(dpk)
+    base = ModelDir(base_dir)
+    if not allow_base_mismatch:
+        check_base_dir(f, base)
+    model = AutoModelForCausalLM.from_pretrained(str(base_dir), dtype=dtype or "auto").to(device).eval()
+    wdtype = next(model.parameters()).dtype
+    params = dict(model.named_parameters())
+    for entry in f.manifest["deltas"]:
+        target = entry["target"]
+        mod_name, _, pname = target.rpartition(".")
+        mod = model.get_submodule(mod_name)
+        delta = read_delta(f, entry, device=device, dtype=wdtype)
+        if isinstance(mod, nn.Linear) and pname == "weight" and entry.get("op", "add") == "add":
+            parent_name, _, child = mod_name.rpartition(".")
+            setattr(model.get_submodule(parent_name) if parent_name else model, child, DeltaLinear(mod, delta))
+        else:
+            p = params[target]
+            with torch.no_grad():
+                d = delta.dense().to(p.dtype).reshape(p.shape)
+                p.copy_(d if entry.get("op") == "replace" else p + d)
+    return model
+
+
+def materialize(base_dir: str | os.PathLike[str], dpk: str | os.PathLike[str], out_dir: str | os.PathLike[str], *, dtype: torch.dtype | None = None, allow_base_mismatch: bool = False, shard_bytes: int = 4 << 30) -> Path:
+    """Write base + delta as a full Hugging Face model directory (config, tokenizer files,
+    safetensors shards), streamed tensor by tensor; the directory appears atomically."""
+    from safetensors.torch import save_file
+
+    f = open_dpk(dpk)
+    base = ModelDir(base_dir)
+    if not allow_base_mismatch:
+        check_base_dir(f, base)
+    entries: dict[str, dict[str, Any]] = {e["target"]: e for e in f.manifest["deltas"]}
+    out = Path(out_dir)
+    if out.exists() and any(out.iterdir()):
+        raise FileExistsError(f"{out} exists and is not empty")
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent if out.parent.exists() else None))
+    try:
+        shards: list[dict[str, torch.Tensor]] = [{}]
+        size = 0
+        for name in base.keys():
+            w = base.get(name)
+            if name in entries:
+                e = entries[name]
+                d = read_delta(f, e).dense().reshape(w.shape)
+                w = (d if e.get("op") == "replace" else w.float() + d).to(w.dtype)
+            if dtype is not None and w.is_floating_point():
+                w = w.to(dtype)
+            nb = w.numel() * w.element_size()
+            if size and size + nb > shard_bytes:
+                shards.append({})
+                size = 0
+            shards[-1][name] = w.contiguous()
+            size += nb
+        files = ["model.safetensors"] if len(shards) == 1 else [f"model-{i + 1:05d}-of-{len(shards):05d}.safetensors" for i in range(len(shards))]
+        for fname, sh in zip(files, shards):
+            save_file(sh, str(tmp / fname), metadata={"format": "pt", "deltapack": f.manifest["finetune"]["name"]})
+        if len(shards) > 1:
+            index = {"metadata": {"total_size": sum(t.numel() * t.element_size() for s in shards for t in s.values())}, "weight_map": {k: fn for fn, s in zip(files, shards) for k in s}}
+            (tmp / "model.safetensors.index.json").write_text(json.dumps(index, indent=2))
+        cfg = dict(base.config)
+        if dtype is not None:
+            cfg["torch_dtype"] = cfg["dtype"] = DTYPE_NAMES.get(dtype, str(dtype)).replace("bf16", "bfloat16").replace("f16", "float16").replace("f32", "float32")
+        cfg["_name_or_path"] = f.manifest["finetune"]["name"]
+        (tmp / "config.json").write_text(json.dumps(cfg, indent=2))
+        for fn in _TOKENIZER_FILES:
+            if (base.path / fn).exists():
+                shutil.copy2(base.path / fn, tmp / fn)
+        if out.exists():
+            out.rmdir()
+        os.replace(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return out

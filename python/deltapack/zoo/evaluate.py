@@ -1,0 +1,114 @@
+"""Exact-match evaluation with greedy decoding."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .build import _threads
+from .presets import get_preset
+from .tasks import Example, get_task, is_correct
+
+
+def _difficulty_of(model, task: str, preset, difficulty) -> tuple[dict[str, Any], float]:
+    if difficulty is not None:
+        return dict(difficulty), 0.2 if preset is None else get_preset(preset).eval_frac
+    if preset is not None:
+        p = get_preset(preset)
+        return dict(p.difficulty.get(task, {})), p.eval_frac
+    meta = getattr(getattr(model, "config", None), "deltapack_zoo", None) or {}
+    return dict(meta.get("difficulty", {}).get(task, {})), float(meta.get("eval_frac", 0.2))
+
+
+@torch.no_grad()
+def generate(model, tok, prompts: list[str], max_new_tokens: int, batch_size: int = 64) -> list[str]:
+    """Greedy completions of ``prompts`` (each fed as ``<s> prompt``, left-padded), decoded
+    without special tokens and cut at ``</s>``."""
+    dev = next(model.parameters()).device
+    out: list[str] = []
+    for i in range(0, len(prompts), batch_size):
+        chunk = [[tok.bos_token_id] + tok.encode(pr, add_special_tokens=False) for pr in prompts[i : i + batch_size]]
+        L = max(map(len, chunk))
+        ids = torch.full((len(chunk), L), tok.pad_token_id, dtype=torch.long)
+        mask = torch.zeros((len(chunk), L), dtype=torch.long)
+        for r, c in enumerate(chunk):
+            ids[r, L - len(c) :] = torch.tensor(c)
+            mask[r, L - len(c) :] = 1
+        gen = model.generate(
+            input_ids=ids.to(dev),
+            attention_mask=mask.to(dev),
+            max_new_tokens=max_new_tokens,
+            do_sample=False,
+            pad_token_id=tok.pad_token_id,
+            eos_token_id=tok.eos_token_id,
+        )
+        for row in gen[:, L:].tolist():
+            if tok.eos_token_id in row:
+                row = row[: row.index(tok.eos_token_id)]
+            out.append(tok.decode(row, skip_special_tokens=True))
+    return out
+
+
+def score(completions: list[str], examples: list[Example]) -> float:
+    """Exact-match accuracy of ``completions`` against ``examples``' answers."""
+    if len(completions) != len(examples):
+        raise ValueError("one completion per example")
+    if not examples:
+        return 0.0
+    return sum(is_correct(c, ex.answer) for c, ex in zip(completions, examples)) / len(examples)
+
+
+def evaluate(
+    model_or_dir: Any,
+    task: str = "arith",
+    n: int = 100,
+    seed: int = 1234,
+    split: str = "eval",
+    batch_size: int = 100,
+    *,
+    tokenizer: Any = None,
+    preset: Any = None,
+    difficulty: dict[str, Any] | None = None,
+    max_new_tokens: int | None = None,
+    device: str | None = None,
+    threads: int | None = None,
+    return_details: bool = False,
+) -> float | tuple[float, list[tuple[Example, str]]]:
+    """Exact-match accuracy of greedy decoding on ``n`` examples of ``task``'s ``split``.
+
+    ``model_or_dir``: a model directory (model and tokenizer are loaded from it) or a loaded
+    causal LM (then pass ``tokenizer``, or it is looked up from ``model.name_or_path``). The task
+    difficulty comes from ``difficulty``, else ``preset``, else the ``deltapack_zoo`` record in
+    the model's config (every zoo model has one), else the task's default (tiny). With
+    ``return_details`` also returns the (example, completion) pairs."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    t = get_task(task)
+    if isinstance(model_or_dir, (str, os.PathLike)):
+        path = Path(model_or_dir)
+        model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
+        tokenizer = tokenizer or AutoTokenizer.from_pretrained(path)
+        if device:
+            model.to(device)
+        elif torch.cuda.is_available():
+            model.to("cuda")
+    else:
+        model = model_or_dir
+        if tokenizer is None:
+            tokenizer = AutoTokenizer.from_pretrained(model.name_or_path)
+    diff, eval_frac = _difficulty_of(model, t.name, preset, difficulty)
+    examples = t.examples(n, seed=seed, split=split, eval_frac=eval_frac, **diff)
+    if max_new_tokens is None:
+        max_new_tokens = max(len(tokenizer.encode(ex.target, add_special_tokens=False)) for ex in examples) + 8
+    was_training = model.training
+    model.eval()
+    try:
+        with _threads(threads):
+            comps = generate(model, tokenizer, [ex.prompt for ex in examples], max_new_tokens, batch_size)
+    finally:
+        model.train(was_training)
+    acc = score(comps, examples)
+    return (acc, list(zip(examples, comps))) if return_details else acc

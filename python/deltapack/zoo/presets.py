@@ -1,0 +1,147 @@
+"""Size / schedule / difficulty presets of the model zoo: one code path, several scales.
+
+A :class:`Preset` fixes everything that determines the bytes of a built model (architecture,
+tokenizer, corpus size, optimiser schedule, task difficulty, saved dtype), so a directory's stamp
+is just the preset plus the seed. Make a variant with :func:`dataclasses.replace`, e.g.
+``replace(PRESETS["tiny"], name="tiny-fast", base_steps=4, ft_steps=4)``.
+
+Presets
+-------
+``tiny``   CPU demo and tests: 0.40 M params (hidden 128, 2 layers, 4 heads / 2 KV heads,
+           char-level vocab of 100), fp32 on disk (1.6 MB per model). Easy tasks
+           (1-digit, 2-op arithmetic; 2-line programs; 3-word lists).
+``small``  CPU-feasible in a few minutes, or seconds on a GPU: ~3 M params, BPE vocab 2048.
+``gpu``    Quality benchmark on one H100 (~8 min for base + 3 fine-tunes): ~29 M params
+           (hidden 512, 8 layers, 8 heads / 2 KV heads, BPE vocab 8192), bf16 on disk, harder
+           tasks (2-digit, 3-op arithmetic with ``*``; 4-line programs; 5-word lists).
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+
+def _tiny_difficulty() -> dict[str, dict[str, Any]]:
+    return {
+        "arith": {"n_ops": 2, "digits": 1, "ops": "+-"},
+        "code": {"n_lines": 2, "max_const": 9, "ops": "+-"},
+        "format": {"n_words": 3, "ops": ("reverse", "upper", "sort")},
+    }
+
+
+@dataclass(frozen=True)
+class Preset:
+    """Everything that determines a zoo model, except the seed."""
+
+    name: str
+    # --- architecture (LlamaConfig) ---
+    hidden: int = 128
+    layers: int = 2
+    heads: int = 4
+    kv_heads: int = 2
+    intermediate: int = 352
+    max_len: int = 256
+    # --- tokenizer: "char" (printable ASCII + \n, 100 ids) or a BPE vocabulary size ---
+    vocab: str | int = "char"
+    # --- base pretraining ---
+    corpus_chars: int = 1_500_000  # characters of Python stdlib source taken (before synth text)
+    synth_frac: float = 0.3  # fraction of the base corpus that is synthetic arithmetic/word text
+    base_steps: int = 240
+    base_batch: int = 16
+    base_seq: int = 128
+    base_lr: float = 3e-3
+    # --- fine-tuning (full parameter) ---
+    ft_steps: int = 150
+    ft_batch: int = 32
+    ft_lr: float = 2e-3
+    # --- shared optimiser settings ---
+    warmup: float = 0.05  # fraction of steps with linear warm-up; then cosine to 10% of lr
+    weight_decay: float = 0.01  # AdamW decay, matrices only (not norms)
+    grad_clip: float = 1.0
+    # --- output ---
+    dtype: str = "float32"  # saved dtype: "float32" or "bfloat16"
+    # --- tasks ---
+    difficulty: dict[str, dict[str, Any]] = field(default_factory=_tiny_difficulty)
+    eval_frac: float = 0.2  # share of each task's problem space held out as the eval split
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["difficulty"] = {t: {k: list(v) if isinstance(v, tuple) else v for k, v in p.items()} for t, p in self.difficulty.items()}
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "Preset":
+        d = dict(d)
+        d["difficulty"] = {t: {k: tuple(v) if isinstance(v, list) else v for k, v in p.items()} for t, p in d.get("difficulty", {}).items()}
+        return cls(**d)
+
+    @property
+    def n_params(self) -> int:
+        """Parameter count of the Llama model this preset builds."""
+        v = 100 if self.vocab == "char" else int(self.vocab)
+        hd = self.hidden // self.heads
+        attn = 2 * self.hidden * self.hidden + 2 * self.hidden * self.kv_heads * hd
+        mlp = 3 * self.hidden * self.intermediate
+        return self.layers * (attn + mlp + 2 * self.hidden) + 2 * v * self.hidden + self.hidden
+
+
+PRESETS: dict[str, Preset] = {
+    "tiny": Preset(name="tiny"),
+    "small": Preset(
+        name="small",
+        hidden=256,
+        layers=4,
+        heads=8,
+        kv_heads=2,
+        intermediate=688,
+        max_len=512,
+        vocab=2048,
+        corpus_chars=8_000_000,
+        base_steps=1500,
+        base_batch=32,
+        base_seq=256,
+        base_lr=2e-3,
+        ft_steps=400,
+        ft_batch=32,
+        ft_lr=5e-4,
+        difficulty={
+            "arith": {"n_ops": 3, "digits": 2, "ops": "+-"},
+            "code": {"n_lines": 3, "max_const": 20, "ops": "+-*"},
+            "format": {"n_words": 4, "ops": ("reverse", "upper", "sort")},
+        },
+    ),
+    "gpu": Preset(
+        name="gpu",
+        hidden=512,
+        layers=8,
+        heads=8,
+        kv_heads=2,
+        intermediate=1376,
+        max_len=1024,
+        vocab=8192,
+        corpus_chars=40_000_000,
+        base_steps=4000,
+        base_batch=64,
+        base_seq=512,
+        base_lr=1e-3,
+        ft_steps=800,
+        ft_batch=64,
+        ft_lr=2e-4,
+        dtype="bfloat16",
+        difficulty={
+            "arith": {"n_ops": 3, "digits": 2, "ops": "+-*"},
+            "code": {"n_lines": 4, "max_const": 20, "ops": "+-*"},
+            "format": {"n_words": 5, "ops": ("reverse", "upper", "sort")},
+        },
+    ),
+}
+
+
+def get_preset(preset: str | Preset) -> Preset:
+    if isinstance(preset, Preset):
+        return preset
+    try:
+        return PRESETS[preset]
+    except KeyError:
+        raise ValueError(f"unknown preset {preset!r}; choose one of {sorted(PRESETS)}") from None

@@ -1,0 +1,192 @@
+"""Compression end to end on a real trained tiny pair: every method through a file, budgets
+met as accounted, Delta-CoMe ahead of the baselines, bad inputs refused before any work."""
+
+import json
+import shutil
+
+import pytest
+import torch
+
+import deltapack
+from deltapack.cli import summarize
+from deltapack.compress.hf import ModelMismatchError
+from deltapack.compress.pipeline import compress
+
+CAL = dict(n_samples=16, seq_len=96, progress=False)
+
+
+@pytest.fixture(scope="module")
+def compressed(zoo_pair, calib_file, tmp_path_factory):
+    """Each method at 1.0 and 0.5 bits/param, compressed once for the module."""
+    base, ft = zoo_pair
+    out = tmp_path_factory.mktemp("dpk")
+    runs = {}
+    for method in ("delta-come", "bitdelta", "deltazip", "lowrank", "rtn"):
+        for bpp in (1.0, 0.5):
+            p = out / f"{method}-{bpp}.dpk"
+            runs[(method, bpp)] = (p, compress(base, ft, p, method=method, bits_per_param=bpp, calib=str(calib_file), **CAL))
+    return runs
+
+
+@pytest.mark.parametrize("method", ["delta-come", "bitdelta", "deltazip", "lowrank", "rtn"])
+@pytest.mark.parametrize("bpp", [1.0, 0.5])
+def test_budget_met_as_accounted(compressed, method, bpp):
+    p, rep = compressed[(method, bpp)]
+    f = deltapack.open(p, verify="full")
+    s = summarize(f)
+    assert s["bits_per_param"] <= bpp + 1e-9
+    assert s["stored_bytes"] == rep.stored_bytes
+    assert s["params"] == rep.params
+    # per-delta accounting matches the bytes of its tensors
+    for d in s["deltas"]:
+        assert d["bytes"] == sum(f.info(t).nbytes for t in d["tensors"])
+    assert f.manifest["method"]["name"] == method
+    assert f.manifest["method"]["params"]["bits_per_param"] == bpp
+    assert all("rel_error" in d["stats"] for d in f.manifest["deltas"] if d.get("op", "add") == "add")
+
+
+def _kl(model, ref, ids):
+    with torch.no_grad():
+        lp_ref = torch.log_softmax(ref(ids).logits.float(), -1)
+        lp = torch.log_softmax(model(ids).logits.float(), -1)
+    return float((lp_ref.exp() * (lp_ref - lp)).sum(-1).mean())
+
+
+@pytest.fixture(scope="module")
+def heldout(zoo_pair):
+    from transformers import AutoTokenizer
+
+    from deltapack.zoo.tasks import get_task
+
+    tok = AutoTokenizer.from_pretrained(str(zoo_pair[1]))
+    ex = get_task("arith").examples(24, seed=99, split="eval")
+    ids = [[tok.bos_token_id] + tok.encode(e.prompt + e.target, add_special_tokens=False) for e in ex]
+    L = min(map(len, ids))
+    return torch.tensor([x[:L] for x in ids])
+
+
+@pytest.fixture(scope="module")
+def finetune_model(zoo_pair):
+    from transformers import AutoModelForCausalLM
+
+    return AutoModelForCausalLM.from_pretrained(str(zoo_pair[1]), dtype=torch.float32).eval()
+
+
+def test_every_method_loads_and_tracks_the_finetune(compressed, zoo_pair, heldout, finetune_model):
+    base, _ = zoo_pair
+    from transformers import AutoModelForCausalLM
+
+    kl_base = _kl(AutoModelForCausalLM.from_pretrained(str(base), dtype=torch.float32).eval(), finetune_model, heldout)
+    kls = {}
+    for (method, bpp), (p, _) in compressed.items():
+        model = deltapack.load(base, p, dtype=torch.float32)
+        kls[(method, bpp)] = _kl(model, finetune_model, heldout)
+    # every compressed model is closer to the fine-tune than the base is
+    assert all(v < kl_base for v in kls.values()), (kl_base, kls)
+    # Delta-CoMe is ahead of BitDelta and low-rank at the same budget (MISSION.md)
+    for bpp in (1.0, 0.5):
+        dc = kls[("delta-come", bpp)]
+        assert dc < kls[("bitdelta", bpp)] and dc < kls[("lowrank", bpp)], (bpp, kls)
+    # and more bits help
+    assert kls[("delta-come", 1.0)] < kls[("delta-come", 0.5)]
+
+
+def test_plan_auto_meets_budget_and_is_not_worse(zoo_pair, calib_file, tmp_path, heldout, finetune_model, compressed):
+    base, ft = zoo_pair
+    p = tmp_path / "auto.dpk"
+    rep = compress(base, ft, p, method="delta-come", plan="auto", bits_per_param=1.0, calib=str(calib_file), **CAL)
+    assert rep.bits_per_param <= 1.0
+    kl_auto = _kl(deltapack.load(base, p, dtype=torch.float32), finetune_model, heldout)
+    kl_fixed = _kl(deltapack.load(base, compressed[("delta-come", 1.0)][0], dtype=torch.float32), finetune_model, heldout)
+    assert kl_auto < kl_fixed * 1.25, (kl_auto, kl_fixed)
+
+
+def test_materialize_equals_load(compressed, zoo_pair, heldout, tmp_path):
+    from transformers import AutoModelForCausalLM
+
+    base, _ = zoo_pair
+    p = compressed[("delta-come", 1.0)][0]
+    out = deltapack.materialize(base, p, tmp_path / "merged")
+    merged = AutoModelForCausalLM.from_pretrained(str(out), dtype=torch.float32).eval()
+    loaded = deltapack.load(base, p, dtype=torch.float32)
+    with torch.no_grad():
+        a, b = merged(heldout).logits, loaded(heldout).logits
+    torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4)
+    assert (out / "tokenizer.json").exists() and json.loads((out / "config.json").read_text())["model_type"] == "llama"
+
+
+def test_wrong_base_is_refused(compressed, zoo_pair, tmp_path):
+    base, ft = zoo_pair
+    p = compressed[("bitdelta", 1.0)][0]
+    with pytest.raises(deltapack.BaseMismatchError, match="hashes to"):
+        deltapack.load(ft, p)  # the fine-tune is not the base
+    with pytest.raises(deltapack.BaseMismatchError):
+        deltapack.materialize(ft, p, tmp_path / "m")
+    assert not (tmp_path / "m").exists()
+    deltapack.load(ft, p, allow_base_mismatch=True)  # the override works
+
+
+def test_mismatched_models_refused_before_work(zoo_pair, tmp_path):
+    base, ft = zoo_pair
+    other = tmp_path / "other"
+    shutil.copytree(ft, other)
+    cfg = json.loads((other / "config.json").read_text())
+    cfg["model_type"] = "mistral"
+    (other / "config.json").write_text(json.dumps(cfg))
+    with pytest.raises(ModelMismatchError, match="architectures differ"):
+        compress(base, other, tmp_path / "x.dpk", method="rtn", progress=False)
+    from safetensors.torch import load_file, save_file
+
+    cfg["model_type"] = "llama"
+    (other / "config.json").write_text(json.dumps(cfg))
+    sd = load_file(str(other / "model.safetensors"))
+    name = next(k for k in sd if k.endswith("q_proj.weight"))
+    sd[name] = sd[name][:, :-1].contiguous()
+    save_file(sd, str(other / "model.safetensors"))
+    with pytest.raises(ModelMismatchError, match="shape"):
+        compress(base, other, tmp_path / "x.dpk", method="rtn", progress=False)
+    del sd[name]
+    save_file(sd, str(other / "model.safetensors"))
+    with pytest.raises(ModelMismatchError, match="only in base"):
+        compress(base, other, tmp_path / "x.dpk", method="rtn", progress=False)
+    assert not (tmp_path / "x.dpk").exists()
+    with pytest.raises(ValueError, match="unknown method"):
+        compress(base, ft, tmp_path / "x.dpk", method="zip", progress=False)
+
+
+def test_calibration_from_jsonl_and_sampling(zoo_pair, tmp_path):
+    base, ft = zoo_pair
+    j = tmp_path / "c.jsonl"
+    j.write_text("\n".join(json.dumps({"text": f"Q: {i}+{i}=? A: {i}+{i}={2 * i}. #### {2 * i}"}) for i in range(40)))
+    r1 = compress(base, ft, tmp_path / "a.dpk", method="deltazip", calib=str(j), n_samples=8, seq_len=32, progress=False)
+    r2 = compress(base, ft, tmp_path / "b.dpk", method="deltazip", n_samples=8, seq_len=32, progress=False)  # sampled
+    assert r1.bits_per_param > 0 and r2.bits_per_param > 0
+    with pytest.raises(FileNotFoundError):
+        compress(base, ft, tmp_path / "c.dpk", method="deltazip", calib=str(tmp_path / "missing.txt"), progress=False)
+
+
+def test_bitdelta_distillation_improves_logits(zoo_pair, calib_file, tmp_path, heldout, finetune_model, compressed):
+    base, ft = zoo_pair
+    p = tmp_path / "bd.dpk"
+    compress(base, ft, p, method="bitdelta", distill=True, distill_steps=40, distill_lr=1e-3, calib=str(calib_file), **CAL)
+    plain = compressed[("bitdelta", 1.0)][0]
+    f = deltapack.open(p)
+    assert all("alpha" in d["stats"] for d in f.manifest["deltas"] if d.get("op", "add") == "add")
+    kl_d = _kl(deltapack.load(base, p, dtype=torch.float32), finetune_model, heldout)
+    kl_p = _kl(deltapack.load(base, plain, dtype=torch.float32), finetune_model, heldout)
+    assert kl_d < kl_p, (kl_d, kl_p)
+
+
+def test_export_lora(compressed, zoo_pair, tmp_path):
+    from safetensors.torch import load_file
+
+    from deltapack.export import export_lora
+
+    out = export_lora(compressed[("lowrank", 1.0)][0], tmp_path / "lora")
+    cfg = json.loads((out / "adapter_config.json").read_text())
+    sd = load_file(str(out / "adapter_model.safetensors"))
+    a = next(k for k in sd if k.endswith("lora_A.weight"))
+    b = a.replace("lora_A", "lora_B")
+    assert sd[a].shape[0] == sd[b].shape[1] and cfg["peft_type"] == "LORA"
+    with pytest.raises(ValueError, match="no low-rank"):
+        export_lora(compressed[("bitdelta", 1.0)][0], tmp_path / "lora2")
