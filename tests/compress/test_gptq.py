@@ -306,6 +306,7 @@ def test_round_trip_through_the_file(tmp_path, rng, bits, cols, group, sym):
     assert torch.equal(write_and_read(tmp_path, r), r.dequantize_stored())
 
 
+@pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 def test_runs_on_cuda(rng):
     w, x, h = layer(rng)

@@ -190,3 +190,30 @@ def test_export_lora(compressed, zoo_pair, tmp_path):
     assert sd[a].shape[0] == sd[b].shape[1] and cfg["peft_type"] == "LORA"
     with pytest.raises(ValueError, match="no low-rank"):
         export_lora(compressed[("bitdelta", 1.0)][0], tmp_path / "lora2")
+
+
+def test_layer_hessians_match_direct_computation(zoo_pair):
+    """Shared inputs (q/k/v, gate/up) share one Hessian; every Hessian equals 2/n Σ xxᵀ of
+    that linear's own input, captured independently."""
+    from torch import nn
+
+    from deltapack.compress.calib import LayerStream
+    from deltapack.compress.hf import ModelDir
+
+    ft = ModelDir(zoo_pair[1])
+    tokens = torch.randint(0, 64, (6, 24), generator=torch.Generator().manual_seed(0))
+    s = LayerStream(ft, tokens, torch.device("cpu"), batch_size=4)
+    layer = s.build_layer(0, ft.get)
+    Hs = s.hessians(layer)
+    xs: dict[str, list[torch.Tensor]] = {}
+    hooks = [m.register_forward_pre_hook(lambda m, a, n=n: xs.setdefault(n, []).append(a[0].detach().reshape(-1, a[0].shape[-1]))) for n, m in layer.named_modules() if isinstance(m, nn.Linear)]
+    for h in s.hidden:
+        s._run(layer, h)
+    for hk in hooks:
+        hk.remove()
+    assert set(Hs) == set(xs)
+    for n, chunks in xs.items():
+        x = torch.cat(chunks).double()
+        torch.testing.assert_close(Hs[n].double(), 2 * x.T @ x / x.shape[0], rtol=1e-4, atol=1e-6)
+    assert Hs["self_attn.q_proj"] is Hs["self_attn.k_proj"] and Hs["mlp.gate_proj"] is Hs["mlp.up_proj"]
+    assert Hs["self_attn.o_proj"] is not Hs["self_attn.q_proj"]

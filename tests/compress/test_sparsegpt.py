@@ -147,6 +147,7 @@ def test_round_trip_through_the_file(tmp_path, rng, bits, rows, cols):
     assert torch.equal(f.dequantize("m"), r.dequantize())
 
 
+@pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 def test_runs_on_cuda(rng):
     w, x, h = layer(rng)

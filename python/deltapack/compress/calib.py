@@ -91,7 +91,10 @@ class LayerStream:
     """Pushes calibration hidden states through decoder layers built one at a time from a
     weights function, recording each linear's input Hessian."""
 
-    def __init__(self, model: ModelDir, tokens: torch.Tensor, device: torch.device, dtype: torch.dtype = torch.float32, batch_size: int = 8):
+    def __init__(self, model: ModelDir, tokens: torch.Tensor, device: torch.device, dtype: torch.dtype | None = None, batch_size: int = 8):
+        # Forwards in bf16 on a GPU (as GPTQ implementations run fp16 models); Hessians are
+        # always accumulated in fp32. fp32 on the CPU, where bf16 matmuls are slow.
+        dtype = dtype or (torch.bfloat16 if device.type == "cuda" else torch.float32)
         from transformers import AutoConfig, AutoModelForCausalLM
 
         self.device, self.dtype, self.batch_size = device, dtype, batch_size
@@ -131,18 +134,32 @@ class LayerStream:
     def hessians(self, layer: nn.Module) -> dict[str, torch.Tensor]:
         """Input Hessian of every nn.Linear in ``layer`` (by module path, e.g. 'self_attn.q_proj')."""
         acc: dict[str, HessianAccumulator] = {}
-        hooks = []
-        for name, mod in layer.named_modules():
-            if isinstance(mod, nn.Linear):
-                acc[name] = HessianAccumulator(mod.in_features, device=self.device)
-                hooks.append(mod.register_forward_pre_hook(lambda m, args, n=name: acc[n].add(args[0].float())))
+        owner: dict[str, str] = {}  # linear -> the linear whose accumulator it shares
+        # (data_ptr, shape) of an input seen in this batch -> (first linear, the tensor). The
+        # reference keeps the tensor alive for the batch, so its memory cannot be reused by a
+        # later, different input (say o_proj's) with the same address and shape.
+        seen: dict[tuple[int, tuple[int, ...]], tuple[str, torch.Tensor]] = {}
+
+        def hook(_m, args, n):
+            x = args[0]
+            first, _ = seen.setdefault((x.data_ptr(), tuple(x.shape)), (n, x))
+            # q/k/v (and gate/up) read the very same tensor: accumulate its Hessian once
+            if first != n:
+                owner[n] = first
+                return
+            acc.setdefault(n, HessianAccumulator(x.shape[-1], device=self.device, tf32=True)).add(x.float())
+
+        hooks = [mod.register_forward_pre_hook(lambda m, args, n=name: hook(m, args, n)) for name, mod in layer.named_modules() if isinstance(mod, nn.Linear)]
         try:
             for h in self.hidden:
+                seen.clear()
                 self._run(layer, h)
         finally:
             for hk in hooks:
                 hk.remove()
-        return {k: a.H for k, a in acc.items()}
+        out = {k: a.H for k, a in acc.items()}
+        out.update({n: out[o] for n, o in owner.items()})
+        return out
 
     @torch.no_grad()
     def advance(self, layer: nn.Module) -> None:

@@ -40,9 +40,13 @@ class HessianAccumulator:
     error). ``add`` takes inputs of any leading shape ``[..., dim]`` (any float dtype) and keeps a
     running mean in float32, so H stays O(|x|²) however many tokens are seen."""
 
-    def __init__(self, dim: int, device: torch.device | str | None = None):
+    def __init__(self, dim: int, device: torch.device | str | None = None, tf32: bool = False):
         if int(dim) <= 0:
             raise ValueError(f"HessianAccumulator needs dim > 0, got {dim}")
+        # tf32: accumulate with TF32 tensor-core matmuls on a GPU (~1e-3 relative error per
+        # batch, far below GPTQ's 1% damping; 8× faster: a 4096-wide layer input over 262k
+        # calibration tokens is 8.8 TFLOP).
+        self.tf32 = bool(tf32)
         self.dim = int(dim)
         self.device = None if device is None else torch.device(device)
         self.n: int = 0
@@ -62,7 +66,15 @@ class HessianAccumulator:
         total = self.n + m
         # H_new = n/(n+m)·H_old + 2/(n+m)·xᵀx: a running mean, never a growing sum.
         self._H.mul_(self.n / total)
-        self._H.addmm_(x.T, x, alpha=2.0 / total)
+        if self.tf32 and x.is_cuda:
+            prev = torch.backends.cuda.matmul.allow_tf32
+            torch.backends.cuda.matmul.allow_tf32 = True
+            try:
+                self._H.addmm_(x.T, x, alpha=2.0 / total)
+            finally:
+                torch.backends.cuda.matmul.allow_tf32 = prev
+        else:
+            self._H.addmm_(x.T, x, alpha=2.0 / total)
         self.n = total
 
     @property
@@ -169,8 +181,16 @@ def _scale_to_f16(scale: torch.Tensor, what: str) -> torch.Tensor:
     return s
 
 
-def _group_params(g: torch.Tensor, maxq: int, sym: bool) -> tuple[torch.Tensor, torch.Tensor]:
-    """(float16 scale [rows], float32 zero [rows]) of the weights ``g`` [rows, k]."""
+def _clamp_codes(x: torch.Tensor, maxq: int | torch.Tensor) -> torch.Tensor:
+    """Clamp to [0, maxq] in place; ``maxq`` is a number or a per-row tensor [rows]."""
+    if isinstance(maxq, torch.Tensor):
+        return torch.minimum(x.clamp_(min=0), maxq.view(-1, *([1] * (x.dim() - 1))), out=x)
+    return x.clamp_(0, maxq)
+
+
+def _group_params(g: torch.Tensor, maxq: int | torch.Tensor, sym: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """(float16 scale [rows], float32 zero [rows]) of the weights ``g`` [rows, k];
+    ``maxq`` may be per row (mixed bit widths, asymmetric only)."""
     if sym:
         amax = g.abs().amax(dim=1)
         s = _scale_to_f16(2.0 * amax / maxq, "gptq_quantize")
@@ -178,7 +198,7 @@ def _group_params(g: torch.Tensor, maxq: int, sym: bool) -> tuple[torch.Tensor, 
     lo = g.amin(dim=1).clamp(max=0.0)
     hi = g.amax(dim=1).clamp(min=0.0)
     s = _scale_to_f16((hi - lo) / maxq, "gptq_quantize")
-    z = torch.round(-lo / s.float()).clamp(0, maxq)
+    z = _clamp_codes(torch.round(-lo / s.float()), maxq)
     return s, z
 
 
@@ -196,7 +216,7 @@ def _check_perm(perm: torch.Tensor, cols: int, device: torch.device) -> torch.Te
 def gptq_quantize(
     W: torch.Tensor,
     H: torch.Tensor,
-    bits: int,
+    bits: int | list[int] | torch.Tensor,
     group_size: int = 128,
     *,
     act_order: bool = True,
@@ -224,6 +244,16 @@ def gptq_quantize(
     """
     what = "gptq_quantize"
     _check_inputs(W, H, what)
+    row_bits = None
+    if isinstance(bits, (list, tuple, torch.Tensor)):
+        # Mixed precision: one bit width per row (rows are quantized independently; they only
+        # share the Hessian, so one pass over the columns serves them all).
+        row_bits = torch.as_tensor(bits, dtype=torch.int64).flatten()
+        if row_bits.numel() != W.shape[0] or not all(int(b) in SUPPORTED_BITS for b in row_bits.unique()):
+            raise ValueError(f"{what}: per-row bits must give one of {SUPPORTED_BITS} for each of the {W.shape[0]} rows")
+        if sym:
+            raise ValueError(f"{what}: per-row bit widths are supported for asymmetric quantization only")
+        bits = int(row_bits.max())
     if bits not in SUPPORTED_BITS:
         raise ValueError(f"{what}: unsupported bit width {bits} (supported: {SUPPORTED_BITS})")
     if sym and bits == 1:
@@ -246,7 +276,9 @@ def gptq_quantize(
     U = _inverse_cholesky_upper(H, damp, what)
     del H
 
-    maxq = (1 << bits) - 1
+    maxq: int | torch.Tensor = (1 << bits) - 1
+    if row_bits is not None:
+        maxq = (2.0 ** row_bits.to(device=dev, dtype=torch.float32)) - 1
     n_groups = -(-cols // group_size)
     scales = torch.empty(rows, n_groups, dtype=torch.float16, device=dev)
     zeros = torch.empty(rows, n_groups, dtype=torch.float32, device=dev)
@@ -276,7 +308,7 @@ def gptq_quantize(
                 zeros[:, col // group_size] = z
                 s = s16.float()
             w = W1[:, i]
-            c = torch.div(w, s).add_(z).round_().clamp_(0, maxq)
+            c = _clamp_codes(torch.div(w, s).add_(z).round_(), maxq)
             C1[:, i] = c
             q = c.sub(z).mul_(s)
             Q1[:, i] = q
@@ -294,7 +326,7 @@ def gptq_quantize(
         scales=scales,
         zeros=None if sym else zeros.to(torch.uint8),
         perm=perm,
-        bits=bits,
+        bits=bits if row_bits is None else row_bits,
         group_size=group_size,
     )
 

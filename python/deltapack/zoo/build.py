@@ -202,7 +202,7 @@ def llama_config(p: Preset, vocab_size: int, tok):
         max_position_embeddings=p.max_len,
         rms_norm_eps=1e-5,
         rope_theta=10000.0,
-        initializer_range=0.02,
+        initializer_range=p.init_std,
         tie_word_embeddings=False,
         bos_token_id=tok.bos_token_id,
         eos_token_id=tok.eos_token_id,

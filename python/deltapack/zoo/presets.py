@@ -36,25 +36,26 @@ class Preset:
 
     name: str
     # --- architecture (LlamaConfig) ---
-    hidden: int = 128
+    hidden: int = 64
     layers: int = 2
     heads: int = 4
     kv_heads: int = 2
-    intermediate: int = 352
+    intermediate: int = 192
     max_len: int = 256
+    init_std: float = 0.02  # LlamaConfig.initializer_range
     # --- tokenizer: "char" (printable ASCII + \n, 100 ids) or a BPE vocabulary size ---
     vocab: str | int = "char"
     # --- base pretraining ---
     corpus_chars: int = 1_500_000  # characters of Python stdlib source taken (before synth text)
-    synth_frac: float = 0.3  # fraction of the base corpus that is synthetic arithmetic/word text
-    base_steps: int = 240
+    synth_frac: float = 0.5  # fraction of the base corpus that is synthetic arithmetic/word text
+    base_steps: int = 400
     base_batch: int = 16
     base_seq: int = 128
     base_lr: float = 3e-3
     # --- fine-tuning (full parameter) ---
-    ft_steps: int = 150
+    ft_steps: int = 500
     ft_batch: int = 32
-    ft_lr: float = 2e-3
+    ft_lr: float = 4e-3
     # --- shared optimiser settings ---
     warmup: float = 0.05  # fraction of steps with linear warm-up; then cosine to 10% of lr
     weight_decay: float = 0.01  # AdamW decay, matrices only (not norms)
