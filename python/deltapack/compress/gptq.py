@@ -307,11 +307,11 @@ def gptq_quantize(
                 scales[:, col // group_size] = s16
                 zeros[:, col // group_size] = z
                 s = s16.float()
+            # Few kernels per column (launch overhead bounds this loop on a GPU): results are
+            # written straight into the block buffers; addcdiv computes z + w / s, as RTN does.
             w = W1[:, i]
-            c = _clamp_codes(torch.div(w, s).add_(z).round_(), maxq)
-            C1[:, i] = c
-            q = c.sub(z).mul_(s)
-            Q1[:, i] = q
+            c = _clamp_codes(torch.addcdiv(z, w, s, out=C1[:, i]).round_(), maxq)
+            q = torch.sub(c, z, out=Q1[:, i]).mul_(s)
             if i + 1 < count:
                 # OBS: w's error, spread over the rest of the block (U1[i, j] / U1[i, i]).
                 W1[:, i + 1 :].addr_(w - q, R1[i, i + 1 :], alpha=-1.0)

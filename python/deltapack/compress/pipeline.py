@@ -117,6 +117,24 @@ def plan_targets(base: ModelDir, ft: ModelDir, cfg: CompressConfig) -> list[Targ
     return out
 
 
+def _release_memory() -> None:
+    """Hand freed heap memory back to the OS after a layer (glibc keeps freed mid-size blocks
+    in the heap, so a long compression's RSS would creep up by a few MB per layer)."""
+    import ctypes
+    import ctypes.util
+    import gc
+
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+    libc_name = ctypes.util.find_library("c")
+    if libc_name:
+        try:
+            ctypes.CDLL(libc_name).malloc_trim(0)
+        except (OSError, AttributeError):  # not glibc
+            pass
+
+
 def _device(cfg: CompressConfig) -> torch.device:
     if cfg.device:
         return torch.device(cfg.device)
@@ -354,6 +372,8 @@ def compress(base_dir: str | Path, ft_dir: str | Path, out: str | Path, cfg: Com
                 emit(t, cd, stats)
             if stream is not None and li is not None:
                 stream.advance(stream.build_layer(li, lambda n: approx_weights[n] if n in approx_weights else ft.get(n)))
+            del approx_weights, Hs
+            _release_memory()
             prog.advance(label=f"compressing ({cfg.method}) layer {li}" if li is not None else f"compressing ({cfg.method}) embeddings/head")
         prog.close()
         del stream

@@ -108,6 +108,7 @@ def sparsegpt_24_quantize(W: torch.Tensor, H: torch.Tensor, bits: int, *, damp: 
     zp = float(2 ** (bits - 1))
     s16 = _row_scales(W, maxq)
     s = s16.float()
+    zpv = torch.full_like(s, zp)
     codes = torch.empty(rows, cols, dtype=torch.uint8, device=dev)
     keep = torch.zeros(rows, cols, dtype=torch.bool, device=dev)
 
@@ -118,6 +119,7 @@ def sparsegpt_24_quantize(W: torch.Tensor, H: torch.Tensor, bits: int, *, damp: 
         Q1 = torch.empty_like(W1)
         C1 = torch.empty_like(W1)
         K1 = torch.zeros(rows, count, dtype=torch.bool, device=dev)
+        SK1 = torch.empty_like(W1)
         U1 = U[i1:i2, i1:i2]
         d1 = torch.diagonal(U1)
         R1 = U1 / d1.unsqueeze(1)
@@ -125,11 +127,10 @@ def sparsegpt_24_quantize(W: torch.Tensor, H: torch.Tensor, bits: int, *, damp: 
             if i % 4 == 0:
                 sal = W1[:, i : i + 4].pow(2) / d1[i : i + 4].pow(2)
                 K1[:, i : i + 4].scatter_(1, sal.topk(2, dim=1).indices, True)
+                SK1[:, i : i + 4] = K1[:, i : i + 4] * s.unsqueeze(1)  # scale where kept, else 0
             w = W1[:, i]
-            c = torch.div(w, s).add_(zp).round_().clamp_(0, maxq)
-            C1[:, i] = c
-            q = c.sub_(zp).mul_(s).mul_(K1[:, i])  # pruned weights become exactly 0
-            Q1[:, i] = q
+            c = torch.addcdiv(zpv, w, s, out=C1[:, i]).round_().clamp_(0, maxq)
+            q = torch.sub(c, zp, out=Q1[:, i]).mul_(SK1[:, i])  # pruned weights become exactly 0
             if i + 1 < count:
                 W1[:, i + 1 :].addr_(w - q, R1[i, i + 1 :], alpha=-1.0)
         codes[:, i1:i2] = C1.to(torch.uint8)

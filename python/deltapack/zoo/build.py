@@ -133,8 +133,9 @@ def _lr_lambda(steps: int, warmup: float):
     return f
 
 
-def _train(model, batches, steps: int, lr: float, p: Preset, device: str, desc: str, quiet: bool) -> list[float]:
-    """The shared loop. ``batches(step)`` → (input_ids, labels) on CPU. Returns the losses."""
+def _train(model, batches, steps: int, lr: float, p: Preset, device: str, desc: str, quiet: bool) -> tuple[list[float], float]:
+    """The shared loop. ``batches(step)`` → (input_ids, labels) on CPU. Returns the losses
+    (every 10th step and the last) and the seconds spent in the loop."""
     decay = [q for q in model.parameters() if q.ndim >= 2]
     no_decay = [q for q in model.parameters() if q.ndim < 2]
     opt = torch.optim.AdamW(
@@ -148,6 +149,7 @@ def _train(model, batches, steps: int, lr: float, p: Preset, device: str, desc: 
     amp = torch.autocast("cuda", dtype=torch.bfloat16) if device.startswith("cuda") else contextlib.nullcontext()
     losses: list[float] = []
     model.train()
+    t0 = time.perf_counter()
     with _progress(steps, desc, quiet) as bar:
         for step in range(steps):
             ids, labels = batches(step)
@@ -164,8 +166,10 @@ def _train(model, batches, steps: int, lr: float, p: Preset, device: str, desc: 
                 losses.append(float(loss.detach()))
                 bar.set_postfix(loss=f"{losses[-1]:.3f}")
             bar.update(1)
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
     model.eval()
-    return losses
+    return losses, time.perf_counter() - t0
 
 
 def _save(model, tok, out: Path, dtype: str, zoo_meta: dict[str, Any]) -> None:
@@ -236,7 +240,7 @@ def build_base(
     device = device or default_device()
     final = Path(out_dir) / base_dir_name(p, seed)
     t0 = time.perf_counter()
-    docs = base_corpus(p.corpus_chars, p.synth_frac, digits=p.difficulty.get("arith", {}).get("digits", 2))
+    docs = base_corpus(p.corpus_chars, p.synth_frac, digits=p.difficulty.get("arith", {}).get("digits", 2), max_file_chars=p.max_file_chars)
     key = {"zoo_version": ZOO_VERSION, "kind": "base", "preset": p.to_dict(), "seed": seed, "corpus": corpus_hash(docs)}
     if not force and _complete(final, key):
         return final
@@ -262,7 +266,7 @@ def build_base(
         cfg = llama_config(p, len(tok), tok)
         torch.manual_seed(seed)
         model = LlamaForCausalLM(cfg).to(device)
-        losses = _train(model, batches, p.base_steps, p.base_lr, p, device, f"base[{p.name}]", quiet)
+        losses, train_s = _train(model, batches, p.base_steps, p.base_lr, p, device, f"base[{p.name}]", quiet)
 
         tmp = _prepare_target(final)
         meta = {"role": "base", "preset": p.name, "seed": seed, "difficulty": p.to_dict()["difficulty"], "eval_frac": p.eval_frac}
@@ -276,6 +280,7 @@ def build_base(
             "corpus_tokens": int(stream.numel()),
             "loss_first_last": [losses[0], losses[-1]],
             "seconds": round(time.perf_counter() - t0, 2),
+            "train_seconds": round(train_s, 2),
             "device": device,
             "threads": torch.get_num_threads(),
             "torch": torch.__version__,
@@ -357,7 +362,7 @@ def build_finetune(
             return x, y
 
         torch.manual_seed(seed)
-        losses = _train(model, batches, p.ft_steps, p.ft_lr, p, device, f"{t.name}[{p.name}]", quiet)
+        losses, train_s = _train(model, batches, p.ft_steps, p.ft_lr, p, device, f"{t.name}[{p.name}]", quiet)
 
         tmp = _prepare_target(final)
         meta = {
@@ -378,6 +383,7 @@ def build_finetune(
             "unique_train_prompts": len({ex.prompt for ex in train}),
             "loss_first_last": [losses[0], losses[-1]],
             "seconds": round(time.perf_counter() - t0, 2),
+            "train_seconds": round(train_s, 2),
             "device": device,
             "threads": torch.get_num_threads(),
             "torch": torch.__version__,

@@ -93,11 +93,11 @@ def synthetic_docs(chars: int, seed: int = 0, digits: int = 2) -> list[str]:
     return docs
 
 
-def base_corpus(corpus_chars: int, synth_frac: float, digits: int = 2) -> list[str]:
+def base_corpus(corpus_chars: int, synth_frac: float, digits: int = 2, max_file_chars: int = 12_000) -> list[str]:
     """The base model's documents: stdlib text plus ``synth_frac`` synthetic text (numbers of
     up to ``digits`` digits, the preset's arithmetic range), interleaved deterministically. The
     corpus does not depend on the model seed."""
-    real = stdlib_docs(corpus_chars)
+    real = stdlib_docs(corpus_chars, max_file_chars)
     n_real = sum(map(len, real))
     synth = synthetic_docs(int(n_real * synth_frac / max(1e-9, 1 - synth_frac)), seed=0, digits=digits)
     docs = real + synth

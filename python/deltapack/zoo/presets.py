@@ -42,20 +42,21 @@ class Preset:
     kv_heads: int = 2
     intermediate: int = 192
     max_len: int = 256
-    init_std: float = 0.02  # LlamaConfig.initializer_range
+    init_std: float = 0.08  # LlamaConfig.initializer_range (~0.6/sqrt(hidden): trained-weight scale)
     # --- tokenizer: "char" (printable ASCII + \n, 100 ids) or a BPE vocabulary size ---
     vocab: str | int = "char"
     # --- base pretraining ---
     corpus_chars: int = 1_500_000  # characters of Python stdlib source taken (before synth text)
+    max_file_chars: int = 12_000  # at most this much of each stdlib file (spreads the sample)
     synth_frac: float = 0.5  # fraction of the base corpus that is synthetic arithmetic/word text
-    base_steps: int = 400
+    base_steps: int = 300
     base_batch: int = 16
     base_seq: int = 128
     base_lr: float = 3e-3
     # --- fine-tuning (full parameter) ---
-    ft_steps: int = 500
+    ft_steps: int = 400
     ft_batch: int = 32
-    ft_lr: float = 4e-3
+    ft_lr: float = 2e-3
     # --- shared optimiser settings ---
     warmup: float = 0.05  # fraction of steps with linear warm-up; then cosine to 10% of lr
     weight_decay: float = 0.01  # AdamW decay, matrices only (not norms)
@@ -95,7 +96,8 @@ PRESETS: dict[str, Preset] = {
         layers=4,
         heads=8,
         kv_heads=2,
-        intermediate=688,
+        intermediate=704,
+        init_std=0.04,
         max_len=512,
         vocab=2048,
         corpus_chars=8_000_000,
@@ -118,10 +120,12 @@ PRESETS: dict[str, Preset] = {
         layers=8,
         heads=8,
         kv_heads=2,
-        intermediate=1376,
+        intermediate=1408,
+        init_std=0.025,
         max_len=1024,
         vocab=8192,
-        corpus_chars=40_000_000,
+        corpus_chars=40_000_000,  # more than there is: the whole stdlib (~11 M chars on 3.11)
+        max_file_chars=10**9,
         base_steps=4000,
         base_batch=64,
         base_seq=512,

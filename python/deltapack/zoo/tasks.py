@@ -191,14 +191,13 @@ class Task:
         rng = random.Random(f"deltapack.zoo:{self.name}:{split}:{seed}")
         out: list[Example] = []
         seen: set[str] = set()
-        misses = 0
-        while len(out) < n:
+        misses = 0  # consecutive draws that gave nothing new: the split's space is exhausted
+        while len(out) < n and misses < 1000 + len(out):
             ex = self.sample(rng, **difficulty)
             if split_of(ex.prompt, eval_frac) != split or (unique and ex.prompt in seen):
                 misses += 1
-                if misses > 200 + 50 * n:
-                    break
                 continue
+            misses = 0
             seen.add(ex.prompt)
             out.append(ex)
         if not out:
