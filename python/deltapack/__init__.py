@@ -6,6 +6,7 @@ from .errors import (
     ChecksumError,
     DeltapackError,
     FormatError,
+    ModelMismatchError,
     TensorNotFoundError,
     UnsupportedError,
 )
@@ -53,4 +54,5 @@ __all__ = [
     "ChecksumError",
     "BaseMismatchError",
     "TensorNotFoundError",
+    "ModelMismatchError",
 ]

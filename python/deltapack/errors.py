@@ -6,7 +6,8 @@ ValueError for I/O and bad arguments), with a message naming the tensor and segm
     │   ├── UnsupportedError   valid, but a version / flag / encoding this reader does not know
     │   └── ChecksumError      bytes do not match their checksum
     ├── BaseMismatchError      the delta was made for a different base model
-    └── TensorNotFoundError    no tensor of that name
+    ├── TensorNotFoundError    no tensor of that name
+    └── ModelMismatchError     base and fine-tune cannot be paired (architecture, names, shapes)
 """
 
 from ._core import (  # noqa: F401  (re-exported)
@@ -18,6 +19,12 @@ from ._core import (  # noqa: F401  (re-exported)
     UnsupportedError,
 )
 
+
+
+class ModelMismatchError(DeltapackError):
+    """Base and fine-tune cannot be paired: architecture, tensor names or shapes differ."""
+
+
 __all__ = [
     "DeltapackError",
     "FormatError",
@@ -25,4 +32,5 @@ __all__ = [
     "ChecksumError",
     "BaseMismatchError",
     "TensorNotFoundError",
+    "ModelMismatchError",
 ]

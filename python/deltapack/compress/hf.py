@@ -7,7 +7,6 @@ import json
 import os
 import re
 from collections import OrderedDict
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -138,8 +137,3 @@ def check_pair(base: ModelDir, ft: ModelDir) -> None:
     for k in sorted(bk):
         if base.shape(k) != ft.shape(k):
             raise ModelMismatchError(f"'{k}' has shape {base.shape(k)} in the base and {ft.shape(k)} in the fine-tune")
-
-
-def iter_layers(model: ModelDir) -> Iterator[tuple[int, list[str]]]:
-    layers, _ = model.layer_groups()
-    yield from layers.items()

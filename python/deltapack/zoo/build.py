@@ -31,6 +31,7 @@ import hashlib
 import json
 import math
 import os
+import platform
 import shutil
 import time
 from pathlib import Path
@@ -104,10 +105,15 @@ def _complete(model_dir: Path, key: dict[str, Any]) -> bool:
     )
 
 
-def _prepare_target(final: Path) -> Path:
-    """A fresh temporary sibling of ``final``; refuses to clobber a directory we did not make."""
-    if final.exists() and any(final.iterdir()) and read_stamp(final) is None:
+def _check_target(final: Path) -> None:
+    """Refuse to clobber a directory that the zoo did not make."""
+    if final.exists() and (not final.is_dir() or (any(final.iterdir()) and read_stamp(final) is None)):
         raise FileExistsError(f"{final} exists, is not empty and holds no {STAMP}: not overwriting it")
+
+
+def _prepare_target(final: Path) -> Path:
+    """A fresh temporary sibling of ``final``."""
+    _check_target(final)
     final.parent.mkdir(parents=True, exist_ok=True)
     tmp = final.parent / f".{final.name}.tmp-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
@@ -244,6 +250,7 @@ def build_base(
     key = {"zoo_version": ZOO_VERSION, "kind": "base", "preset": p.to_dict(), "seed": seed, "corpus": corpus_hash(docs)}
     if not force and _complete(final, key):
         return final
+    _check_target(final)
 
     with _threads(threads):
         torch.manual_seed(seed)
@@ -284,6 +291,7 @@ def build_base(
             "device": device,
             "threads": torch.get_num_threads(),
             "torch": torch.__version__,
+            "python": platform.python_version(),
         }
         (tmp / STAMP).write_text(json.dumps(stamp, indent=1, sort_keys=True) + "\n")
         _commit(tmp, final)
@@ -340,6 +348,7 @@ def build_finetune(
     }
     if not force and _complete(final, key):
         return final
+    _check_target(final)
 
     with _threads(threads):
         tok = AutoTokenizer.from_pretrained(base_dir)
@@ -387,6 +396,7 @@ def build_finetune(
             "device": device,
             "threads": torch.get_num_threads(),
             "torch": torch.__version__,
+            "python": platform.python_version(),
         }
         (tmp / STAMP).write_text(json.dumps(stamp, indent=1, sort_keys=True) + "\n")
         _commit(tmp, final)
