@@ -98,6 +98,7 @@ def test_plan_auto_meets_budget_and_is_not_worse(zoo_pair, calib_file, tmp_path,
     assert rep.bits_per_param <= 1.0
     kl_auto = _kl(deltapack.load(base, p, dtype=torch.float32), finetune_model, heldout)
     kl_fixed = _kl(deltapack.load(base, compressed[("delta-come", 1.0)][0], dtype=torch.float32), finetune_model, heldout)
+    print("plan auto vs fixed KL", kl_auto, kl_fixed)
     assert kl_auto < kl_fixed * 1.25, (kl_auto, kl_fixed)
 
 

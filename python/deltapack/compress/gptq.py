@@ -224,6 +224,7 @@ def gptq_quantize(
     damp: float = 0.01,
     block_size: int = 128,
     sym: bool = False,
+    backend: str = "auto",
 ) -> GPTQResult:
     """GPTQ-quantize ``W`` [rows, cols] (out × in) to ``bits`` bits given the Hessian ``H``
     [cols, cols] = 2/n Σ x xᵀ of its inputs, minimising ‖(W − Ŵ)X‖².
@@ -241,6 +242,8 @@ def gptq_quantize(
     - ``block_size``: columns per lazy batch update (affects speed, not the result beyond
       float rounding).
     - ``sym``: symmetric grid, zero = 2**(bits−1), scale = 2·max|w| / (2**bits − 1); zeros None.
+    - ``backend``: 'auto' (fused Triton block kernel on CUDA when group_size == block_size,
+      else the torch loop), 'torch', or 'triton'.
     """
     what = "gptq_quantize"
     _check_inputs(W, H, what)
@@ -285,9 +288,26 @@ def gptq_quantize(
     codes = torch.empty(rows, cols, dtype=torch.uint8, device=dev)
     s = z = None
 
+    from . import gptq_triton
+
+    # One Triton launch per block when the block is one whole group (the default 128/128);
+    # the torch loop below is the reference and the path everywhere else.
+    fused = backend != "torch" and gptq_triton.available(W) and group_size == block_size and block_size & (block_size - 1) == 0
+    if backend == "triton" and not fused:
+        raise ValueError(f"{what}: the triton backend needs CUDA (or TRITON_INTERPRET=1) and group_size == block_size, a power of two")
     for i1 in range(0, cols, block_size):
         i2 = min(i1 + block_size, cols)
         count = i2 - i1
+        if fused and count == block_size:
+            s16, z = _group_params(W[:, i1:i2], maxq, sym)
+            scales[:, i1 // group_size] = s16
+            zeros[:, i1 // group_size] = z
+            mq = maxq if isinstance(maxq, torch.Tensor) else float(maxq)
+            C1, Err1 = gptq_triton.gptq_block(W[:, i1:i2], U[i1:i2, i1:i2], s16.float(), z, mq)
+            codes[:, i1:i2] = C1
+            if i2 < cols:
+                W[:, i2:].addmm_(Err1, U[i1:i2, i2:], alpha=-1.0)
+            continue
         W1 = W[:, i1:i2].clone()  # current weights of the block (earlier blocks' errors applied)
         Q1 = torch.empty_like(W1)  # their quantized values
         C1 = torch.empty_like(W1)  # their codes (as floats)

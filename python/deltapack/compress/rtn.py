@@ -43,7 +43,9 @@ def quantize_rtn(w: torch.Tensor, bits: int, group_size: int = 128) -> GroupQuan
     lo = g.amin(dim=2).clamp(max=0.0)
     hi = g.amax(dim=2).clamp(min=0.0)
     maxq = (1 << bits) - 1
-    scale = ((hi - lo) / maxq).clamp(min=1e-8).half()
+    # floor at the smallest positive float16 (2**-24): a smaller floor rounds to 0 in fp16 and
+    # an all-zero group would get scale 0 and a NaN zero point
+    scale = ((hi - lo) / maxq).clamp(min=2.0**-24).half()
     sf = scale.float()
     zero = torch.round(-lo / sf).clamp(0, maxq)
     codes = torch.round(g / sf.unsqueeze(2) + zero.unsqueeze(2)).clamp(0, maxq)

@@ -51,7 +51,7 @@ def main(argv: list[str] | None = None) -> int:
         con.print(f"{t:<9} {fts[t]}  ({times[t]:.1f} s)")
 
     table = Table(title=f"exact-match accuracy, greedy, n={a.n} eval examples per task")
-    table.add_column("model")
+    table.add_column("model", no_wrap=True)
     for t in tasks:
         table.add_column(t, justify="right")
     for name, d in [("base", base), *[(f"ft:{t}", fts[t]) for t in tasks]]:
@@ -60,13 +60,13 @@ def main(argv: list[str] | None = None) -> int:
     con.print(table)
 
     dt = Table(title="‖ΔW‖/‖W_base‖ per matrix type (all layers)")
-    dt.add_column("fine-tune")
+    dt.add_column("ft", no_wrap=True)
     kinds = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj", "embed_tokens", "lm_head"]
     for k in kinds:
-        dt.add_column(k.replace("_proj", "").replace("embed_tokens", "embed"), justify="right")
+        dt.add_column(k.replace("_proj", "").replace("embed_tokens", "emb").replace("lm_head", "head"), justify="right", no_wrap=True)
     for t in tasks:
         s = delta_stats(base, fts[t])
-        dt.add_row(t, *[f"{s[k]['rel']:.3f}" for k in kinds])
+        dt.add_row(t, *[f"{s[k]['rel']:.2f}" for k in kinds])
     con.print(dt)
     con.print(f"total {time.perf_counter() - t0:.1f} s (build: " + ", ".join(f"{k} {v:.1f} s" for k, v in times.items()) + ")")
     return 0

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import hashlib
 import random
+import re
 import sysconfig
 from pathlib import Path
 
@@ -25,9 +26,12 @@ from .tasks import WORDS
 _SKIP_DIRS = {"site-packages", "dist-packages", "test", "tests", "idlelib", "__pycache__", "turtledemo"}
 
 
+_NOT_PRINTABLE = re.compile(r"[^\n -~]+")
+
+
 def _clean(text: str) -> str:
     text = text.expandtabs(4).replace("\r\n", "\n").replace("\r", "\n")
-    return "".join(c for c in text if c == "\n" or " " <= c <= "~")
+    return _NOT_PRINTABLE.sub("", text)
 
 
 def stdlib_docs(corpus_chars: int, max_file_chars: int = 12_000) -> list[str]:
@@ -65,8 +69,8 @@ def synthetic_docs(chars: int, seed: int = 0, digits: int = 2) -> list[str]:
         kind = rng.randrange(4)
         lines = []
         for _ in range(rng.randint(4, 12)):
-            if kind == 0:
-                a, b = rng.randint(0, hi), rng.randint(0, hi)
+            if kind == 0:  # the first operand sometimes one digit longer, as in multi-step sums
+                a, b = rng.randint(0, hi if rng.random() < 0.5 else 10 * hi + 9), rng.randint(0, hi)
                 op = rng.choice("+-*")
                 if op == "+":
                     lines.append(f"{a}+{b}={a + b}")

@@ -132,7 +132,7 @@ PRESETS: dict[str, Preset] = {
         base_lr=1e-3,
         ft_steps=800,
         ft_batch=64,
-        ft_lr=2e-4,
+        ft_lr=5e-4,
         dtype="bfloat16",
         difficulty={
             "arith": {"n_ops": 3, "digits": 2, "ops": "+-*"},
