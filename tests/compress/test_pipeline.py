@@ -218,3 +218,21 @@ def test_layer_hessians_match_direct_computation(zoo_pair):
         torch.testing.assert_close(Hs[n].double(), 2 * x.T @ x / x.shape[0], rtol=1e-4, atol=1e-6)
     assert Hs["self_attn.q_proj"] is Hs["self_attn.k_proj"] and Hs["mlp.gate_proj"] is Hs["mlp.up_proj"]
     assert Hs["self_attn.o_proj"] is not Hs["self_attn.q_proj"]
+
+
+def test_materialize_sharded_loads(compressed, zoo_pair, heldout, tmp_path):
+    """Small shards: an index, several files, the same weights as one file."""
+    from transformers import AutoModelForCausalLM
+
+    base, _ = zoo_pair
+    p = compressed[("rtn", 1.0)][0]
+    one = deltapack.materialize(base, p, tmp_path / "one")
+    many = deltapack.materialize(base, p, tmp_path / "many", shard_bytes=64 << 10, dtype=torch.bfloat16)
+    idx = json.loads((many / "model.safetensors.index.json").read_text())
+    assert len(set(idx["weight_map"].values())) > 2 and json.loads((many / "config.json").read_text())["dtype"] == "bfloat16"
+    a = AutoModelForCausalLM.from_pretrained(str(one), dtype=torch.float32).state_dict()
+    b = AutoModelForCausalLM.from_pretrained(str(many), dtype=torch.float32).state_dict()
+    for k in a:
+        torch.testing.assert_close(b[k], a[k].bfloat16().float(), rtol=0, atol=0)
+    with pytest.raises(FileExistsError):
+        deltapack.materialize(base, p, tmp_path / "one")

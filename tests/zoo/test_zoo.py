@@ -237,3 +237,9 @@ def test_evaluate_scores_a_scripted_model():
     assert acc == pytest.approx(0.5)
     assert [ex for ex, _ in details] == exs
     assert all("junk" not in c for _, c in details)
+
+
+def test_finetune_refuses_a_base_of_another_architecture(zoo):
+    wider = replace(PRESETS["tiny"], name="wider", hidden=96)
+    with pytest.raises(ValueError, match="architecture"):
+        build_finetune(zoo["base"], zoo["out"], "arith", wider, seed=0, quiet=True)

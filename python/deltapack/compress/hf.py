@@ -4,6 +4,7 @@ index of shards), memory-mapped, one tensor at a time. Nothing here loads a whol
 from __future__ import annotations
 
 import json
+import math
 import os
 import re
 from collections import OrderedDict
@@ -19,6 +20,7 @@ from ..errors import DeltapackError
 _LAYER_RE = re.compile(r"^(?P<prefix>.*?\blayers)\.(?P<idx>\d+)\.(?P<rest>.+)$")
 # safetensors dtype names -> the .dpk fingerprint dtype names
 _ST_DTYPES = {"F32": "f32", "F16": "f16", "BF16": "bf16", "I8": "i8", "U8": "u8", "I32": "i32", "I64": "i64", "F64": "f64", "BOOL": "bool"}
+ITEMSIZE = {"f32": 4, "f16": 2, "bf16": 2, "i8": 1, "u8": 1, "i32": 4, "i64": 8, "f64": 8, "bool": 1}
 
 
 class ModelMismatchError(DeltapackError):
@@ -95,6 +97,10 @@ class ModelDir:
 
     def dtype(self, name: str) -> str:
         return self._meta[name][0]
+
+    def nbytes(self, name: str) -> int:
+        """Bytes of the tensor as stored."""
+        return math.prod(self.shape(name)) * ITEMSIZE.get(self.dtype(name), 4)
 
     def get(self, name: str) -> torch.Tensor:
         """The tensor as stored (memory-mapped; no copy until modified)."""

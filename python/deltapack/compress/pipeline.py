@@ -292,7 +292,7 @@ def compress(base_dir: str | Path, ft_dir: str | Path, out: str | Path, cfg: Com
     schedule = parse_schedule(cfg.schedule) if cfg.schedule else DELTA_COME_SCHEDULE
     targets = plan_targets(base, ft, cfg)
     matrices = [t for t in targets if t.kind == "matrix"]
-    raw_bytes = sum(t.numel * _itemsize(ft.dtype(t.name)) for t in targets if t.kind == "raw")
+    raw_bytes = sum(ft.nbytes(t.name) for t in targets if t.kind == "raw")
     total_params = sum(t.numel for t in targets)
 
     # --- budget
@@ -420,7 +420,3 @@ def compress(base_dir: str | Path, ft_dir: str | Path, out: str | Path, cfg: Com
         bits_per_param=8 * stored / max(total_params, 1),
         matrices=report_rows,
     )
-
-
-def _itemsize(dtype: str) -> int:
-    return {"f32": 4, "f16": 2, "bf16": 2, "i8": 1, "u8": 1, "i32": 4, "i64": 8, "f64": 8, "bool": 1}.get(dtype, 4)

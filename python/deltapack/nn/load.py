@@ -4,17 +4,18 @@ Hugging Face directory (``materialize``)."""
 from __future__ import annotations
 
 import json
+import math
 import os
 import shutil
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
+from ..atomic import atomic_directory
 from ..compress.hf import ModelDir
-from ..format import DTYPE_NAMES, DeltaFile
+from ..format import DeltaFile
 from ..format import open as open_dpk
 from .delta import read_delta
 from .delta_linear import DeltaLinear
@@ -58,7 +59,8 @@ def load(base_dir: str | os.PathLike[str], dpk: str | os.PathLike[str], *, devic
 
 def materialize(base_dir: str | os.PathLike[str], dpk: str | os.PathLike[str], out_dir: str | os.PathLike[str], *, dtype: torch.dtype | None = None, allow_base_mismatch: bool = False, shard_bytes: int = 4 << 30) -> Path:
     """Write base + delta as a full Hugging Face model directory (config, tokenizer files,
-    safetensors shards), streamed tensor by tensor; the directory appears atomically."""
+    safetensors shards), built and written one shard at a time; the directory appears
+    atomically."""
     from safetensors.torch import save_file
 
     f = open_dpk(dpk)
@@ -66,45 +68,45 @@ def materialize(base_dir: str | os.PathLike[str], dpk: str | os.PathLike[str], o
     if not allow_base_mismatch:
         check_base_dir(f, base)
     entries: dict[str, dict[str, Any]] = {e["target"]: e for e in f.manifest["deltas"]}
-    out = Path(out_dir)
-    if out.exists() and any(out.iterdir()):
-        raise FileExistsError(f"{out} exists and is not empty")
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent if out.parent.exists() else None))
-    try:
-        shards: list[dict[str, torch.Tensor]] = [{}]
-        size = 0
-        for name in base.keys():
-            w = base.get(name)
-            if name in entries:
-                e = entries[name]
-                d = read_delta(f, e).dense().reshape(w.shape)
-                w = (d if e.get("op") == "replace" else w.float() + d).to(w.dtype)
-            if dtype is not None and w.is_floating_point():
-                w = w.to(dtype)
-            nb = w.numel() * w.element_size()
-            if size and size + nb > shard_bytes:
-                shards.append({})
-                size = 0
-            shards[-1][name] = w.contiguous()
-            size += nb
-        files = ["model.safetensors"] if len(shards) == 1 else [f"model-{i + 1:05d}-of-{len(shards):05d}.safetensors" for i in range(len(shards))]
-        for fname, sh in zip(files, shards):
-            save_file(sh, str(tmp / fname), metadata={"format": "pt", "deltapack": f.manifest["finetune"]["name"]})
-        if len(shards) > 1:
-            index = {"metadata": {"total_size": sum(t.numel() * t.element_size() for s in shards for t in s.values())}, "weight_map": {k: fn for fn, s in zip(files, shards) for k in s}}
+    out_size = torch.empty(0, dtype=dtype).element_size() if dtype is not None else None
+    # Plan the shards from the sizes first, then build and write one shard at a time: memory
+    # holds one shard, not the model.
+    plan: list[list[str]] = [[]]
+    size = 0
+    for name in base.keys():
+        floating = base.dtype(name) in ("f32", "f16", "bf16", "f64")
+        nb = math.prod(base.shape(name)) * out_size if out_size and floating else base.nbytes(name)
+        if plan[-1] and size + nb > shard_bytes:
+            plan.append([])
+            size = 0
+        plan[-1].append(name)
+        size += nb
+    files = ["model.safetensors"] if len(plan) == 1 else [f"model-{i + 1:05d}-of-{len(plan):05d}.safetensors" for i in range(len(plan))]
+    with atomic_directory(out_dir) as tmp:
+        total = 0
+        for fname, names in zip(files, plan):
+            shard: dict[str, torch.Tensor] = {}
+            for name in names:
+                w = base.get(name)
+                if name in entries:
+                    e = entries[name]
+                    d = read_delta(f, e).dense().reshape(w.shape)
+                    w = (d if e.get("op") == "replace" else w.float() + d).to(w.dtype)
+                if dtype is not None and w.is_floating_point():
+                    w = w.to(dtype)
+                shard[name] = w.contiguous()
+                total += w.numel() * w.element_size()
+            save_file(shard, str(tmp / fname), metadata={"format": "pt", "deltapack": f.manifest["finetune"]["name"]})
+            del shard
+        if len(plan) > 1:
+            index = {"metadata": {"total_size": total}, "weight_map": {k: fn for fn, names in zip(files, plan) for k in names}}
             (tmp / "model.safetensors.index.json").write_text(json.dumps(index, indent=2))
         cfg = dict(base.config)
         if dtype is not None:
-            cfg["torch_dtype"] = cfg["dtype"] = DTYPE_NAMES.get(dtype, str(dtype)).replace("bf16", "bfloat16").replace("f16", "float16").replace("f32", "float32")
+            cfg["torch_dtype"] = cfg["dtype"] = str(dtype).removeprefix("torch.")
         cfg["_name_or_path"] = f.manifest["finetune"]["name"]
         (tmp / "config.json").write_text(json.dumps(cfg, indent=2))
         for fn in _TOKENIZER_FILES:
             if (base.path / fn).exists():
                 shutil.copy2(base.path / fn, tmp / fn)
-        if out.exists():
-            out.rmdir()
-        os.replace(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    return out
+    return Path(out_dir)

@@ -335,6 +335,10 @@ def build_finetune(
     base_stamp = read_stamp(base_dir)
     if base_stamp is None:
         raise FileNotFoundError(f"{base_dir} is not a zoo base model (no {STAMP})")
+    arch = ("hidden", "layers", "heads", "kv_heads", "intermediate", "vocab", "init_std")
+    bp = base_stamp["key"]["preset"]
+    if any(bp.get(k) != getattr(p, k) for k in arch):
+        raise ValueError(f"{base_dir} was built with preset {bp.get('name')!r}, whose architecture differs from {p.name!r}'s")
     final = Path(out_dir) / finetune_dir_name(t.name, p, seed)
     t0 = time.perf_counter()
     key = {

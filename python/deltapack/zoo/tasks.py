@@ -95,7 +95,7 @@ def gen_code(rng: random.Random, n_lines: int = 2, max_const: int = 9, ops: str 
     for i in range(n_lines):
         v = names[i] if i < len(names) else rng.choice(names)
         if not env:
-            val, src = rng.randint(0, max_const), None
+            val = rng.randint(0, max_const)
             src = str(val)
         else:
             a = rng.choice(sorted(env))
