@@ -270,7 +270,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("file")
     s.set_defaults(func=cmd_verify)
 
-    s = sub.add_parser("demo", help="train a tiny base + fine-tune, compress at 1 bit/param, compare (CPU, about a minute, no download)")
+    s = sub.add_parser("demo", help="train a tiny base + fine-tune, compress at 1 bit/param, compare (CPU, under a minute, no download)")
     s.add_argument("--workdir", help="where models and deltas go (default ~/.cache/deltapack/demo)")
     s.add_argument("--preset", default="tiny")
     s.add_argument("--task", default="arith")

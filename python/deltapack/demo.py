@@ -1,8 +1,14 @@
 """`deltapack demo`: the whole story on a CPU in about a minute, no download. Trains a tiny
 Llama-style base and a fine-tune on a chain-of-thought arithmetic task (deltapack.zoo),
-compresses the fine-tune's delta with delta-come and bitdelta at 1 bit/param, verifies the
-files, and compares base, fine-tune and compressed models: size, bits/param, accuracy,
-KL divergence of next-token distributions to the fine-tune, and agreement of answers."""
+compresses the fine-tune's delta with delta-come and bitdelta at 1 bit/param (and delta-come
+at 3), verifies the files, and compares base, fine-tune and compressed models: size,
+bits/param, accuracy, KL divergence of next-token distributions to the fine-tune, and
+agreement of answers.
+
+The tiny fine-tune has to learn its task from scratch in seconds, so it rewrites its weights
+(‖ΔW‖/‖W‖ ≈ 0.3, where real fine-tunes of 7B models are nearer 0.01): a 1-bit delta of such
+a change keeps the direction (the KL to the fine-tune drops) but not the answers, and the
+3-bit row shows accuracy coming back as the budget grows. The demo prints these facts."""
 
 from __future__ import annotations
 
@@ -31,13 +37,16 @@ def _kl_to(model, ref, tok, prompts: list[str]) -> float:
     return tot / max(n, 1)
 
 
-def run_demo(workdir: str | os.PathLike[str] | None = None, preset: str = "tiny", task: str = "arith", bits_per_param: float = 1.0, methods: tuple[str, ...] = ("delta-come", "bitdelta"), n_eval: int = 100, quiet: bool = False) -> dict[str, Any]:
+DEFAULT_RUNS = (("delta-come", 1.0), ("bitdelta", 1.0), ("delta-come", 3.0))
+
+
+def run_demo(workdir: str | os.PathLike[str] | None = None, preset: str = "tiny", task: str = "arith", bits_per_param: float = 1.0, runs: tuple[tuple[str, float], ...] | None = None, n_eval: int = 100, quiet: bool = False) -> dict[str, Any]:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from . import load
     from .compress.pipeline import compress
     from .format import open as open_dpk
-    from .zoo import build_base, build_finetune, evaluate, generate
+    from .zoo import build_base, build_finetune, delta_stats, evaluate, generate
     from .zoo.tasks import get_task
 
     say = (lambda *a: None) if quiet else print
@@ -53,21 +62,25 @@ def run_demo(workdir: str | os.PathLike[str] | None = None, preset: str = "tiny"
     examples = get_task(task).examples(n_eval, seed=1234, split="eval")
     prompts = [ex.prompt for ex in examples]
     ft_answers = generate(ft, tok, prompts, max_new_tokens=48)
+    runs = runs or tuple((m, bits_per_param if b == 1.0 else b) for m, b in DEFAULT_RUNS)
+    rel = delta_stats(base_dir, ft_dir)
+    lin = [v["rel"] for k, v in rel.items() if k.endswith("proj")]
     rows = [
         {"model": "base", "bytes": _dir_bytes(base_dir), "bits_per_param": None, "accuracy": evaluate(base, task, n=n_eval, tokenizer=tok), "kl": _kl_to(base, ft, tok, prompts[:20]), "agree": None},
         {"model": f"fine-tune ({task})", "bytes": _dir_bytes(ft_dir), "bits_per_param": None, "accuracy": evaluate(ft, task, n=n_eval, tokenizer=tok), "kl": 0.0, "agree": 1.0},
     ]
-    say(f"[2/3] compressing the delta at {bits_per_param} bits/param with {', '.join(methods)}")
-    for m in methods:
-        out = work / f"{task}-{m}.dpk"
-        rep = compress(base_dir, ft_dir, out, method=m, bits_per_param=bits_per_param, n_samples=32, seq_len=128, progress=False)
+    say(f"[2/3] compressing the delta: {', '.join(f'{m} at {b:g} bits/param' for m, b in runs)}")
+    for m, b in runs:
+        out = work / f"{task}-{m}-{b:g}.dpk"
+        rep = compress(base_dir, ft_dir, out, method=m, bits_per_param=b, n_samples=32, seq_len=128, progress=False)
         open_dpk(out, verify="full")  # every checksum
         model = load(base_dir, out, dtype=torch.float32).eval()
         answers = generate(model, tok, prompts, max_new_tokens=48)
         rows.append(
             {
-                "model": f"{m} @ {bits_per_param:g} bit",
-                "bytes": out.stat().st_size,
+                "model": f"{m} @ {b:g} bit",
+                "bytes": rep.stored_bytes,
+                "file_bytes": out.stat().st_size,
                 "bits_per_param": rep.bits_per_param,
                 "accuracy": evaluate(model, task, n=n_eval, tokenizer=tok),
                 "kl": _kl_to(model, ft, tok, prompts[:20]),
@@ -81,12 +94,13 @@ def run_demo(workdir: str | os.PathLike[str] | None = None, preset: str = "tiny"
         from rich.table import Table
 
         t = Table()
-        for c in ("model", "stored", "bits/param", "accuracy", "KL to fine-tune", "same answer as fine-tune"):
+        for c in ("model", "stored", "file", "bits/param", "accuracy", "KL to fine-tune", "same answer as fine-tune"):
             t.add_column(c, justify="left" if c == "model" else "right")
         for r in rows:
             t.add_row(
                 r["model"],
                 f"{r['bytes'] / 1024:.0f} KiB",
+                f"{r.get('file_bytes', r['bytes']) / 1024:.0f} KiB",
                 "-" if r["bits_per_param"] is None else f"{r['bits_per_param']:.3f}",
                 f"{100 * r['accuracy']:.0f}%",
                 f"{r['kl']:.4f}",
@@ -95,5 +109,11 @@ def run_demo(workdir: str | os.PathLike[str] | None = None, preset: str = "tiny"
         Console().print(t)
         ex = examples[0]
         say(f"example: {ex.prompt!r}\n  fine-tune: {ft_answers[0]!r}")
+        say(
+            f"stored: the delta's bytes (codes, scales, zeros, singular values, raw norms); file: with the manifest and the\n"
+            f"4 KiB alignment of each tensor, which dominates for a {sum(p.numel() for p in ft.parameters()) / 1e6:.2f} M-parameter model.\n"
+            f"This tiny fine-tune changed its linear weights by ‖ΔW‖/‖W‖ = {min(lin):.2f}–{max(lin):.2f} (real fine-tunes: ~0.01), so 1 bit/param\n"
+            f"keeps the direction (KL falls well below the base's) but not the answers; more bits bring them back."
+        )
         say(f"done in {time.perf_counter() - t0:.0f} s")
     return {"rows": rows, "base_dir": str(base_dir), "finetune_dir": str(ft_dir), "seconds": time.perf_counter() - t0}

@@ -1,4 +1,4 @@
-"""The model zoo: real tiny Llama models trained here (about 25 s for the module on 2 CPU cores)."""
+"""The model zoo: real tiny Llama models trained here (~30 s for the module on 2 busy CPU cores)."""
 
 from __future__ import annotations
 
@@ -29,13 +29,12 @@ from deltapack.zoo.tokenizer import build_tokenizer  # noqa: E402
 
 
 @pytest.fixture(scope="module")
-def zoo(tmp_path_factory):
-    """The tiny preset's base and its arith fine-tune, built once for the module."""
-    out = tmp_path_factory.mktemp("zoo")
-    t0 = time.perf_counter()
-    base = build_base(out, "tiny", seed=0, quiet=True)
-    ft = build_finetune(base, out, task="arith", preset="tiny", seed=0, quiet=True)
-    return {"out": out, "base": base, "ft": ft, "seconds": time.perf_counter() - t0}
+def zoo(zoo_pair):
+    """The tiny preset's base and its arith fine-tune (seed 0): the session's shared pair from
+    tests/conftest.py, built once (~22 s) by build_base / build_finetune."""
+    base, ft = zoo_pair
+    assert (base.name, ft.name) == ("base-tiny-s0", "arith-tiny-s0")
+    return {"out": base.parent, "base": base, "ft": ft}
 
 
 # ----------------------------------------------------------------------------- built models
