@@ -194,7 +194,7 @@ def main() -> None:
         sys.exit("bench/compress.py needs a CUDA GPU")
     dev = torch.device("cuda")
     gpu = torch.cuda.get_device_name()
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip() or "unknown"
+    commit = os.environ.get("DELTAPACK_COMMIT") or subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip() or "unknown"  # the device copy has no .git: pass DELTAPACK_COMMIT
     svd_rows = bench_svd(dev, torch.Generator(device=dev).manual_seed(1))
     results = [bench_shape(s, args.samples, args.seq_len, dev, args.svd) for s in args.shapes.split(",")]
     meta = {"gpu": gpu, "commit": commit, "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"), "torch": torch.__version__, "samples": args.samples, "seq_len": args.seq_len}

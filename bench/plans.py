@@ -50,7 +50,7 @@ def mean_kl(model, ref, ids: torch.Tensor, batch: int = 16) -> float:
 
 
 def write_results(rows, args, t_zoo, dev) -> str:
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip() or "unknown"
+    commit = os.environ.get("DELTAPACK_COMMIT") or subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip() or "unknown"  # the device copy has no .git: pass DELTAPACK_COMMIT
     meta = {
         "device": torch.cuda.get_device_name() if dev == "cuda" else "cpu",
         "commit": commit,
