@@ -10,7 +10,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use memmap2::{MmapMut, MmapOptions};
 
-use crate::encoding::{Encoding, EncodingKind};
+use crate::encoding::EncodingKind;
 use crate::error::{Error, Result};
 use crate::manifest::{is_hash_hex, Manifest, TensorEntry};
 use crate::quant::{self, PackedParts, TensorLayout};
@@ -300,9 +300,4 @@ impl DpkFile {
         }
         Ok(())
     }
-}
-
-/// Encoding of tensor `i` (convenience for bindings).
-pub fn encoding_of(f: &DpkFile, i: usize) -> Encoding {
-    f.layout(i).encoding
 }
