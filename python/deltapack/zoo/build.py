@@ -193,6 +193,24 @@ def _save(model, tok, out: Path, dtype: str, zoo_meta: dict[str, Any]) -> None:
     tok.save_pretrained(out)
 
 
+def _write_stamp(tmp: Path, key: dict[str, Any], losses: list[float], t0: float, train_s: float, device: str, **extra: Any) -> None:
+    """The stamp that marks a finished model: its key, hashes of what was written, and how."""
+    stamp = {
+        "key": key,
+        "tokenizer_sha256": _file_sha(tmp / "tokenizer.json"),
+        "weights_sha256": _file_sha(tmp / "model.safetensors"),
+        "loss_first_last": [losses[0], losses[-1]],
+        "seconds": round(time.perf_counter() - t0, 2),
+        "train_seconds": round(train_s, 2),
+        "device": device,
+        "threads": torch.get_num_threads(),
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+        **extra,
+    }
+    (tmp / STAMP).write_text(json.dumps(stamp, indent=1, sort_keys=True) + "\n")
+
+
 def _file_sha(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
@@ -278,22 +296,17 @@ def build_base(
         tmp = _prepare_target(final)
         meta = {"role": "base", "preset": p.name, "seed": seed, "difficulty": p.to_dict()["difficulty"], "eval_frac": p.eval_frac}
         _save(model, tok, tmp, p.dtype, meta)
-        stamp = {
-            "key": key,
-            "tokenizer_sha256": _file_sha(tmp / "tokenizer.json"),
-            "weights_sha256": _file_sha(tmp / "model.safetensors"),
-            "n_params": sum(q.numel() for q in model.parameters()),
-            "train_tokens": p.base_steps * p.base_batch * p.base_seq,
-            "corpus_tokens": int(stream.numel()),
-            "loss_first_last": [losses[0], losses[-1]],
-            "seconds": round(time.perf_counter() - t0, 2),
-            "train_seconds": round(train_s, 2),
-            "device": device,
-            "threads": torch.get_num_threads(),
-            "torch": torch.__version__,
-            "python": platform.python_version(),
-        }
-        (tmp / STAMP).write_text(json.dumps(stamp, indent=1, sort_keys=True) + "\n")
+        _write_stamp(
+            tmp,
+            key,
+            losses,
+            t0,
+            train_s,
+            device,
+            n_params=sum(q.numel() for q in model.parameters()),
+            train_tokens=p.base_steps * p.base_batch * p.base_seq,
+            corpus_tokens=int(stream.numel()),
+        )
         _commit(tmp, final)
     return final
 
@@ -387,21 +400,6 @@ def build_finetune(
             "eval_frac": p.eval_frac,
         }
         _save(model, tok, tmp, p.dtype, meta)
-        stamp = {
-            "key": key,
-            "base_dir": str(base_dir),
-            "tokenizer_sha256": _file_sha(tmp / "tokenizer.json"),
-            "weights_sha256": _file_sha(tmp / "model.safetensors"),
-            "train_examples": n,
-            "unique_train_prompts": len({ex.prompt for ex in train}),
-            "loss_first_last": [losses[0], losses[-1]],
-            "seconds": round(time.perf_counter() - t0, 2),
-            "train_seconds": round(train_s, 2),
-            "device": device,
-            "threads": torch.get_num_threads(),
-            "torch": torch.__version__,
-            "python": platform.python_version(),
-        }
-        (tmp / STAMP).write_text(json.dumps(stamp, indent=1, sort_keys=True) + "\n")
+        _write_stamp(tmp, key, losses, t0, train_s, device, base_dir=str(base_dir), train_examples=n, unique_train_prompts=len({ex.prompt for ex in train}))
         _commit(tmp, final)
     return final
