@@ -23,7 +23,7 @@ import torch
 
 import deltapack
 from deltapack.compress.pipeline import compress
-from deltapack.zoo import build_base, build_finetune, evaluate
+from deltapack.zoo import build_base, build_finetune, evaluate, next_token_kl
 from deltapack.zoo.evaluate import _difficulty_of
 from deltapack.zoo.tasks import get_task
 
@@ -35,18 +35,6 @@ RUNS = [
     ("rtn", {}, "rtn"),
     ("deltazip", {}, "deltazip"),
 ]
-
-
-@torch.no_grad()
-def mean_kl(model, ref, ids: torch.Tensor, batch: int = 16) -> float:
-    tot, n = 0.0, 0
-    for i in range(0, len(ids), batch):
-        x = ids[i : i + batch]
-        lp_ref = torch.log_softmax(ref(x).logits.float(), -1)
-        lp = torch.log_softmax(model(x).logits.float(), -1)
-        tot += float((lp_ref.exp() * (lp_ref - lp)).sum(-1).sum())
-        n += x.numel()
-    return tot / n
 
 
 def write_results(rows, args, t_zoo, dev) -> str:
@@ -120,7 +108,7 @@ def main() -> None:
     base_model = AutoModelForCausalLM.from_pretrained(str(base), dtype=torch.float32).to(dev).eval()
     rows = [
         {"run": "fine-tune", "bits": 16.0, "bits_per_param": 16.0, "kl": 0.0, "accuracy": evaluate(ft_model, args.task, n=args.n_eval, tokenizer=tok)},
-        {"run": "base", "bits": 0.0, "bits_per_param": 0.0, "kl": mean_kl(base_model, ft_model, ids), "accuracy": evaluate(base_model, args.task, n=args.n_eval, tokenizer=tok)},
+        {"run": "base", "bits": 0.0, "bits_per_param": 0.0, "kl": next_token_kl(base_model, ft_model, ids), "accuracy": evaluate(base_model, args.task, n=args.n_eval, tokenizer=tok)},
     ]
     del base_model
     only = set(args.only.split(",")) if args.only else None
@@ -142,7 +130,7 @@ def main() -> None:
                     "run": label,
                     "bits": b,
                     "bits_per_param": rep.bits_per_param,
-                    "kl": mean_kl(model, ft_model, ids),
+                    "kl": next_token_kl(model, ft_model, ids),
                     "accuracy": evaluate(model, args.task, n=args.n_eval, tokenizer=tok),
                     "compress_s": secs,
                 }

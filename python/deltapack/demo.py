@@ -24,19 +24,6 @@ def _dir_bytes(path: Path) -> int:
     return sum(p.stat().st_size for p in path.glob("*.safetensors"))
 
 
-@torch.no_grad()
-def _kl_to(model, ref, tok, prompts: list[str]) -> float:
-    """Mean KL(ref ‖ model) of next-token distributions over the prompts' tokens."""
-    tot, n = 0.0, 0
-    for p in prompts:
-        ids = torch.tensor([[tok.bos_token_id] + tok.encode(p, add_special_tokens=False)])
-        lp_ref = torch.log_softmax(ref(ids).logits.float(), -1)
-        lp = torch.log_softmax(model(ids).logits.float(), -1)
-        tot += float((lp_ref.exp() * (lp_ref - lp)).sum(-1).sum())
-        n += ids.shape[1]
-    return tot / max(n, 1)
-
-
 DEFAULT_RUNS = (("delta-come", 1.0), ("bitdelta", 1.0), ("delta-come", 3.0))
 
 
@@ -46,7 +33,7 @@ def run_demo(workdir: str | os.PathLike[str] | None = None, preset: str = "tiny"
     from . import load
     from .compress.pipeline import compress
     from .format import open as open_dpk
-    from .zoo import build_base, build_finetune, delta_stats, evaluate, generate
+    from .zoo import build_base, build_finetune, delta_stats, evaluate, generate, next_token_kl
     from .zoo.tasks import get_task
 
     say = (lambda *a: None) if quiet else print
@@ -61,12 +48,13 @@ def run_demo(workdir: str | os.PathLike[str] | None = None, preset: str = "tiny"
     ft = AutoModelForCausalLM.from_pretrained(str(ft_dir), dtype=torch.float32).eval()
     examples = get_task(task).examples(n_eval, seed=1234, split="eval")
     prompts = [ex.prompt for ex in examples]
+    kl_seqs = [torch.tensor([tok.bos_token_id] + tok.encode(p, add_special_tokens=False)) for p in prompts[:20]]
     ft_answers = generate(ft, tok, prompts, max_new_tokens=48)
     runs = runs or tuple((m, bits_per_param if b == 1.0 else b) for m, b in DEFAULT_RUNS)
     rel = delta_stats(base_dir, ft_dir)
     lin = [v["rel"] for k, v in rel.items() if k.endswith("proj")]
     rows = [
-        {"model": "base", "bytes": _dir_bytes(base_dir), "bits_per_param": None, "accuracy": evaluate(base, task, n=n_eval, tokenizer=tok), "kl": _kl_to(base, ft, tok, prompts[:20]), "agree": None},
+        {"model": "base", "bytes": _dir_bytes(base_dir), "bits_per_param": None, "accuracy": evaluate(base, task, n=n_eval, tokenizer=tok), "kl": next_token_kl(base, ft, kl_seqs), "agree": None},
         {"model": f"fine-tune ({task})", "bytes": _dir_bytes(ft_dir), "bits_per_param": None, "accuracy": evaluate(ft, task, n=n_eval, tokenizer=tok), "kl": 0.0, "agree": 1.0},
     ]
     say(f"[2/3] compressing the delta: {', '.join(f'{m} at {b:g} bits/param' for m, b in runs)}")
@@ -83,7 +71,7 @@ def run_demo(workdir: str | os.PathLike[str] | None = None, preset: str = "tiny"
                 "file_bytes": out.stat().st_size,
                 "bits_per_param": rep.bits_per_param,
                 "accuracy": evaluate(model, task, n=n_eval, tokenizer=tok),
-                "kl": _kl_to(model, ft, tok, prompts[:20]),
+                "kl": next_token_kl(model, ft, kl_seqs),
                 "agree": sum(a == b for a, b in zip(answers, ft_answers)) / len(prompts),
                 "file": str(out),
             }

@@ -10,6 +10,7 @@ from typing import Any
 
 import torch
 
+from .compress.core import rel_error
 from .compress.rtn import quantize_rtn
 from .format import DeltaWriter, fingerprint
 
@@ -41,10 +42,6 @@ def build_pair(seed: int = 0, layers: int = 2, hidden: int = 256, ffn: int = 688
     return base, tuned
 
 
-def _rel_err(approx: torch.Tensor, exact: torch.Tensor) -> float:
-    return float((approx - exact).norm() / exact.norm().clamp(min=1e-30))
-
-
 def write_sample(path: str | os.PathLike[str], seed: int = 0, layers: int = 2) -> dict[str, Any]:
     """Write the sample delta to ``path``; returns the manifest."""
     base, tuned = build_pair(seed, layers)
@@ -55,7 +52,7 @@ def write_sample(path: str | os.PathLike[str], seed: int = 0, layers: int = 2) -
             kind = name.split(".")[-2]
             if kind == "q_proj":  # dense 4-bit RTN, group 128, stored zeros
                 q = quantize_rtn(delta, bits=4, group_size=128)
-                w.add_quantized(name + ".delta", q.codes, 4, q.scales, q.zeros, group_size=128, stats={"rel_error": _rel_err(q.dequantize(), delta)})
+                w.add_quantized(name + ".delta", q.codes, 4, q.scales, q.zeros, group_size=128, stats={"rel_error": rel_error(q.dequantize(), delta)})
                 deltas.append({"target": name, "op": "add", "form": "dense", "tensor": name + ".delta"})
             elif kind == "up_proj":  # rank-16 SVD, factors at 8 bits per row
                 u, s, vh = torch.linalg.svd(delta, full_matrices=False)
@@ -65,12 +62,12 @@ def write_sample(path: str | os.PathLike[str], seed: int = 0, layers: int = 2) -
                 w.add_quantized(name + ".u", qu.codes, 8, qu.scales, qu.zeros, granularity="row")
                 w.add_quantized(name + ".vt", qv.codes, 8, qv.scales, qv.zeros, granularity="row")
                 w.add_raw(name + ".s", s[:r].contiguous())
-                deltas.append({"target": name, "op": "add", "form": "low_rank", "blocks": [{"u": name + ".u", "s": name + ".s", "vt": name + ".vt"}], "stats": {"rel_error": _rel_err(approx, delta)}})
+                deltas.append({"target": name, "op": "add", "form": "low_rank", "blocks": [{"u": name + ".u", "s": name + ".s", "vt": name + ".vt"}], "stats": {"rel_error": rel_error(approx, delta)}})
             elif kind == "down_proj":  # 1-bit sign x per-tensor scale (BitDelta's encoding)
                 alpha = delta.abs().mean()
                 codes = (delta > 0).to(torch.uint8)
                 approx = torch.where(delta > 0, alpha, -alpha)
-                w.add_quantized(name + ".delta", codes, 1, (2 * alpha).reshape(1).half(), zero_point=0.5, granularity="tensor", stats={"rel_error": _rel_err(approx, delta)})
+                w.add_quantized(name + ".delta", codes, 1, (2 * alpha).reshape(1).half(), zero_point=0.5, granularity="tensor", stats={"rel_error": rel_error(approx, delta)})
                 deltas.append({"target": name, "op": "add", "form": "dense", "tensor": name + ".delta"})
             else:  # norms: kept whole
                 w.add_raw(name, tuned[name])

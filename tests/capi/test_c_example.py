@@ -7,7 +7,6 @@ import subprocess
 from pathlib import Path
 
 import pytest
-import torch
 
 import deltapack
 from deltapack.sample import write_sample

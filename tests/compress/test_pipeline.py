@@ -11,6 +11,7 @@ import deltapack
 from deltapack.cli import summarize
 from deltapack.compress.hf import ModelMismatchError
 from deltapack.compress.pipeline import compress
+from deltapack.zoo import next_token_kl
 
 CAL = dict(n_samples=16, seq_len=96, progress=False)
 
@@ -45,13 +46,6 @@ def test_budget_met_as_accounted(compressed, method, bpp):
     assert all("rel_error" in d["stats"] for d in f.manifest["deltas"] if d.get("op", "add") == "add")
 
 
-def _kl(model, ref, ids):
-    with torch.no_grad():
-        lp_ref = torch.log_softmax(ref(ids).logits.float(), -1)
-        lp = torch.log_softmax(model(ids).logits.float(), -1)
-    return float((lp_ref.exp() * (lp_ref - lp)).sum(-1).mean())
-
-
 @pytest.fixture(scope="module")
 def heldout(zoo_pair):
     from transformers import AutoTokenizer
@@ -76,11 +70,11 @@ def test_every_method_loads_and_tracks_the_finetune(compressed, zoo_pair, heldou
     base, _ = zoo_pair
     from transformers import AutoModelForCausalLM
 
-    kl_base = _kl(AutoModelForCausalLM.from_pretrained(str(base), dtype=torch.float32).eval(), finetune_model, heldout)
+    kl_base = next_token_kl(AutoModelForCausalLM.from_pretrained(str(base), dtype=torch.float32).eval(), finetune_model, heldout)
     kls = {}
     for (method, bpp), (p, _) in compressed.items():
         model = deltapack.load(base, p, dtype=torch.float32)
-        kls[(method, bpp)] = _kl(model, finetune_model, heldout)
+        kls[(method, bpp)] = next_token_kl(model, finetune_model, heldout)
     # every compressed model is closer to the fine-tune than the base is
     assert all(v < kl_base for v in kls.values()), (kl_base, kls)
     # Delta-CoMe is ahead of BitDelta and low-rank at the same budget (MISSION.md)
@@ -96,8 +90,8 @@ def test_plan_auto_meets_budget_and_is_not_worse(zoo_pair, calib_file, tmp_path,
     p = tmp_path / "auto.dpk"
     rep = compress(base, ft, p, method="delta-come", plan="auto", bits_per_param=1.0, calib=str(calib_file), **CAL)
     assert rep.bits_per_param <= 1.0
-    kl_auto = _kl(deltapack.load(base, p, dtype=torch.float32), finetune_model, heldout)
-    kl_fixed = _kl(deltapack.load(base, compressed[("delta-come", 1.0)][0], dtype=torch.float32), finetune_model, heldout)
+    kl_auto = next_token_kl(deltapack.load(base, p, dtype=torch.float32), finetune_model, heldout)
+    kl_fixed = next_token_kl(deltapack.load(base, compressed[("delta-come", 1.0)][0], dtype=torch.float32), finetune_model, heldout)
     print("plan auto vs fixed KL", kl_auto, kl_fixed)
     assert kl_auto < kl_fixed * 1.25, (kl_auto, kl_fixed)
 
@@ -173,8 +167,8 @@ def test_bitdelta_distillation_improves_logits(zoo_pair, calib_file, tmp_path, h
     plain = compressed[("bitdelta", 1.0)][0]
     f = deltapack.open(p)
     assert all("alpha" in d["stats"] for d in f.manifest["deltas"] if d.get("op", "add") == "add")
-    kl_d = _kl(deltapack.load(base, p, dtype=torch.float32), finetune_model, heldout)
-    kl_p = _kl(deltapack.load(base, plain, dtype=torch.float32), finetune_model, heldout)
+    kl_d = next_token_kl(deltapack.load(base, p, dtype=torch.float32), finetune_model, heldout)
+    kl_p = next_token_kl(deltapack.load(base, plain, dtype=torch.float32), finetune_model, heldout)
     assert kl_d < kl_p, (kl_d, kl_p)
 
 

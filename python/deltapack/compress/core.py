@@ -12,7 +12,7 @@ import torch
 
 from .. import _core
 from ..format import DeltaWriter
-from .plan import SCALE_BYTES
+from .plan import sparse24_bytes
 
 
 @dataclass
@@ -59,7 +59,7 @@ def part_bytes(p: Part) -> int:
         extra = p.scales.numel() * p.scales.element_size() + (0 if p.zeros is None else p.zeros.numel() * p.zeros.element_size())
         return _core.packed_len(rows, cols, p.bits) + extra
     rows, kc = p.codes.shape
-    return _core.packed_len(rows, kc, p.bits) + _core.packed_len(rows, kc, 2) + p.scales.numel() * SCALE_BYTES
+    return sparse24_bytes(rows, kc, p.bits)
 
 
 @dataclass

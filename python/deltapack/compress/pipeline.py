@@ -7,6 +7,7 @@ unless compressed) are paid for first and the matrices share the rest."""
 
 from __future__ import annotations
 
+import functools
 import math
 import time
 from collections.abc import Callable
@@ -24,7 +25,7 @@ from .delta_come import compress_delta_come
 from .deltazip import compress_deltazip
 from .hf import ModelDir, check_pair, layer_index
 from .lowrank import compress_lowrank, svd
-from .plan import DELTA_COME_SCHEDULE, LowRankPlan, fit_lowrank_plan, lowrank_plan_bytes, parse_schedule, quantized_bytes
+from .plan import DELTA_COME_SCHEDULE, LowRankPlan, fit_lowrank_plan, lowrank_plan_bytes, parse_schedule, quantized_bytes, sparse24_bytes
 from .rtn import compress_rtn, quantize_rtn
 
 METHODS = ("delta-come", "bitdelta", "deltazip", "lowrank", "rtn")
@@ -117,22 +118,30 @@ def plan_targets(base: ModelDir, ft: ModelDir, cfg: CompressConfig) -> list[Targ
     return out
 
 
+@functools.cache
+def _malloc_trim():
+    """glibc's malloc_trim, or None (looked up once: find_library runs ldconfig)."""
+    import ctypes
+    import ctypes.util
+
+    name = ctypes.util.find_library("c")
+    try:
+        return ctypes.CDLL(name).malloc_trim if name else None
+    except (OSError, AttributeError):  # not glibc
+        return None
+
+
 def _release_memory() -> None:
     """Hand freed heap memory back to the OS after a layer (glibc keeps freed mid-size blocks
     in the heap, so a long compression's RSS would creep up by a few MB per layer)."""
-    import ctypes
-    import ctypes.util
     import gc
 
     gc.collect()
     if torch.cuda.is_available():
         torch.cuda.empty_cache()
-    libc_name = ctypes.util.find_library("c")
-    if libc_name:
-        try:
-            ctypes.CDLL(libc_name).malloc_trim(0)
-        except (OSError, AttributeError):  # not glibc
-            pass
+    trim = _malloc_trim()
+    if trim is not None:
+        trim(0)
 
 
 def _device(cfg: CompressConfig) -> torch.device:
@@ -214,7 +223,7 @@ def _menu_abs(delta: torch.Tensor, cfg: CompressConfig, schedule) -> list[Option
         opts.append(Option(_core.packed_len(out, inp, 1) + 2, total - float(a**2) * d.numel(), 1))
     elif cfg.method == "deltazip":
         for b in (2, 3, 4, 8):
-            opts.append(Option(_sparse_bytes(out, inp, b), _magnitude_24_error(d, b), b))
+            opts.append(Option(sparse24_bytes(out, inp // 2, b), _magnitude_24_error(d, b), b))
     elif cfg.method == "delta-come":
         _, s, Vh = svd(d)
         err = _dc_error_model(d, s, Vh, g)
@@ -223,12 +232,6 @@ def _menu_abs(delta: torch.Tensor, cfg: CompressConfig, schedule) -> list[Option
             if plan.rank:
                 opts.append(Option(lowrank_plan_bytes(out, inp, plan), err(plan), plan))
     return opts
-
-
-def _sparse_bytes(out: int, inp: int, bits: int) -> int:
-    from .. import _core
-
-    return _core.packed_len(out, inp // 2, bits) + _core.packed_len(out, inp // 2, 2) + out * 2
 
 
 def _magnitude_24_error(d: torch.Tensor, bits: int) -> float:
@@ -382,7 +385,8 @@ def compress(base_dir: str | Path, ft_dir: str | Path, out: str | Path, cfg: Com
                 emit(t, cd, stats)
             if stream is not None and li is not None:
                 stream.advance(stream.build_layer(li, lambda n: approx_weights[n] if n in approx_weights else ft.get(n)))
-            del approx_weights, Hs
+            approx_weights.clear()  # free this layer's weights and Hessians before trimming the heap
+            Hs.clear()
             _release_memory()
             prog.advance(label=f"compressing ({cfg.method}) layer {li}" if li is not None else f"compressing ({cfg.method}) embeddings/head")
         prog.close()

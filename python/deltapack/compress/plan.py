@@ -26,6 +26,12 @@ def quantized_bytes(rows: int, cols: int, bits: int, group_size: int | None, *, 
     return _core.packed_len(rows, cols, bits) + rows * groups * per_group
 
 
+def sparse24_bytes(rows: int, kept_cols: int, bits: int) -> int:
+    """Bytes of an s24q{bits} tensor with ``kept_cols`` kept values per row: codes, 2-bit
+    positions and one float16 scale per row (constant zero point)."""
+    return _core.packed_len(rows, kept_cols, bits) + _core.packed_len(rows, kept_cols, 2) + rows * SCALE_BYTES
+
+
 @dataclass(frozen=True)
 class BitGroup:
     bits: int

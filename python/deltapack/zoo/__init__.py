@@ -49,7 +49,7 @@ arith 87, code 34, format 95.5; ‖ΔW‖/‖W‖ ~0.11 on the linear projection
 from __future__ import annotations
 
 from .build import build_base, build_finetune, read_stamp
-from .evaluate import evaluate, generate, score
+from .evaluate import evaluate, generate, next_token_kl, score
 from .presets import PRESETS, Preset, get_preset
 from .stats import delta_stats
 from .tasks import TASKS, Example, Task, extract_answer, is_correct, split_of
@@ -59,6 +59,7 @@ __all__ = [
     "build_finetune",
     "evaluate",
     "generate",
+    "next_token_kl",
     "score",
     "delta_stats",
     "read_stamp",

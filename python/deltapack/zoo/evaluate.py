@@ -112,3 +112,19 @@ def evaluate(
         model.train(was_training)
     acc = score(comps, examples)
     return (acc, list(zip(examples, comps))) if return_details else acc
+
+
+@torch.no_grad()
+def next_token_kl(model, ref, seqs: torch.Tensor | list[torch.Tensor], batch_size: int = 16) -> float:
+    """Mean KL(ref ‖ model) of the next-token distributions over every token of ``seqs``
+    (a [B, L] tensor, batched, or a list of 1-D sequences of any lengths), token-weighted."""
+    dev = next(model.parameters()).device
+    chunks = [seqs[i : i + batch_size] for i in range(0, len(seqs), batch_size)] if isinstance(seqs, torch.Tensor) else [s.unsqueeze(0) for s in seqs]
+    tot, n = 0.0, 0
+    for x in chunks:
+        x = x.to(dev)
+        lp_ref = torch.log_softmax(ref(x).logits.float(), -1)
+        lp = torch.log_softmax(model(x).logits.float(), -1)
+        tot += float((lp_ref.exp() * (lp_ref - lp)).sum(-1).sum())
+        n += x.numel()
+    return tot / max(n, 1)
