@@ -47,3 +47,17 @@ def dequantize(p: PackedTensor, dtype: torch.dtype = torch.float32) -> torch.Ten
         dense = torch.zeros((info.rows, info.cols), dtype=torch.float32, device=codes.device)
         vals = dense.scatter_(1, pos, vals)
     return vals.reshape(info.shape).to(dtype)
+
+
+def delta_apply(x: torch.Tensor, y: torch.Tensor, deltas: list[torch.Tensor], slots: torch.Tensor) -> torch.Tensor:
+    """The multi-delta op every kernel computes: ``y[i] + ΔW_{slots[i]} · x[i]`` (a new
+    tensor, fp32 math, ``y``'s dtype), rows with slot −1 unchanged. ``deltas``: dense float32
+    ``[out, in]`` matrices, e.g. ``KernelDelta.dense()``."""
+    out = y.float().clone()
+    slots = slots.reshape(-1).to(torch.int64)
+    for s in torch.unique(slots).tolist():
+        if s < 0:
+            continue
+        rows = (slots == s).nonzero().squeeze(1)
+        out[rows] += x[rows].float() @ deltas[s].to(out.device).T
+    return out.to(y.dtype)

@@ -7,6 +7,7 @@ import json
 import math
 import os
 import shutil
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -15,8 +16,11 @@ from torch import nn
 
 from ..atomic import atomic_directory
 from ..compress.hf import ModelDir
+from ..errors import UnsupportedError
 from ..format import DeltaFile
 from ..format import open as open_dpk
+from ..kernels import ops
+from ..kernels.packed import KernelDelta
 from .delta import read_delta
 from .delta_linear import DeltaLinear
 
@@ -28,9 +32,23 @@ def check_base_dir(f: DeltaFile, base: ModelDir) -> None:
     f.check_base(lambda n: base.get(n) if n in base else None)
 
 
-def load(base_dir: str | os.PathLike[str], dpk: str | os.PathLike[str], *, device: str | torch.device = "cpu", dtype: torch.dtype | None = None, allow_base_mismatch: bool = False) -> nn.Module:
+def _kernel_delta(f: DeltaFile, entry: dict[str, Any], mod: nn.Linear, device: torch.device, backend: str | None) -> KernelDelta | None:
+    """The packed delta for the kernels on a GPU (None: use the reference module — on the CPU,
+    with the reference backend, or for an entry the kernels cannot read)."""
+    if device.type != "cuda" or ops.backend_name(backend) == "reference":
+        return None
+    try:
+        return KernelDelta.from_entry(f, entry, (mod.out_features, mod.in_features), device=device)
+    except UnsupportedError as e:
+        warnings.warn(f"{entry['target']}: {e}; using the reference path for this matrix", stacklevel=3)
+        return None
+
+
+def load(base_dir: str | os.PathLike[str], dpk: str | os.PathLike[str], *, device: str | torch.device = "cpu", dtype: torch.dtype | None = None, allow_base_mismatch: bool = False, backend: str | None = None) -> nn.Module:
     """A transformers model: the base, with each compressed linear replaced by a DeltaLinear
-    (base weight + compressed delta) and every other delta (norms, embeddings) merged.
+    (base weight + compressed delta) and every other delta (norms, embeddings) merged. On a
+    GPU the linear deltas stay packed and run through the kernels (``backend`` or
+    DELTAPACK_BACKEND: auto, triton, cuda, reference); on the CPU they are dequantized once.
     Refuses a base whose fingerprints differ (BaseMismatchError) unless allowed."""
     from transformers import AutoModelForCausalLM
 
@@ -40,16 +58,18 @@ def load(base_dir: str | os.PathLike[str], dpk: str | os.PathLike[str], *, devic
         check_base_dir(f, base)
     model = AutoModelForCausalLM.from_pretrained(str(base_dir), dtype=dtype or "auto").to(device).eval()
     wdtype = next(model.parameters()).dtype
+    dev = next(model.parameters()).device
     params = dict(model.named_parameters())
     for entry in f.manifest["deltas"]:
         target = entry["target"]
         mod_name, _, pname = target.rpartition(".")
         mod = model.get_submodule(mod_name)
-        delta = read_delta(f, entry, device=device, dtype=wdtype)
         if isinstance(mod, nn.Linear) and pname == "weight" and entry.get("op", "add") == "add":
+            delta = _kernel_delta(f, entry, mod, dev, backend) or read_delta(f, entry, device=device, dtype=wdtype)
             parent_name, _, child = mod_name.rpartition(".")
-            setattr(model.get_submodule(parent_name) if parent_name else model, child, DeltaLinear(mod, delta))
+            setattr(model.get_submodule(parent_name) if parent_name else model, child, DeltaLinear(mod, delta, backend=backend))
         else:
+            delta = read_delta(f, entry, device=device, dtype=wdtype)
             p = params[target]
             with torch.no_grad():
                 d = delta.dense().to(p.dtype).reshape(p.shape)

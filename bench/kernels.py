@@ -1,0 +1,292 @@
+"""Multi-delta kernels on Llama-7B/8B layer shapes (GPU): time per batch against the byte floor
+and against three baselines measured in the same run.
+
+For each layer shape, method (at its budget), batch rows B and distinct deltas D ∈ {1, B}:
+
+- ``base``: the base GEMM alone (``F.linear``, cuBLAS);
+- ``ours``: base GEMM + the delta kernels (Triton, or CUDA where it is used) on the packed data;
+- ``delta``: the delta kernels alone;
+- ``torch_deq``: base GEMM + plain PyTorch dequantize-then-matmul of the same packed deltas
+  (per distinct delta; low-rank factors dequantized, never the dense matrix);
+- ``dense``: one merged bf16 weight per distinct delta (per-tenant copies), one bmm / GEMM;
+- ``floor``: (base weight + active delta bytes + activations) at the measured copy bandwidth.
+
+Then a decode step over a stack of Llama-7B layers' seven projections, captured in a CUDA
+graph: base only vs one delta vs 32 distinct deltas (B = 32). Times are medians of
+``triton.testing.do_bench`` (CUDA events, L2 flushed between repetitions). Writes
+``kernels_<gpu>.csv`` / ``.json`` / ``.md`` and a plot under ``--out``.
+
+    python bench/kernels.py --out bench/results            # full sweep (~5 min on an H100)
+    python bench/kernels.py --quick --out /tmp/k           # a few shapes and batch sizes
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import os
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+import triton
+
+from deltapack.kernels.packed import DeltaTable, KernelDelta, RowGroups
+from deltapack.kernels.synthetic import write_synthetic
+
+SHAPES = {  # (out, in): Llama-2-7B q/k/v/o, gate/up, down; Llama-3-8B gate/up, down
+    "4096x4096": (4096, 4096),
+    "11008x4096": (11008, 4096),
+    "4096x11008": (4096, 11008),
+    "14336x4096": (14336, 4096),
+    "4096x14336": (4096, 14336),
+}
+METHODS = {  # label: (method, bits/param, writer options)
+    "delta-come@1": ("delta-come", 1.0, {}),
+    "delta-come@0.5": ("delta-come", 0.5, {}),
+    "bitdelta@1": ("bitdelta", 1.0, {}),
+    "lowrank@1": ("lowrank", 1.0, {}),
+    "deltazip@2": ("deltazip", 2.0, {"bits": 2}),  # 2:4 + 2-bit: its smallest budget
+}
+BATCHES = (1, 2, 4, 8, 16, 32, 64, 512, 2048)
+BASELINE_MAX_D = 64  # per-tenant dense copies and per-delta PyTorch loops beyond this: not run
+N_SOURCES = 4  # distinct random deltas generated per (shape, method); more are device copies
+
+
+def commit() -> str:
+    if os.environ.get("DELTAPACK_COMMIT"):
+        return os.environ["DELTAPACK_COMMIT"]
+    try:
+        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=True).stdout.strip()
+    except Exception:
+        return "unknown"
+
+
+def bench_ms(fn, rep: int = 40) -> float:
+    return float(triton.testing.do_bench(fn, warmup=10, rep=rep, return_mode="median"))
+
+
+def copy_bandwidth(nbytes: int = 1 << 30) -> float:
+    """Device-to-device copy, bytes read + written per second."""
+    src = torch.empty(nbytes // 2, dtype=torch.float16, device="cuda").normal_()
+    dst = torch.empty_like(src)
+    ms = bench_ms(lambda: dst.copy_(src), rep=100)
+    return 2 * nbytes / (ms * 1e-3)
+
+
+class DeltaPool:
+    """Distinct device copies of a few random deltas of one (shape, method)."""
+
+    def __init__(self, shape: tuple[int, int], method: str, bpp: float, kw: dict, tmp: Path, seed: int):
+        out, inp = shape
+        self.sources = []
+        for i in range(N_SOURCES):
+            f = write_synthetic(tmp / f"{method}-{out}x{inp}-{i}.dpk", [("w", out, inp, method, bpp)], seed=seed + i, **kw)
+            self.sources.append(KernelDelta.from_entry(f, f.manifest["deltas"][0], shape, device="cuda"))
+        self.copies: list[KernelDelta] = []
+
+    def take(self, d: int) -> list[KernelDelta]:
+        while len(self.copies) < d:
+            self.copies.append(self.sources[len(self.copies) % N_SOURCES].to("cuda"))
+        return self.copies[:d]
+
+
+def run_layer(shape, label, pool: DeltaPool, batches, bw: float, dtype, delta_apply, rows: list[dict]) -> None:
+    out, inp = shape
+    W = torch.randn(out, inp, device="cuda", dtype=dtype) / inp**0.5
+    for B in batches:
+        for D in sorted({1, B}):
+            try:
+                deltas = pool.take(D)
+            except torch.OutOfMemoryError:
+                print(f"  skip {label} B={B} D={D}: out of memory for {D} deltas")
+                continue
+            tab = DeltaTable.build(deltas)
+            slots = torch.arange(B) % D
+            groups = RowGroups.per_row(slots.cuda()) if (D == B and B <= 64) else RowGroups.segments(slots, "cuda")
+            x = torch.randn(B, inp, device="cuda", dtype=dtype)
+            y = torch.empty(B, out, device="cuda", dtype=dtype)
+            t = torch.empty(B, max(1, tab.max_rank), device="cuda", dtype=torch.float32)
+
+            def ours():
+                torch.matmul(x, W.T, out=y)
+                delta_apply(x, y, tab, groups, t=t)
+
+            r = {"shape": f"{out}x{inp}", "method": label, "B": B, "D": D}
+            r["base_ms"] = bench_ms(lambda: torch.matmul(x, W.T, out=y))
+            r["ours_ms"] = bench_ms(ours)
+            r["delta_ms"] = bench_ms(lambda: delta_apply(x, y, tab, groups, t=t))
+            delta_bytes = tab.nbytes()
+            act = (B * inp + B * out) * x.element_size()
+            r["delta_bytes"] = delta_bytes
+            r["floor_ms"] = (W.numel() * W.element_size() + delta_bytes + act) / bw * 1e3
+            r["ours_GBps"] = (W.numel() * W.element_size() + delta_bytes + act) / (r["ours_ms"] * 1e-3) / 1e9
+            if D <= BASELINE_MAX_D:
+                used = deltas
+                idx = [(slots == d).nonzero().squeeze(1).cuda() for d in range(D)]
+
+                def torch_deq():
+                    torch.matmul(x, W.T, out=y)
+                    for d, rows_d in zip(used, idx):
+                        y.index_add_(0, rows_d, d.forward_reference(x.index_select(0, rows_d)).to(dtype))
+
+                r["torch_deq_ms"] = bench_ms(torch_deq, rep=20)
+                try:
+                    merged = torch.stack([(W.float() + d.dense()).to(dtype) for d in used])  # [D, out, in]
+                    if D == 1:
+                        r["dense_ms"] = bench_ms(lambda: torch.matmul(x, merged[0].T, out=y))
+                    else:
+                        xs = x.view(D, B // D, inp)
+                        r["dense_ms"] = bench_ms(lambda: torch.bmm(xs, merged.transpose(1, 2)))
+                    del merged
+                except torch.OutOfMemoryError:
+                    pass
+            rows.append(r)
+            print(
+                f"  {r['shape']:>11} {label:<15} B={B:<5} D={D:<5} base {r['base_ms'] * 1e3:8.1f}us  ours {r['ours_ms'] * 1e3:8.1f}us"
+                f" (delta {r['delta_ms'] * 1e3:7.1f})  floor {r['floor_ms'] * 1e3:8.1f}us  x{r['ours_ms'] / r['floor_ms']:.2f}"
+                + (f"  torch_deq {r['torch_deq_ms'] * 1e3:9.1f}us" if "torch_deq_ms" in r else "")
+                + (f"  dense {r['dense_ms'] * 1e3:8.1f}us" if "dense_ms" in r else "")
+            )
+            del tab
+        torch.cuda.empty_cache()
+
+
+def decode_step(pools: dict[str, DeltaPool], dtype, delta_apply, n_layers: int, rows: list[dict]) -> None:
+    """Seven Llama-7B projections per layer, ``n_layers`` layers, one CUDA graph per variant."""
+    shapes = [(4096, 4096)] * 4 + [(11008, 4096)] * 2 + [(4096, 11008)]
+    Ws = [torch.randn(o, i, device="cuda", dtype=dtype) / i**0.5 for _ in range(n_layers) for (o, i) in shapes]
+    for B, D in ((1, 0), (1, 1), (32, 0), (32, 1), (32, 32)):
+        tabs = []
+        if D:
+            for li in range(n_layers):
+                for (o, i) in shapes:
+                    tabs.append(DeltaTable.build(pools[f"{o}x{i}"].take(D)[:D]))
+        slots = torch.arange(B) % max(D, 1)
+        groups = (RowGroups.per_row(slots.cuda()) if D == B else RowGroups.segments(slots, "cuda")) if D else None
+        xs = {i: torch.randn(B, i, device="cuda", dtype=dtype) for i in (4096, 11008)}
+        ys = [torch.empty(B, o, device="cuda", dtype=dtype) for _ in range(n_layers) for (o, _) in shapes]
+        ts = [torch.empty(B, max(1, tb.max_rank), device="cuda") for tb in tabs]
+
+        def step():
+            for k, W in enumerate(Ws):
+                x = xs[W.shape[1]]
+                torch.matmul(x, W.T, out=ys[k])
+                if D:
+                    delta_apply(x, ys[k], tabs[k], groups, t=ts[k])
+
+        step()
+        torch.cuda.synchronize()
+        g = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(g):
+            step()
+        ms = bench_ms(g.replay, rep=100)
+        base_bytes = sum(W.numel() * W.element_size() for W in Ws)
+        dbytes = sum(tb.nbytes() for tb in tabs)
+        rows.append({"layers": n_layers, "B": B, "D": D, "ms": ms, "weight_bytes": base_bytes, "delta_bytes": dbytes})
+        print(f"  decode step, {n_layers} layers x 7 projections, B={B} D={D}: {ms * 1e3:.1f} us  ({(base_bytes + dbytes) / ms / 1e6:.0f} GB/s)")
+        del g, tabs, ts
+        torch.cuda.empty_cache()
+
+
+def summarize(rows: list[dict], steps: list[dict], meta: dict) -> str:
+    out = [f"# Multi-delta kernels on {meta['gpu']}", "", f"commit {meta['commit']}, {meta['date']}, torch {meta['torch']}, triton {meta['triton']}, dtype {meta['dtype']}, backend {meta['backend']}; copy bandwidth {meta['copy_GBps']:.0f} GB/s (read + write).", ""]
+    out.append("Times in µs (median, L2 flushed). `floor` = (base + active delta bytes + activations) / copy bandwidth. Ratios: ours / floor, ours / base, torch_deq / ours, dense / ours.")
+    out.append("")
+    out.append("| shape | method | B | D | base | ours | delta | floor | ours/floor | ours/base | torch_deq/ours | dense/ours |")
+    out.append("|---|---|---|---|---|---|---|---|---|---|---|---|")
+    for r in rows:
+        f = lambda k: f"{r[k] * 1e3:.1f}" if k in r else "–"  # noqa: E731
+        rt = lambda k: f"{r[k] / r['ours_ms']:.2f}" if k in r else "–"  # noqa: E731
+        out.append(f"| {r['shape']} | {r['method']} | {r['B']} | {r['D']} | {f('base_ms')} | {f('ours_ms')} | {f('delta_ms')} | {f('floor_ms')} | {r['ours_ms'] / r['floor_ms']:.2f} | {r['ours_ms'] / r['base_ms']:.2f} | {rt('torch_deq_ms')} | {rt('dense_ms')} |")
+    if steps:
+        out += ["", "## Decode step (CUDA graph, Llama-7B projections)", "", "| layers | B | D | µs | vs base-only |", "|---|---|---|---|---|"]
+        base = {s["B"]: s["ms"] for s in steps if s["D"] == 0}
+        for s in steps:
+            out.append(f"| {s['layers']} | {s['B']} | {s['D']} | {s['ms'] * 1e3:.1f} | {s['ms'] / base[s['B']]:.3f} |")
+    return "\n".join(out) + "\n"
+
+
+def plot(rows: list[dict], path: Path) -> None:
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return
+    shapes = sorted({r["shape"] for r in rows})
+    fig, axes = plt.subplots(1, len(shapes), figsize=(4.5 * len(shapes), 4), squeeze=False)
+    for ax, sh in zip(axes[0], shapes):
+        for m in sorted({r["method"] for r in rows}):
+            rr = [r for r in rows if r["shape"] == sh and r["method"] == m and r["D"] == r["B"]]
+            if rr:
+                ax.plot([r["B"] for r in rr], [r["ours_ms"] / r["floor_ms"] for r in rr], marker="o", label=m)
+        ax.axhline(1.25, color="k", ls="--", lw=0.8)
+        ax.set_xscale("log", base=2)
+        ax.set_title(f"{sh}, D = B")
+        ax.set_xlabel("rows B")
+        ax.set_ylabel("time / byte floor")
+    axes[0][0].legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--shapes", default=",".join(SHAPES))
+    ap.add_argument("--methods", default=",".join(METHODS))
+    ap.add_argument("--batches", default=",".join(map(str, BATCHES)))
+    ap.add_argument("--dtype", default="bfloat16")
+    ap.add_argument("--backend", default=os.environ.get("DELTAPACK_BACKEND", "triton"))
+    ap.add_argument("--decode-layers", type=int, default=4)
+    ap.add_argument("--quick", action="store_true", help="4096x4096 and 4096x11008, B in 1,8,32,512")
+    ap.add_argument("--out", default="bench/results")
+    a = ap.parse_args(argv)
+    if not torch.cuda.is_available():
+        sys.exit("bench/kernels.py needs a CUDA GPU")
+    if a.quick:
+        a.shapes, a.batches = "4096x4096,4096x11008", "1,8,32,512"
+    from deltapack.kernels.ops import delta_apply_backend
+
+    delta_apply = delta_apply_backend(a.backend)
+    dtype = getattr(torch, a.dtype)
+    bw = copy_bandwidth()
+    gpu = torch.cuda.get_device_name()
+    meta = {"gpu": gpu, "commit": commit(), "date": dt.date.today().isoformat(), "torch": torch.__version__, "triton": triton.__version__, "dtype": a.dtype, "backend": a.backend, "copy_GBps": bw / 1e9}
+    print(f"{gpu}: copy bandwidth {bw / 1e9:.0f} GB/s")
+    rows: list[dict] = []
+    steps: list[dict] = []
+    batches = [int(b) for b in a.batches.split(",")]
+    pools: dict[str, DeltaPool] = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        for si, sh in enumerate(a.shapes.split(",")):
+            for mi, label in enumerate(a.methods.split(",")):
+                method, bpp, kw = METHODS[label]
+                pool = DeltaPool(SHAPES[sh], method, bpp, kw, Path(tmp), seed=1000 * si + 10 * mi)
+                run_layer(SHAPES[sh], label, pool, batches, bw, dtype, delta_apply, rows)
+                if label == "delta-come@1":
+                    pools[sh] = pool
+                else:
+                    del pool
+                torch.cuda.empty_cache()
+        if a.decode_layers and all(s in pools for s in ("4096x4096", "11008x4096", "4096x11008")):
+            decode_step(pools, dtype, delta_apply, a.decode_layers, steps)
+    out = Path(a.out)
+    out.mkdir(parents=True, exist_ok=True)
+    tag = "h100" if "H100" in gpu else gpu.split()[-1].lower()
+    (out / f"kernels_{tag}.json").write_text(json.dumps({"meta": meta, "layers": rows, "decode": steps}, indent=1))
+    keys = ["shape", "method", "B", "D", "base_ms", "ours_ms", "delta_ms", "floor_ms", "torch_deq_ms", "dense_ms", "delta_bytes", "ours_GBps"]
+    (out / f"kernels_{tag}.csv").write_text("\n".join([",".join(keys)] + [",".join(str(r.get(k, "")) for k in keys) for r in rows]) + "\n")
+    md = summarize(rows, steps, meta)
+    (out / f"kernels_{tag}.md").write_text(md)
+    plot(rows, out / f"kernels_{tag}.png")
+    print(md)
+
+
+if __name__ == "__main__":
+    main()

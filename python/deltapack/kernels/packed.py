@@ -1,0 +1,470 @@
+"""Deltas as the GPU kernels read them: the packed segments of a .dpk, on a device, unchanged.
+
+A manifest delta entry (docs/FORMAT.md §4) becomes a :class:`KernelDelta`: a list of parts,
+each one of
+
+- :class:`LowRankPart`: one block of a low-rank delta, ``Δx += Ut^T · (s ⊙ (Vt · x[perm]))``,
+  with ``Vt`` ``[r, in]`` and ``Ut`` ``[r, out]`` packed along their rows exactly as stored
+  (a stored ``u`` ``[out, r]`` is raw f16 and is transposed on upload: raw values, no
+  dequantization);
+- :class:`DensePart`: a dense packed ``[out, in]`` delta (BitDelta's ``q1``, RTN's ``q{b}``,
+  a raw f16 matrix) or a 2:4 sparse one (DeltaZip's ``s24q{b}``).
+
+Every part holds :class:`Operand` s: the packed codes viewed as int32 words (the format pads
+rows to 32-bit words, §3.4), the scale grid and the zero points as stored. The kernels read
+fp16 scales and u8 or constant zero points, which is what every deltapack compressor writes;
+a file with other scale / zero dtypes is accepted only when the conversion to fp16 is exact,
+otherwise :class:`~deltapack.errors.UnsupportedError` (the caller falls back to the reference).
+
+A :class:`DeltaTable` packs the parts of many deltas of one layer into one int64 tensor of
+descriptors (pointers, bit widths, strides): one kernel launch then serves a batch whose rows
+use different deltas, of different methods and bit widths.
+"""
+
+from __future__ import annotations
+
+import math
+import struct
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from ..errors import UnsupportedError
+from ..format import DeltaFile, PackedTensor
+from .reference import dequantize
+
+# A "group" larger than any matrix dimension: tensor and row granularity read one scale per row.
+WHOLE_ROW = 1 << 30
+RAW_F16_BITS = 16  # operand "bit width" of raw fp16 values (no scale, no zero)
+KERNEL_BITS = (1, 2, 3, 4, 8, RAW_F16_BITS)
+
+
+def _exact_f16(t: torch.Tensor, what: str) -> torch.Tensor:
+    if t.dtype == torch.float16:
+        return t
+    h = t.to(torch.float16)
+    if not torch.equal(h.to(t.dtype), t):
+        raise UnsupportedError(f"{what}: {t.dtype} values are not exactly representable in float16; the kernels read float16 (use the reference backend)")
+    return h
+
+
+def _words(codes: torch.Tensor) -> torch.Tensor:
+    """uint8 [rows, row_bytes] → int32 [rows, row_bytes/4], the same bytes (little-endian)."""
+    if codes.shape[1] % 4:
+        raise UnsupportedError("packed rows are not whole 32-bit words (docs/FORMAT.md §3.4)")
+    return codes.contiguous().view(torch.int32)
+
+
+@dataclass
+class Operand:
+    """One matrix ``[rows, cols]`` exactly as a kernel reads it. ``cols`` counts logical
+    columns; for a 2:4 operand the codes hold ``cols / 2`` kept values per row."""
+
+    rows: int
+    cols: int
+    bits: int
+    codes: torch.Tensor  # int32 words [rows, stride] (packed) or float16 [rows, cols] (raw)
+    scales: torch.Tensor | None = None  # float16 grid [rows or 1, n_groups]
+    scale_row_stride: int = 0  # scale index = row * scale_row_stride + col // group
+    group: int = WHOLE_ROW
+    zeros: torch.Tensor | None = None  # uint8 grid like scales, or None for ``zero_const``
+    zero_const: float = 0.0
+    indices: torch.Tensor | None = None  # 2:4 positions: int32 words [rows, stride]
+    source: PackedTensor | torch.Tensor | None = field(default=None, repr=False)
+
+    @property
+    def sparse24(self) -> bool:
+        return self.indices is not None
+
+    @property
+    def stride(self) -> int:
+        return self.codes.shape[1] if self.codes.dim() == 2 else 0
+
+    @property
+    def nbytes(self) -> int:
+        return sum(t.numel() * t.element_size() for t in (self.codes, self.scales, self.zeros, self.indices) if t is not None)
+
+    def dense(self) -> torch.Tensor:
+        """float32 values [rows, cols] by the reference decoder (the kernels' ground truth)."""
+        if isinstance(self.source, PackedTensor):
+            return dequantize(self.source).reshape(self.rows, self.cols)
+        assert self.bits == RAW_F16_BITS
+        return self.codes.float()
+
+    @classmethod
+    def from_packed(cls, p: PackedTensor, device: torch.device | str, transpose_raw: bool = False) -> Operand:
+        info, q = p.info, p.info.quant or {}
+        if info.bits not in KERNEL_BITS:
+            raise UnsupportedError(f"{info.name}: {info.bits}-bit codes have no kernel")
+        gran = q["granularity"]
+        group = int(q["group_size"]) if gran == "group" else WHOLE_ROW
+        srow = p.scales.shape[1] if gran in ("group", "row") else 0
+        zeros, zc = None, 0.0
+        if q["zero"]["kind"] == "constant":
+            zc = float(q["zero"]["value"])
+        elif p.zeros is not None and p.zeros.dtype == torch.uint8:
+            zeros = p.zeros.to(device).contiguous()
+        else:
+            raise UnsupportedError(f"{info.name}: stored {q['zero']['dtype']} zero points have no kernel (u8 or constant)")
+        moved = PackedTensor(
+            info=info,
+            codes=p.codes.to(device),
+            scales=p.scales.to(device),
+            zeros=zeros,
+            indices=None if p.indices is None else p.indices.to(device),
+        )
+        return cls(
+            rows=info.rows,
+            cols=info.cols,
+            bits=info.bits,
+            codes=_words(moved.codes),
+            scales=_exact_f16(moved.scales, f"{info.name} scales").contiguous(),
+            scale_row_stride=srow,
+            group=group,
+            zeros=zeros,
+            zero_const=zc,
+            indices=None if moved.indices is None else _words(moved.indices),
+            source=moved,
+        )
+
+    @classmethod
+    def from_raw(cls, t: torch.Tensor, device: torch.device | str, name: str = "raw") -> Operand:
+        if t.dim() != 2 or not t.is_floating_point():
+            raise UnsupportedError(f"{name}: a raw operand must be a 2-D float matrix")
+        v = _exact_f16(t.to(device), name).contiguous()
+        return cls(rows=v.shape[0], cols=v.shape[1], bits=RAW_F16_BITS, codes=v, source=v)
+
+
+@dataclass
+class LowRankPart:
+    vt: Operand  # [r, in]
+    ut: Operand  # [r, out]
+    s: torch.Tensor | None  # float16 [r] (None: ones)
+    perm: torch.Tensor | None  # int32 [in]: the block reads x[perm]
+
+    @property
+    def rank(self) -> int:
+        return self.vt.rows
+
+    @property
+    def nbytes(self) -> int:
+        extra = sum(t.numel() * t.element_size() for t in (self.s, self.perm) if t is not None)
+        return self.vt.nbytes + self.ut.nbytes + extra
+
+    def dense(self) -> torch.Tensor:
+        ut, vt = self.ut.dense(), self.vt.dense()
+        if self.s is not None:
+            ut = ut * self.s.float()[:, None]
+        m = ut.T @ vt
+        if self.perm is None:
+            return m
+        out = torch.zeros_like(m)
+        out[:, self.perm.long()] = m
+        return out
+
+
+@dataclass
+class DensePart:
+    w: Operand  # [out, in], packed, raw f16 or 2:4
+
+    @property
+    def nbytes(self) -> int:
+        return self.w.nbytes
+
+    def dense(self) -> torch.Tensor:
+        return self.w.dense()
+
+
+Part = LowRankPart | DensePart
+
+
+@dataclass
+class KernelDelta:
+    """One linear layer's delta ``[out, in]`` as parts the kernels read."""
+
+    out_features: int
+    in_features: int
+    parts: list[Part]
+    name: str = ""
+
+    @property
+    def rank(self) -> int:
+        return sum(p.rank for p in self.parts if isinstance(p, LowRankPart))
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes the kernels read for one pass over this delta."""
+        return sum(p.nbytes for p in self.parts)
+
+    def forward_reference(self, x: torch.Tensor) -> torch.Tensor:
+        """``Δ·x`` (float32) the plain PyTorch way: dequantize each part's factors, then
+        matmuls (low-rank parts never form the dense ``[out, in]`` matrix)."""
+        xf = x.float()
+        out = torch.zeros(*x.shape[:-1], self.out_features, dtype=torch.float32, device=x.device)
+        for p in self.parts:
+            if isinstance(p, LowRankPart):
+                xp = xf if p.perm is None else xf.index_select(-1, p.perm.long())
+                t = xp @ p.vt.dense().T
+                if p.s is not None:
+                    t = t * p.s.float()
+                out += t @ p.ut.dense()
+            else:
+                out += xf @ p.w.dense().T
+        return out
+
+    def to(self, device: torch.device | str) -> KernelDelta:
+        """A copy on ``device`` (a distinct copy even on the same device)."""
+
+        def mv(t):
+            return None if t is None else t.to(device, copy=True)
+
+        def op(o: Operand) -> Operand:
+            src = o.source
+            if isinstance(src, PackedTensor):
+                src = PackedTensor(info=src.info, codes=mv(src.codes), scales=mv(src.scales), zeros=mv(src.zeros), indices=mv(src.indices))
+                return Operand.from_packed(src, device)
+            return Operand.from_raw(mv(o.codes), device)
+
+        parts: list[Part] = []
+        for p in self.parts:
+            if isinstance(p, LowRankPart):
+                parts.append(LowRankPart(vt=op(p.vt), ut=op(p.ut), s=mv(p.s), perm=mv(p.perm)))
+            else:
+                parts.append(DensePart(op(p.w)))
+        return KernelDelta(self.out_features, self.in_features, parts, self.name)
+
+    def dense(self) -> torch.Tensor:
+        """float32 ``ΔW`` by the reference decoder."""
+        out = torch.zeros(self.out_features, self.in_features, dtype=torch.float32, device=self._device())
+        for p in self.parts:
+            out += p.dense().to(out.device)
+        return out
+
+    def _device(self) -> torch.device:
+        p = self.parts[0] if self.parts else None
+        if p is None:
+            return torch.device("cpu")
+        return (p.vt if isinstance(p, LowRankPart) else p.w).codes.device
+
+    @classmethod
+    def from_entry(cls, f: DeltaFile, entry: dict[str, Any], shape: tuple[int, int], device: torch.device | str = "cuda") -> KernelDelta:
+        """Upload one manifest delta entry of a linear weight ``[out, in]``; raises
+        UnsupportedError for entries the kernels cannot read (``op: replace``, float zeros)."""
+        out_f, in_f = shape
+        target = entry.get("target", "?")
+        if entry.get("op", "add") != "add":
+            raise UnsupportedError(f"{target}: op '{entry.get('op')}' is not a kernel delta")
+
+        def operand(name: str, transpose_raw: bool = False) -> Operand:
+            info = f.info(name)
+            if info.is_raw:
+                t = f.raw(name)
+                return Operand.from_raw(t.T if transpose_raw else t, device, name)
+            return Operand.from_packed(f.packed(name), device)
+
+        if entry["form"] == "dense":
+            w = operand(entry["tensor"])
+            if (w.rows, w.cols) != (out_f, in_f):
+                raise UnsupportedError(f"{target}: dense delta {w.rows}×{w.cols} does not match the layer {out_f}×{in_f}")
+            return cls(out_f, in_f, [DensePart(w)], target)
+        perm = None
+        if entry.get("input_perm"):
+            perm = f.raw(entry["input_perm"]).to(device=device, dtype=torch.int32).contiguous()
+        parts: list[Part] = []
+        for b in entry["blocks"]:
+            vt = operand(b["vt"])
+            ut = operand(b["ut"]) if b.get("ut") else operand(b["u"], transpose_raw=True)
+            s = _exact_f16(f.raw(b["s"]).to(device), f"{b['s']}").contiguous() if b.get("s") else None
+            if vt.cols != in_f or ut.cols != out_f or vt.rows != ut.rows or vt.sparse24 or ut.sparse24:
+                raise UnsupportedError(f"{target}: low-rank block shapes {ut.rows}×{ut.cols} / {vt.rows}×{vt.cols} do not match the layer {out_f}×{in_f}")
+            parts.append(LowRankPart(vt=vt, ut=ut, s=s, perm=perm))
+        return cls(out_f, in_f, parts, target)
+
+
+# ---------------------------------------------------------------------------------------------
+# The descriptor table: one int64 row of NF fields per (slot, part). The kernels read it with
+# the same field numbers (kernels/triton/delta_gemm.py imports them from here).
+KIND_NONE, KIND_LOWRANK, KIND_DENSE, KIND_SPARSE24 = 0, 1, 2, 3
+(
+    F_KIND,
+    F_RANK,
+    F_ROFF,
+    F_PERM,
+    F_S,
+    A_BITS,
+    A_CODES,
+    A_STRIDE,
+    A_SCALES,
+    A_SROW,
+    A_GROUP,
+    A_ZEROS,
+    A_ZCONST,
+    A_IDX,
+    A_ISTRIDE,
+    B_BITS,
+    B_CODES,
+    B_STRIDE,
+    B_SCALES,
+    B_SROW,
+    B_GROUP,
+    B_ZEROS,
+    B_ZCONST,
+    NF,
+) = range(24)
+
+
+def _f32_bits(v: float) -> int:
+    """The IEEE float32 bit pattern of ``v`` as an int (kernels bitcast it back)."""
+    return struct.unpack("<i", struct.pack("<f", v))[0]
+
+
+def _ptr(t: torch.Tensor | None) -> int:
+    return 0 if t is None else t.data_ptr()
+
+
+def _operand_fields(op: Operand, first: int) -> dict[int, int]:
+    a = first - A_BITS  # same field order for A_ and B_
+    return {
+        A_BITS + a: op.bits,
+        A_CODES + a: _ptr(op.codes),
+        A_STRIDE + a: op.stride,
+        A_SCALES + a: _ptr(op.scales),
+        A_SROW + a: op.scale_row_stride,
+        A_GROUP + a: op.group,
+        A_ZEROS + a: _ptr(op.zeros),
+        A_ZCONST + a: _f32_bits(op.zero_const),
+    }
+
+
+@dataclass
+class DeltaTable:
+    """The deltas of one linear layer resident on a device, as kernel descriptors.
+    ``slot`` i is ``deltas[i]``; rows of a batch name slots (−1: no delta)."""
+
+    deltas: list[KernelDelta]
+    table: torch.Tensor  # int64 [n_slots, max_parts, NF]
+    max_parts: int
+    max_rank: int  # largest total rank of a slot: the width of the shrink buffer
+    max_part_rank: int
+    group_k: int  # gcd of the scale groups along the input dim (A operands)
+    group_n: int  # gcd of the scale groups along the output dim (Ut operands)
+    has_lowrank: bool
+    out_features: int
+    in_features: int
+
+    @classmethod
+    def build(cls, deltas: list[KernelDelta], device: torch.device | str | None = None) -> DeltaTable:
+        if not deltas:
+            raise ValueError("a DeltaTable needs at least one delta")
+        out_f, in_f = deltas[0].out_features, deltas[0].in_features
+        for d in deltas:
+            if (d.out_features, d.in_features) != (out_f, in_f):
+                raise ValueError(f"delta {d.name} is {d.out_features}×{d.in_features}, the table is {out_f}×{in_f}")
+        max_parts = max(1, max(len(d.parts) for d in deltas))
+        rows = torch.zeros(len(deltas), max_parts, NF, dtype=torch.int64)
+        max_rank = max_part_rank = 0
+        gk = gn = WHOLE_ROW
+        for i, d in enumerate(deltas):
+            roff = 0
+            for j, p in enumerate(d.parts):
+                fields: dict[int, int]
+                if isinstance(p, LowRankPart):
+                    fields = {F_KIND: KIND_LOWRANK, F_RANK: p.rank, F_ROFF: roff, F_PERM: _ptr(p.perm), F_S: _ptr(p.s)}
+                    fields |= _operand_fields(p.vt, A_BITS) | _operand_fields(p.ut, B_BITS)
+                    roff += p.rank
+                    max_part_rank = max(max_part_rank, p.rank)
+                    gk, gn = math.gcd(gk, p.vt.group), math.gcd(gn, p.ut.group)
+                else:
+                    kind = KIND_SPARSE24 if p.w.sparse24 else KIND_DENSE
+                    fields = {F_KIND: kind, **_operand_fields(p.w, A_BITS), A_IDX: _ptr(p.w.indices), A_ISTRIDE: p.w.indices.shape[1] if p.w.sparse24 else 0}
+                    gk = math.gcd(gk, p.w.group * (2 if p.w.sparse24 else 1))  # s24 groups count kept values
+                for k, v in fields.items():
+                    rows[i, j, k] = v
+            max_rank = max(max_rank, roff)
+        dev = device if device is not None else deltas[0]._device()
+        return cls(
+            deltas=deltas,
+            table=rows.to(dev),
+            max_parts=max_parts,
+            max_rank=max_rank,
+            max_part_rank=max_part_rank,
+            group_k=gk,
+            group_n=gn,
+            has_lowrank=max_rank > 0,
+            out_features=out_f,
+            in_features=in_f,
+        )
+
+    @property
+    def n_slots(self) -> int:
+        return len(self.deltas)
+
+    def nbytes(self, slots: list[int] | None = None) -> int:
+        """Bytes the kernels read for the given distinct slots (all by default)."""
+        idx = range(self.n_slots) if slots is None else sorted(set(s for s in slots if s >= 0))
+        return sum(self.deltas[i].nbytes for i in idx)
+
+
+def block_for_groups(group_gcd: int, want: int, floor: int = 32) -> tuple[int, bool]:
+    """A tile width along a grouped dimension and whether scales must be gathered per
+    element: a power of two ≤ ``want`` dividing every group reads one scale per tile row."""
+    b = want
+    while b >= floor:
+        if group_gcd % b == 0:
+            return b, False
+        b //= 2
+    return want, True
+
+
+def next_pow2(n: int) -> int:
+    return 1 << max(0, math.ceil(math.log2(max(1, n))))
+
+
+@dataclass
+class RowGroups:
+    """Which rows of a batch use which delta slot, as the kernels read it: groups of rows
+    (``row_idx[start[g] : start[g] + length[g]]``) that share slot ``slot[g]`` (−1: none).
+
+    ``per_row`` (decode, gather style: row i uses ``slots[i]``; no sort, no host sync, safe
+    under CUDA graphs) and ``segments`` (prefill, segment style: rows sorted by slot on the
+    host so a group's delta tiles are read once for up to ``max_len`` rows) build it."""
+
+    row_idx: torch.Tensor  # int32 [M]
+    start: torch.Tensor  # int32 [G]
+    length: torch.Tensor  # int32 [G]
+    slot: torch.Tensor  # int32 [G]
+    max_len: int  # host-side bound on length (sizes the grid)
+
+    @property
+    def n_groups(self) -> int:
+        return self.slot.shape[0]
+
+    @classmethod
+    def per_row(cls, slots: torch.Tensor) -> RowGroups:
+        s = slots.to(torch.int32).reshape(-1)
+        m = s.shape[0]
+        ar = torch.arange(m, dtype=torch.int32, device=s.device)
+        return cls(row_idx=ar, start=ar, length=torch.ones_like(ar), slot=s, max_len=1)
+
+    @classmethod
+    def segments(cls, slots: list[int] | torch.Tensor, device: torch.device | str) -> RowGroups:
+        s = torch.as_tensor(slots, dtype=torch.int64).reshape(-1).cpu()
+        order = torch.argsort(s, stable=True)
+        uniq, counts = torch.unique_consecutive(s[order], return_counts=True)
+        starts = torch.cumsum(counts, 0) - counts
+        keep = uniq >= 0
+        to = {"device": device, "dtype": torch.int32}
+        return cls(
+            row_idx=order.to(**to),
+            start=starts[keep].to(**to),
+            length=counts[keep].to(**to),
+            slot=uniq[keep].to(**to),
+            max_len=int(counts[keep].max()) if bool(keep.any()) else 0,
+        )
+
+    @classmethod
+    def single(cls, m: int, device: torch.device | str, slot: int = 0) -> RowGroups:
+        """All ``m`` rows use one slot."""
+        to = {"device": device, "dtype": torch.int32}
+        return cls(row_idx=torch.arange(m, **to), start=torch.zeros(1, **to), length=torch.full((1,), m, **to), slot=torch.full((1,), slot, **to), max_len=m)
