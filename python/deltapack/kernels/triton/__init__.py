@@ -74,20 +74,22 @@ def pick_config(tab: DeltaTable, groups: RowGroups, cfg: LaunchConfig | None = N
         # Decode: 1/2/4/8-bit tiles are split word by word with a scale per word, so a tile may
         # span groups (only a group that is not a whole number of 32-code words gathers per
         # element); the 3-bit and raw paths always read scales per element at BLOCK_M 1.
-        bk, bn = cfg.block_k or 512, cfg.block_n or 64
+        # one-at-a-time sweep on an H100 (bench/results/kernels_decode_tuning_h100.log): BLOCK_R 8,
+        # BLOCK_K 256, BLOCK_N 32 and 8 warps each beat the earlier R16/K512/N64/4-warp default
+        bk, bn = cfg.block_k or 256, cfg.block_n or 32
         gather_k, gather_n = tab.group_k % 32 != 0, tab.group_n % 32 != 0
     else:
         bk, gather_k = block_for_groups(tab.group_k, cfg.block_k or 128)
         bn, gather_n = block_for_groups(tab.group_n, cfg.block_n or 64)
     return {
         "BLOCK_M": bm,
-        "BLOCK_R": cfg.block_r or (16 if bm == 1 else 32),
+        "BLOCK_R": cfg.block_r or (8 if bm == 1 else 32),
         "BLOCK_K": bk,
         "BLOCK_N": bn,
         "BLOCK_J": cfg.block_j or (64 if bm == 1 else 32),
         "GATHER_K": gather_k,
         "GATHER_N": gather_n,
-        "num_warps": cfg.num_warps or 4,
+        "num_warps": cfg.num_warps or (8 if bm == 1 else 4),
         "num_stages": cfg.num_stages or 2,
     }
 

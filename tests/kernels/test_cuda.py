@@ -1,0 +1,288 @@
+"""The CUDA decode kernel (csrc/delta_decode.cu, loaded by deltapack.kernels.cuda) against
+kernels.reference.delta_apply and the Triton path. The scope checks (which batches and tables the
+kernel takes) run everywhere; the kernel itself runs on a GPU where the extension builds, and is
+skipped elsewhere (with the build error). Cases as in delta_cases.py: fresh random deltas, odd
+shapes, rows without a delta (slot −1) that must stay bit-identical, a per-dtype tolerance
+relative to the largest output change."""
+
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+
+import pytest
+import torch
+
+from deltapack.kernels import cuda as kcuda
+from deltapack.kernels import ops, reference
+from deltapack.kernels.packed import DeltaTable, KernelDelta, RowGroups
+from tests.kernels.delta_cases import TOL, _deltas
+
+# Dense encodings in the kernel's scope: BitDelta q1 (tensor scale, constant zero 0.5) and RTN
+# q{b} with u8 zeros at group / row / tensor granularity.
+SPECS = {"bitdelta": ("bitdelta", 1.0, {})}
+for _b in (1, 2, 4, 8):
+    for _name, _kw in (("g32", {"group": 32}), ("g128", {"group": 128}), ("row", {"granularity": "row"}), ("tensor", {"granularity": "tensor"})):
+        SPECS[f"q{_b}{_name}"] = ("rtn", float(_b), {"bits": _b, **_kw})
+DTYPES = [torch.float32, torch.float16, torch.bfloat16]
+# odd shapes: partial last words, N not a multiple of a block's outputs, rows of x not 16-byte
+# aligned in 16-bit dtypes (33×100: the element-by-element activation path)
+SHAPES = [(72, 200), (33, 100), (130, 1032)]
+
+
+def _tables(specs: list[tuple[str, float, dict]], out: int, inp: int, device: str, seed: int, multi: bool = False):
+    """Deltas of ``specs`` (one slot each); ``multi`` adds a slot holding every delta's part (a
+    slot of several parts, the others padded with KIND_NONE)."""
+    with tempfile.TemporaryDirectory() as tmp:
+        kds = _deltas(Path(tmp), out, inp, specs, device, seed)
+    if multi:
+        kds.append(KernelDelta(out, inp, [p for k in kds for p in k.parts], "multi"))
+    return kds, DeltaTable.build(kds)
+
+
+def _slots(M: int, n_slots: int, g: torch.Generator, no_delta_share: float = 0.25) -> torch.Tensor:
+    slots = torch.randint(0, n_slots, (M,), generator=g)
+    slots[torch.rand(M, generator=g) < no_delta_share] = -1
+    if M > 1:
+        slots[0] = -1  # at least one row without a delta
+        slots[-1] = int(torch.randint(0, n_slots, (1,), generator=g))  # and one with
+    else:
+        slots[0] = slots[0].clamp(min=0)
+    return slots
+
+
+def _rel_err(got: torch.Tensor, want: torch.Tensor, y: torch.Tensor) -> float:
+    change = (want.float() - y.float()).abs().max().item()
+    assert change > 0, "degenerate case: the deltas change nothing"
+    return (got.float() - want.float()).abs().max().item() / change
+
+
+def check(kds: list[KernelDelta], tab: DeltaTable, M: int, dtype: torch.dtype, seed: int, x_offset: int = 0, triton: bool = True) -> float:
+    """One batch through the CUDA kernel vs the reference (and the Triton path); returns the
+    relative error. ``x_offset`` reads x from a wider buffer shifted by that many elements."""
+    dev = "cuda"
+    out, inp = tab.out_features, tab.in_features
+    g = torch.Generator().manual_seed(seed)
+    xb = torch.randn(M, inp + x_offset, generator=g).to(device=dev, dtype=dtype)
+    x = xb[:, x_offset:]
+    y = torch.randn(M, out, generator=g).to(device=dev, dtype=dtype)
+    slots = _slots(M, len(kds), g).to(dev)
+    groups = RowGroups.per_row(slots)
+    assert kcuda.handles(x, tab, groups), "the batch should be in the CUDA kernel's scope"
+    got = kcuda.delta_apply(x, y.clone(), tab, groups)
+    want = reference.delta_apply(x, y, [k.dense() for k in kds], slots)
+    untouched = slots < 0
+    assert torch.equal(got[untouched], y[untouched]), "a row without a delta changed"
+    assert torch.isfinite(got).all(), "non-finite output"
+    err = _rel_err(got, want, y)
+    assert err <= TOL[dtype], f"{out}x{inp} M={M} {dtype}: rel err {err:.3g} > {TOL[dtype]}"
+    if triton:
+        from deltapack.kernels.triton import delta_apply as triton_apply
+
+        tri = triton_apply(x, y.clone(), tab, groups)
+        assert torch.equal(tri[untouched], got[untouched])
+        terr = _rel_err(got, tri, y)
+        assert terr <= 2 * TOL[dtype], f"{out}x{inp} M={M} {dtype}: CUDA vs Triton rel diff {terr:.3g}"
+    return err
+
+
+# ---- scope (runs everywhere: tables on the CPU) -------------------------------------------------
+def _cpu_table(specs, out: int = 72, inp: int = 200, multi: bool = False):
+    return _tables(specs, out, inp, "cpu", seed=3, multi=multi)[1]
+
+
+def test_sources_found():
+    d = kcuda.csrc_dir()
+    assert d is not None and (d / "delta_decode.cu").is_file()
+
+
+def test_preferred_reads_env(monkeypatch):
+    monkeypatch.delenv(kcuda.ENV_DECODE, raising=False)
+    assert kcuda.preferred() is False  # default off until measured
+    monkeypatch.setenv(kcuda.ENV_DECODE, "0")
+    assert kcuda.preferred() is False
+    monkeypatch.setenv(kcuda.ENV_DECODE, "1")
+    assert kcuda.preferred() == kcuda.available()
+
+
+def test_scope_dense_tables():
+    tab = _cpu_table([SPECS["bitdelta"], SPECS["q4g32"], SPECS["q2row"], SPECS["q8tensor"], SPECS["q1g128"]], multi=True)
+    x = torch.randn(16, 200)
+    assert kcuda.table_supported(tab)
+    assert kcuda.eligible(x, tab, RowGroups.per_row(torch.tensor([0, 1, -1, 2] * 4)))
+    assert kcuda.eligible(x.half(), tab, RowGroups.per_row(torch.zeros(16, dtype=torch.int64)))
+    assert not kcuda.handles(x, tab, RowGroups.per_row(torch.zeros(16, dtype=torch.int64)))  # a CPU x
+
+
+@pytest.mark.parametrize(
+    "specs",
+    [
+        [("lowrank", 2.0, {})],
+        [("delta-come", 1.0, {"group": 32})],
+        [("deltazip", 2.0, {"bits": 2})],  # 2:4 sparse
+        [("rtn", 3.0, {"bits": 3, "group": 32})],  # 3-bit codes straddle words
+        [("rtn", 8.0, {"bits": 8, "group": 48})],  # group not a power of two
+        [("rtn", 1.0, {"bits": 1, "group": 16})],  # group smaller than a word's 32 codes
+        [SPECS["q4g32"], ("lowrank", 2.0, {})],  # one low-rank slot is enough
+    ],
+    ids=["lowrank", "delta-come", "s24", "q3", "group48", "q1g16", "mixed-lowrank"],
+)
+def test_scope_rejects_tables(specs):
+    tab = _cpu_table(specs)
+    assert not kcuda.table_supported(tab)
+    assert not kcuda.eligible(torch.randn(2, 200), tab, RowGroups.per_row(torch.tensor([0, -1])))
+
+
+def test_scope_rejects_batches():
+    tab = _cpu_table([SPECS["q4g32"], SPECS["bitdelta"]])
+    assert kcuda.eligible(torch.randn(16, 200), tab, RowGroups.per_row(torch.zeros(16, dtype=torch.int64)))
+    # segment groups (a slot shared by several rows: max_len > 1)
+    assert not kcuda.eligible(torch.randn(4, 200), tab, RowGroups.segments([0, 0, 1, -1], "cpu"))
+    # more than 16 rows
+    assert not kcuda.eligible(torch.randn(17, 200), tab, RowGroups.per_row(torch.zeros(17, dtype=torch.int64)))
+    # activation dtype
+    assert not kcuda.eligible(torch.randn(2, 200).double(), tab, RowGroups.per_row(torch.zeros(2, dtype=torch.int64)))
+    # strided features
+    assert not kcuda.eligible(torch.randn(200, 2).T, tab, RowGroups.per_row(torch.zeros(2, dtype=torch.int64)))
+
+
+# ---- the kernel (GPU) -----------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def built():
+    if not torch.cuda.is_available():
+        pytest.skip("needs a CUDA GPU")
+    if not kcuda.available():
+        pytest.skip(f"the CUDA extension did not build: {kcuda.build_error()}")
+    return True
+
+
+gpu = pytest.mark.gpu
+
+
+@gpu
+@pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: str(d).split(".")[-1])
+@pytest.mark.parametrize("spec", sorted(SPECS))
+def test_encodings(built, spec, dtype):
+    for i, (out, inp) in enumerate(SHAPES):
+        seed = 1000 * i + sorted(SPECS).index(spec)
+        kds, tab = _tables([SPECS[spec], SPECS[spec]], out, inp, "cuda", seed)
+        for M in (1, 3, 16):
+            check(kds, tab, M, dtype, seed=seed + M)
+
+
+@gpu
+@pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: str(d).split(".")[-1])
+def test_mixed_slots_and_parts(built, dtype):
+    """Rows on deltas of every bit width and granularity in one launch, and a slot of several
+    parts (the other slots padded with KIND_NONE)."""
+    specs = [SPECS[s] for s in ("bitdelta", "q1g32", "q2g128", "q4row", "q8tensor", "q4g32")]
+    for out, inp in ((96, 256), (33, 100)):
+        kds, tab = _tables(specs, out, inp, "cuda", seed=7, multi=True)
+        assert tab.max_parts == len(specs)
+        for M in (1, 5, 16):
+            check(kds, tab, M, dtype, seed=70 + M)
+
+
+@gpu
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    "spec,dtype,M",
+    [
+        ("q4g128", torch.float16, 16),
+        ("bitdelta", torch.bfloat16, 1),
+        ("q2g32", torch.float32, 3),
+        ("q8row", torch.bfloat16, 16),
+        ("q1g32", torch.float16, 3),
+        ("q4tensor", torch.float32, 1),
+    ],
+)
+def test_llama_shape(built, spec, dtype, M):
+    kds, tab = _tables([SPECS[spec], SPECS["bitdelta"]], 4096, 4096, "cuda", seed=M)
+    check(kds, tab, M, dtype, seed=M)
+
+
+@gpu
+@pytest.mark.parametrize("nr", [1, 2, 4])
+def test_rows_per_warp(built, nr, monkeypatch):
+    """Every outputs-per-warp variant (the heuristic picks one per batch)."""
+    monkeypatch.setenv(kcuda.ENV_ROWS_PER_WARP, str(nr))
+    kds, tab = _tables([SPECS["q4g32"], SPECS["bitdelta"], SPECS["q2row"]], 130, 1032, "cuda", seed=11)
+    for dtype in DTYPES:
+        for M in (1, 16):
+            check(kds, tab, M, dtype, seed=nr * 10 + M, triton=False)
+
+
+@gpu
+@pytest.mark.parametrize("dtype", [torch.float16, torch.float32], ids=["float16", "float32"])
+def test_unaligned_activations(built, dtype):
+    """x rows that do not start on 16-byte boundaries read activations element by element."""
+    kds, tab = _tables([SPECS["q4g32"], SPECS["q1g128"]], 72, 256, "cuda", seed=5)
+    check(kds, tab, 3, dtype, seed=5, x_offset=1)
+
+
+@gpu
+def test_through_the_op(built):
+    """ops' ``cuda`` backend runs this kernel for batches in scope (bit-identical to calling it)."""
+    kds, tab = _tables([SPECS["q4g32"], SPECS["bitdelta"]], 72, 200, "cuda", seed=9)
+    g = torch.Generator().manual_seed(9)
+    x = torch.randn(4, 200, generator=g).cuda().half()
+    y = torch.randn(4, 72, generator=g).cuda().half()
+    groups = RowGroups.per_row(torch.tensor([0, -1, 1, 0], device="cuda"))
+    assert kcuda.handles(x, tab, groups)
+    a = kcuda.delta_apply(x, y.clone(), tab, groups)
+    b = ops.delta_apply(x, y.clone(), tab, groups, backend="cuda")
+    assert torch.equal(a, b)
+
+
+@gpu
+def test_out_of_scope_falls_back_to_triton(built):
+    """Low-rank tables, segment groups and more than 16 rows: handles() is False and the ``cuda``
+    backend (and cuda.delta_apply itself) still gives the reference result, through Triton."""
+    dev, dtype = "cuda", torch.float16
+    g = torch.Generator().manual_seed(13)
+    lr_kds, lr_tab = _tables([("lowrank", 2.0, {}), ("delta-come", 1.0, {"group": 32})], 72, 200, dev, seed=13)
+    dn_kds, dn_tab = _tables([SPECS["q4g32"], SPECS["bitdelta"]], 72, 200, dev, seed=14)
+    cases = [
+        (lr_kds, lr_tab, torch.tensor([0, 1, -1, 0]), "row"),  # low-rank parts
+        (dn_kds, dn_tab, torch.tensor([0, 0, 1, -1, 1]), "seg"),  # max_len > 1
+        (dn_kds, dn_tab, torch.randint(0, 2, (17,), generator=g), "row"),  # 17 rows
+    ]
+    for kds, tab, slots, mode in cases:
+        M = slots.shape[0]
+        x = torch.randn(M, 200, generator=g).to(dev, dtype)
+        y = torch.randn(M, 72, generator=g).to(dev, dtype)
+        groups = RowGroups.per_row(slots.to(dev)) if mode == "row" else RowGroups.segments(slots, dev)
+        assert not kcuda.handles(x, tab, groups)
+        want = reference.delta_apply(x, y, [k.dense() for k in kds], slots.to(dev))
+        for got in (ops.delta_apply(x, y.clone(), tab, groups, backend="cuda"), kcuda.delta_apply(x, y.clone(), tab, groups)):
+            assert torch.equal(got[slots.to(dev) < 0], y[slots.to(dev) < 0])
+            assert _rel_err(got, want, y) <= TOL[dtype]
+
+
+@gpu
+def test_cuda_graph(built):
+    """The launch captures into a CUDA graph (no host sync, no allocation) and replays on new
+    inputs."""
+    dev, dtype = "cuda", torch.bfloat16
+    kds, tab = _tables([SPECS["q4g128"], SPECS["bitdelta"]], 130, 1032, dev, seed=17)
+    g = torch.Generator().manual_seed(17)
+    M = 8
+    slots = _slots(M, len(kds), g).to(dev)
+    groups = RowGroups.per_row(slots)
+    x = torch.randn(M, 1032, generator=g).to(dev, dtype)
+    y = torch.randn(M, 130, generator=g).to(dev, dtype)
+    assert kcuda.handles(x, tab, groups)
+    kcuda.delta_apply(x, y.clone(), tab, groups)  # warm-up: build, table check, SM count
+    torch.cuda.synchronize()
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        kcuda.delta_apply(x, y, tab, groups)
+    dense = [k.dense() for k in kds]
+    for step in range(2):
+        x.copy_(torch.randn(M, 1032, generator=g).to(dev, dtype))
+        y0 = torch.randn(M, 130, generator=g).to(dev, dtype)
+        y.copy_(y0)
+        graph.replay()
+        want = reference.delta_apply(x, y0, dense, slots)
+        assert torch.equal(y[slots < 0], y0[slots < 0])
+        assert _rel_err(y, want, y0) <= TOL[dtype], f"replay {step}"
