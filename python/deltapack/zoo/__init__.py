@@ -1,8 +1,9 @@
 """A deterministic zoo of real tiny Llama models that the project trains itself.
 
-A base LM pretrained on Python standard-library sources plus synthetic arithmetic/word text, and
-full-parameter fine-tunes of it on tasks with exact-match answers (``arith``, ``code``,
-``format``), saved as Hugging Face model directories that ``AutoModelForCausalLM`` and
+A base LM pretrained on Python standard-library sources, synthetic number / word / copying text
+and worked problems of the tasks, and full-parameter fine-tunes of it on tasks with
+exact-match answers (``arith``: GSM8K-like chains of thought; ``code``: predict a program's
+output; ``format``: follow an instruction), saved as Hugging Face model directories that ``AutoModelForCausalLM`` and
 ``AutoTokenizer`` load offline. The ``deltapack demo`` command, the CPU tests and the GPU
 quality benchmark build their models here::
 
@@ -11,39 +12,48 @@ quality benchmark build their models here::
     ft_dir = build_finetune(base_dir, out_dir, task="arith", preset="tiny", seed=0)
     acc = evaluate(ft_dir, task="arith", n=100)
 
-or ``python -m deltapack.zoo --preset tiny --out DIR --tasks arith,code,format``.
+or ``python -m deltapack.zoo --preset tiny --out DIR --tasks arith,code,format``, or, with a
+JSON / markdown report and the fine-tunes built in parallel, ``python bench/zoo/build.py``.
+
+How the zoo is made realistic (zoo version 2)
+---------------------------------------------
+The first zoo pretrained the base on stdlib code and number facts only and fine-tuned it on
+tasks it had never seen, at a high learning rate: the fine-tunes rewrote their weights
+(‖ΔW‖/‖W‖ 0.3-0.4 in ``tiny``, 0.15-0.21 in ``gpu``; real 7B fine-tunes: ~0.01-0.05), and no
+compressor kept any accuracy at 1 bit. Now the base corpus also holds worked problems of
+every task (mostly in other surface forms, a share in the exact format; in ``gpu`` and
+``small`` shorter ones than the fine-tunes'), so the base is partly there, and each fine-tune
+is short and gentle. See :mod:`.presets` and :mod:`.corpus`.
 
 Measured (2026-11-22)
 ---------------------
-``tiny`` on the dev machine's 2-core CPU (1 training thread, other jobs running, load ~2.5):
-base 12.8-14.0 s + ``arith`` fine-tune 8.0-8.3 s = 21-22 s; each further fine-tune ~8-9 s;
-``python -m deltapack.zoo --preset tiny`` with all three tasks and n=200 evals: 39 s.
-Models are 0.11 M params, 448 KB of fp32 safetensors each. Exact-match accuracy, n=200 eval
-examples (seed 0 / seed 1):
+``tiny`` on the dev machine's 2-core CPU (1 training thread): base 26 s (1600 steps of
+8 × 128 characters, 23 s in the loop), each fine-tune 5-6 s (300 steps of 32); base + one
+fine-tune ~33 s. ``python bench/zoo/build.py --preset tiny`` with all three and n=200 evals:
+45 s. Models are 0.11 M params, 448 KB of fp32 safetensors each. Exact match, n=200 held-out
+problems, seed 0 (``bench/results/tiny_cpu/zoo_tiny.md``)::
 
-    =========  ===========  ===========  ===========
-    model      arith        code         format
-    =========  ===========  ===========  ===========
-    base       0.0 / 0.0    0.0 / 0.0    0.0 / 0.0
-    ft:arith   98.0 / 81.5  0.5-1.5      0
-    ft:code    0.5-6        100 / 100    0
-    ft:format  0            0            62.0 / 67.5
-    =========  ===========  ===========  ===========
+    =========  =======  =======  =======
+    model      arith    code     format
+    =========  =======  =======  =======
+    base       31.5     33.0     0.0
+    ft:arith   95.0     5.0      0.0
+    ft:code    10.5     100.0    0.0
+    ft:format  4.5      4.0      56.5
+    =========  =======  =======  =======
 
-(format's misses are mostly ``sort``.) ‖ΔW‖/‖W_base‖ of the arith fine-tune, seed 0: q 0.37,
-k 0.34, v 0.28, o 0.33, gate 0.39, up 0.38, down 0.42, embed_tokens 0.13, lm_head 1.00, norms
-0.02-0.16; every entry of every matrix changed. These deltas are far larger than real fine-tunes'
-(~1e-2): a 0.1 M model has to learn its task in 400 steps. In a sweep, half the learning
-rate (1e-3) gave deltas of 0.2-0.3 but arith 0.6-0.93 and format ~0.4.
+‖ΔW‖/‖W_base‖: arith q 0.061, k 0.052, v 0.061, o 0.079, gate 0.087, up 0.086, down 0.094,
+embed_tokens 0.023, lm_head 0.21; code about the same; format 0.10-0.12 on the projections
+(copying words is the skill the 2-layer base has least of). Every entry of every matrix
+changed. Fine-tunes forget the other tasks (ft:arith on code: 5%, the base 33%).
 
-``gpu`` on one H100 (bf16 autocast, Python 3.12 stdlib): base 240 s (4000 steps × 64 × 512
-tokens, 55 ms/step, final loss 1.12), fine-tunes 46-50 s each (800 steps × 64), eval 6 s:
-6.5 min for base + 3 fine-tunes. 30.9 M params, 62 MB per model in bf16. Exact match, n=200:
-base 0 / 0 / 0; ft:arith 98.5, ft:code 35.0, ft:format 99.5. ‖ΔW‖/‖W‖: 0.15-0.21 on the
-linear projections, lm_head 0.05-0.20, embed_tokens 0.01-0.02.
-
-``small`` on one H100 (measured with an earlier synthetic corpus): base 39 s, fine-tunes ~10 s;
-arith 87, code 34, format 95.5; ‖ΔW‖/‖W‖ ~0.11 on the linear projections.
+``gpu`` (zoo version 2) is not measured yet; from the version-1 timings on one H100 (55 ms per
+base step of 64 × 512 tokens, ~58 ms per fine-tune step of 64) it should build in ~5 min:
+base ~245 s, fine-tunes 35 s each, three at a time with ``bench/zoo/build.py --jobs 3``.
+Its linear projections should move by ‖ΔW‖/‖W‖ ≈ 0.03-0.05 (the version-1 fine-tunes moved
+0.15-0.21 at lr 5e-4 × 800 steps; Adam's step scales with the learning rate and roughly the
+square root of the steps). Version 1 measured on one H100 (stdlib-only base, 800 steps at lr
+5e-4): ft:arith 98.5, ft:code 35.0, ft:format 99.5, base 0 on each.
 """
 
 from __future__ import annotations

@@ -44,7 +44,7 @@ from .presets import Preset, get_preset
 from .tasks import Example, get_task
 from .tokenizer import build_tokenizer
 
-ZOO_VERSION = 1
+ZOO_VERSION = 2  # 2: task-like pretraining text, gentle fine-tunes, harder tasks
 STAMP = "zoo.json"
 
 
@@ -264,7 +264,16 @@ def build_base(
     device = device or default_device()
     final = Path(out_dir) / base_dir_name(p, seed)
     t0 = time.perf_counter()
-    docs = base_corpus(p.corpus_chars, p.synth_frac, digits=p.difficulty.get("arith", {}).get("digits", 2), max_file_chars=p.max_file_chars)
+    docs = base_corpus(
+        p.corpus_chars,
+        p.synth_frac,
+        digits=p.difficulty.get("arith", {}).get("digits", 2),
+        max_file_chars=p.max_file_chars,
+        task_frac=p.task_frac,
+        task_exact=p.task_exact,
+        difficulty=p.pretrain_tasks(),
+        eval_frac=p.eval_frac,
+    )
     key = {"zoo_version": ZOO_VERSION, "kind": "base", "preset": p.to_dict(), "seed": seed, "corpus": corpus_hash(docs)}
     if not force and _complete(final, key):
         return final

@@ -117,14 +117,28 @@ def evaluate(
 @torch.no_grad()
 def next_token_kl(model, ref, seqs: torch.Tensor | list[torch.Tensor], batch_size: int = 16) -> float:
     """Mean KL(ref ‖ model) of the next-token distributions over every token of ``seqs``
-    (a [B, L] tensor, batched, or a list of 1-D sequences of any lengths), token-weighted."""
+    (a [B, L] tensor, or a list of 1-D sequences of any lengths, right-padded into batches
+    with an attention mask), token-weighted. Both models run in their own dtype; the KL is
+    computed in fp32."""
     dev = next(model.parameters()).device
-    chunks = [seqs[i : i + batch_size] for i in range(0, len(seqs), batch_size)] if isinstance(seqs, torch.Tensor) else [s.unsqueeze(0) for s in seqs]
     tot, n = 0.0, 0
-    for x in chunks:
-        x = x.to(dev)
-        lp_ref = torch.log_softmax(ref(x).logits.float(), -1)
-        lp = torch.log_softmax(model(x).logits.float(), -1)
-        tot += float((lp_ref.exp() * (lp_ref - lp)).sum(-1).sum())
-        n += x.numel()
+    for i in range(0, len(seqs), batch_size):
+        if isinstance(seqs, torch.Tensor):
+            x, mask = seqs[i : i + batch_size].to(dev), None
+            valid = torch.ones(x.shape, dtype=torch.bool, device=dev)
+        else:
+            chunk = seqs[i : i + batch_size]
+            L = max(len(s) for s in chunk)
+            x = torch.zeros((len(chunk), L), dtype=torch.long)
+            mask = torch.zeros((len(chunk), L), dtype=torch.long)
+            for r, s in enumerate(chunk):
+                x[r, : len(s)] = torch.as_tensor(s)
+                mask[r, : len(s)] = 1
+            x, mask = x.to(dev), mask.to(dev)
+            valid = mask.bool()
+        lp_ref = torch.log_softmax(ref(input_ids=x, attention_mask=mask).logits.float(), -1)
+        lp = torch.log_softmax(model(input_ids=x, attention_mask=mask).logits.float(), -1)
+        kl = (lp_ref.exp() * (lp_ref - lp)).sum(-1)
+        tot += float(kl[valid].sum())
+        n += int(valid.sum())
     return tot / max(n, 1)

@@ -1,27 +1,37 @@
 """Size / schedule / difficulty presets of the model zoo: one code path, several scales.
 
 A :class:`Preset` fixes everything that determines the bytes of a built model (architecture,
-tokenizer, corpus size, optimiser schedule, task difficulty, saved dtype), so a directory's stamp
-is just the preset plus the seed. Make a variant with :func:`dataclasses.replace`, e.g.
+tokenizer, corpus mix, optimiser schedule, task difficulty, saved dtype), so a directory's
+stamp is just the preset plus the seed. Make a variant with :func:`dataclasses.replace`, e.g.
 ``replace(PRESETS["tiny"], name="tiny-fast", base_steps=4, ft_steps=4)``.
+
+The recipe, at every scale: the base is pretrained on a mix of stdlib code, synthetic number /
+word / copying text and worked problems of every task (``task_frac`` of the corpus, mostly in
+other surface forms, ``task_exact`` of them in the fine-tunes' exact format), so it has the
+skills but is unreliable at the fine-tune's format and difficulty; each fine-tune is short and
+gentle (a low ``ft_lr``) — it sharpens, like a real fine-tune of a pretrained LLM, and moves
+the linear projections by ‖ΔW‖/‖W‖ ≈ 0.05–0.1 instead of rewriting them.
 
 Presets
 -------
 ``tiny``   CPU demo and tests: 0.11 M params (hidden 64, 2 layers, 4 heads / 2 KV heads,
            MLP 192, char-level vocab of 100), fp32 on disk (448 KB per model). Easy tasks
-           (1-digit, 2-op arithmetic; 2-line programs; 3-word lists). Base + one fine-tune:
-           ~21 s on the dev machine's 2-core CPU.
-``small``  In between, for a GPU (about a minute on an H100; roughly an hour on one CPU core,
-           estimated): 3.9 M params (hidden 256, 4 layers, 8 / 2 heads, MLP 704), BPE vocab
-           2048; 3-op 2-digit arithmetic, 3-line programs, 4-word lists.
+           (1-digit, 2-op arithmetic; 2-line programs; 3-word lists, upper / title /
+           reverse). Base 1600 steps of 8 × 128 characters, fine-tunes 300 steps of 32.
+``small``  In between, for a GPU (about a minute and a half on an H100, estimated from the
+           ``gpu`` timings): 3.9 M params (hidden 256, 4 layers, 8 / 2 heads, MLP 704), BPE
+           vocab 2048; ``gpu``-like tasks, a notch easier.
 ``gpu``    Quality benchmark: 30.9 M params (hidden 512, 8 layers, 8 heads / 2 KV heads, MLP
-           1408, BPE vocab 8192), bf16 on disk, harder tasks (2-digit, 3-op arithmetic with
-           ``*``; 4-line programs; 5-word lists). Base + 3 fine-tunes: 6.5 min on one H100.
+           1408, BPE vocab 8192), bf16 on disk. GSM8K-like word problems (2-4 steps on
+           2-digit numbers with ``*``), 5-statement programs with ``if`` blocks and ``for``
+           loops, two-step instructions in English paraphrases on 5-word lists. Base 4000 steps
+           of 64 × 512 tokens (55 ms/step on an H100, measured with the earlier recipe: 220 s
+           + ~25 s of corpus and tokenizer), fine-tunes 600 steps of 64 (~58 ms/step: 35 s
+           each, three at a time with ``bench/zoo/build.py --jobs 3``): ~5 min, estimated.
 
 Every matrix dimension of ``small`` and ``gpu`` is a multiple of 64 (of 128 for ``gpu``); in
 ``tiny`` the widths are 32 (k/v outputs), 64 and 192: narrower than a quantizer's usual group
-of 128. The
-measured accuracies and delta sizes are in :mod:`deltapack.zoo`'s docstring.
+of 128. The measured accuracies and delta sizes are in :mod:`deltapack.zoo`'s docstring.
 """
 
 from __future__ import annotations
@@ -34,7 +44,8 @@ def _tiny_difficulty() -> dict[str, dict[str, Any]]:
     return {
         "arith": {"n_ops": 2, "digits": 1, "ops": "+-"},
         "code": {"n_lines": 2, "max_const": 9, "ops": "+-"},
-        "format": {"n_words": 3, "ops": ("reverse", "upper", "sort")},
+        # no sort at this size: the 2-layer model learns to copy words in or against their order
+        "format": {"n_words": 3, "ops": ("upper", "title", "reverse")},
     }
 
 
@@ -54,17 +65,19 @@ class Preset:
     # --- tokenizer: "char" (printable ASCII + \n, 100 ids) or a BPE vocabulary size ---
     vocab: str | int = "char"
     # --- base pretraining ---
-    corpus_chars: int = 1_500_000  # characters of Python stdlib source taken (before synth text)
+    corpus_chars: int = 300_000  # characters of Python stdlib source taken (before synthetic/task text)
     max_file_chars: int = 12_000  # at most this much of each stdlib file (spreads the sample)
-    synth_frac: float = 0.5  # fraction of the base corpus that is synthetic arithmetic/word text
-    base_steps: int = 300
-    base_batch: int = 16
+    synth_frac: float = 0.1  # fraction of the base corpus that is synthetic arithmetic/word/copy text
+    task_frac: float = 0.8  # fraction that is worked task problems (train split, mostly other formats)
+    task_exact: float = 0.3  # share of those problems in the fine-tune's exact format
+    base_steps: int = 1600
+    base_batch: int = 8
     base_seq: int = 128
     base_lr: float = 3e-3
     # --- fine-tuning (full parameter) ---
-    ft_steps: int = 400
+    ft_steps: int = 300
     ft_batch: int = 32
-    ft_lr: float = 2e-3
+    ft_lr: float = 5e-4
     # --- shared optimiser settings ---
     warmup: float = 0.05  # fraction of steps with linear warm-up; then cosine to 10% of lr
     weight_decay: float = 0.01  # AdamW decay, matrices only (not norms)
@@ -73,17 +86,26 @@ class Preset:
     dtype: str = "float32"  # saved dtype: "float32" or "bfloat16"
     # --- tasks ---
     difficulty: dict[str, dict[str, Any]] = field(default_factory=_tiny_difficulty)
+    # knobs overridden for the base corpus's worked problems (e.g. shorter chains than the
+    # fine-tune's: the base has the steps, the fine-tune teaches the longer task)
+    pretrain_difficulty: dict[str, dict[str, Any]] = field(default_factory=dict)
     eval_frac: float = 0.2  # share of each task's problem space held out as the eval split
+
+    def pretrain_tasks(self) -> dict[str, dict[str, Any]]:
+        """Task -> knobs of the worked problems in the base corpus."""
+        return {t: {**knobs, **self.pretrain_difficulty.get(t, {})} for t, knobs in self.difficulty.items()}
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
-        d["difficulty"] = {t: {k: list(v) if isinstance(v, tuple) else v for k, v in p.items()} for t, p in self.difficulty.items()}
+        for key in ("difficulty", "pretrain_difficulty"):
+            d[key] = {t: {k: list(v) if isinstance(v, tuple) else v for k, v in p.items()} for t, p in getattr(self, key).items()}
         return d
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "Preset":
         d = dict(d)
-        d["difficulty"] = {t: {k: tuple(v) if isinstance(v, list) else v for k, v in p.items()} for t, p in d.get("difficulty", {}).items()}
+        for key in ("difficulty", "pretrain_difficulty"):
+            d[key] = {t: {k: tuple(v) if isinstance(v, list) else v for k, v in p.items()} for t, p in d.get(key, {}).items()}
         return cls(**d)
 
     @property
@@ -108,19 +130,23 @@ PRESETS: dict[str, Preset] = {
         init_std=0.04,
         max_len=512,
         vocab=2048,
-        corpus_chars=8_000_000,
+        corpus_chars=4_000_000,
+        synth_frac=0.15,
+        task_frac=0.5,
+        task_exact=0.1,
         base_steps=1500,
         base_batch=32,
         base_seq=256,
         base_lr=2e-3,
         ft_steps=400,
         ft_batch=32,
-        ft_lr=5e-4,
+        ft_lr=2e-4,
         difficulty={
-            "arith": {"n_ops": 3, "digits": 2, "ops": "+-"},
-            "code": {"n_lines": 3, "max_const": 20, "ops": "+-*"},
-            "format": {"n_words": 4, "ops": ("reverse", "upper", "sort")},
+            "arith": {"n_ops": 3, "min_ops": 2, "digits": 2, "ops": "+-*", "words": True},
+            "code": {"n_lines": 4, "max_const": 20, "ops": "+-*", "p_if": 0.2, "p_loop": 0.15},
+            "format": {"n_words": 4, "ops": ("reverse", "sort", "upper", "title", "drop_first", "drop_last"), "n_steps": 2, "phrasing": "long"},
         },
+        pretrain_difficulty={"arith": {"n_ops": 2, "min_ops": 1}, "code": {"n_lines": 3}, "format": {"n_steps": 1}},
     ),
     "gpu": Preset(
         name="gpu",
@@ -132,21 +158,25 @@ PRESETS: dict[str, Preset] = {
         init_std=0.025,
         max_len=1024,
         vocab=8192,
-        corpus_chars=40_000_000,  # more than there is: the whole stdlib (~11 M chars on 3.11)
+        corpus_chars=40_000_000,  # more than there is: the whole stdlib (~11 M chars on 3.11/3.12)
         max_file_chars=10**9,
+        synth_frac=0.15,
+        task_frac=0.5,  # with the whole stdlib: ~32 M characters of corpus, ~16 M of worked problems
+        task_exact=0.1,
         base_steps=4000,
         base_batch=64,
         base_seq=512,
         base_lr=1e-3,
-        ft_steps=800,
+        ft_steps=600,
         ft_batch=64,
-        ft_lr=5e-4,
+        ft_lr=1.5e-4,
         dtype="bfloat16",
         difficulty={
-            "arith": {"n_ops": 3, "digits": 2, "ops": "+-*"},
-            "code": {"n_lines": 4, "max_const": 20, "ops": "+-*"},
-            "format": {"n_words": 5, "ops": ("reverse", "upper", "sort")},
+            "arith": {"n_ops": 4, "min_ops": 2, "digits": 2, "ops": "+-*", "words": True},
+            "code": {"n_lines": 5, "max_const": 20, "ops": "+-*", "p_if": 0.25, "p_loop": 0.2},
+            "format": {"n_words": 5, "ops": ("reverse", "sort", "upper", "title", "drop_first", "drop_last", "commas"), "n_steps": 2, "phrasing": "long"},
         },
+        pretrain_difficulty={"arith": {"n_ops": 2, "min_ops": 1}, "code": {"n_lines": 3}, "format": {"n_steps": 1}},
     ),
 }
 

@@ -1,0 +1,505 @@
+"""Accuracy per bit: every compression method at 1, 1/2, 1/4 and 1/8 bit per parameter on the
+zoo's fine-tunes, through the compressed inference path.
+
+For each fine-tune task of the zoo (``bench/zoo/build.py``, built here if missing) and each
+method — Delta-CoMe with its fixed 8+3+2 plan and with ``--plan auto``, BitDelta with and
+without scale distillation, DeltaZip, low-rank, RTN — at each budget (every stored bit
+counted: codes, scales, zeros, singular values, raw norms), the fine-tune's delta is compressed
+to a .dpk, loaded with ``deltapack.load`` (DeltaLinear modules; on a GPU in bf16, through the
+kernels that ``load`` dispatches to) and measured:
+
+* exact-match accuracy on ``--n-eval`` held-out problems of the task (greedy), and the share of
+  the fine-tune's own accuracy it keeps (the goals of MISSION.md: ≥99% at 1.0 and 0.5,
+  ≥97% at 0.25, ≥94% at 0.125);
+* mean KL(fine-tune ‖ compressed) of the next-token distributions over held-out task text;
+* the share of answers identical to the fine-tune's.
+
+The fine-tune and the base are measured the same way (the rows every cell is compared with).
+Each method has a floor: the budget at which it gives every matrix a delta at its cheapest
+setting (BitDelta: 1 bit + a scale; RTN: 1 bit + group scales and zeros, 1.25 bits; DeltaZip:
+2:4 + 2 bits, ~2 bits; Delta-CoMe and low-rank: none, their rank shrinks). Between half the
+floor and the floor the pipeline's allocator leaves out the deltas of the matrices where they
+buy least: such cells are marked † and record the share of matrix parameters that kept a
+delta. Below half the floor a cell is skipped with the reason recorded (``--allow-partial``
+runs it anyway). Calibration (Delta-CoMe's GPTQ, DeltaZip's SparseGPT, BitDelta's
+distillation) reads train-split text of the task, never the held-out problems.
+
+Writes ``quality.csv``, ``quality.json``, ``quality.md`` (tables per task and the goals) and
+``quality.png`` (accuracy vs bits/param, one line per method, one panel per task) to ``--out``,
+rows as they are measured (``quality-part-<task>.csv``, merged at the end). ``--merge`` joins
+the ``quality.json`` of runs that measured different tasks (e.g. two GPU calls) into one report.
+
+    python bench/quality.py --preset tiny --out /tmp/q                    # CPU, a few minutes
+    python bench/quality.py --preset gpu --zoo-dir /tmp/zoo --jobs 3 --out bench/results
+    python bench/quality.py --merge runA/quality.json runB/quality.json --out bench/results
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import datetime as dt
+import json
+import math
+import os
+import sys
+import time
+import traceback
+from concurrent.futures import ProcessPoolExecutor
+from multiprocessing import get_context
+from pathlib import Path
+from typing import Any
+
+import torch
+
+ROOT = Path(__file__).resolve().parent.parent
+if str(ROOT) not in sys.path:  # bench.zoo.build, when run as a script without PYTHONPATH=$PWD
+    sys.path.insert(0, str(ROOT))
+
+# method name -> (label, compress() options)
+METHODS: dict[str, tuple[str, dict[str, Any]]] = {
+    "delta-come": ("delta-come 8+3+2", {"method": "delta-come", "plan": "fixed"}),
+    "delta-come-auto": ("delta-come auto", {"method": "delta-come", "plan": "auto"}),
+    "bitdelta": ("bitdelta", {"method": "bitdelta"}),
+    "bitdelta-distill": ("bitdelta + distill", {"method": "bitdelta", "distill": True}),
+    "deltazip": ("deltazip", {"method": "deltazip"}),
+    "lowrank": ("lowrank", {"method": "lowrank"}),
+    "rtn": ("rtn", {"method": "rtn"}),
+}
+BITS = (1.0, 0.5, 0.25, 0.125)
+GOALS = {1.0: 0.99, 0.5: 0.99, 0.25: 0.97, 0.125: 0.94}  # share of the fine-tune's accuracy kept
+MIN_SHARE = 0.5  # below half its floor a method could give fewer than half of the matrices a delta: skipped
+FIELDS = [
+    "task", "method", "label", "bits", "bits_per_param", "stored_bytes", "accuracy", "kept", "kl", "agree",
+    "floor", "matrices", "dropped_matrices", "delta_share", "compress_s", "eval_s", "skipped", "error",
+]
+
+
+# ----------------------------------------------------------------------------- floors
+
+def method_floor(base_dir: Path, ft_dir: Path, options: dict[str, Any]) -> float:
+    """Smallest budget (bits/param, all stored bits) at which ``options``' method gives every
+    matrix a delta: tensors stored raw plus each matrix at the method's cheapest setting
+    (BitDelta: 1 bit + an fp16 scale; RTN: 1 bit with group scales and zeros; DeltaZip: 2:4 at
+    2 bits). 0 for the low-rank methods, whose rank goes down to 1."""
+    from deltapack import _core
+    from deltapack.compress.hf import ModelDir
+    from deltapack.compress.pipeline import CompressConfig, plan_targets
+    from deltapack.compress.plan import quantized_bytes, sparse24_bytes
+
+    cfg = CompressConfig(**{k: v for k, v in options.items() if k in ("method", "plan", "distill")})
+    if cfg.method in ("delta-come", "lowrank"):
+        return 0.0
+    base, ft = ModelDir(base_dir), ModelDir(ft_dir)
+    targets = plan_targets(base, ft, cfg)
+    nbytes = sum(ft.nbytes(t.name) for t in targets if t.kind == "raw")
+    for t in targets:
+        if t.kind != "matrix":
+            continue
+        out, inp = t.shape
+        if cfg.method == "bitdelta":
+            nbytes += _core.packed_len(out, inp, 1) + 2
+        elif cfg.method == "rtn":
+            nbytes += quantized_bytes(out, inp, 1, cfg.group_size)
+        elif cfg.method == "deltazip" and inp % 4 == 0:
+            nbytes += sparse24_bytes(out, inp // 2, 2)
+    return 8 * nbytes / sum(t.numel for t in targets)
+
+
+# ----------------------------------------------------------------------------- one task
+
+def _load_hf(path: Path, device: str, dtype: torch.dtype):
+    from transformers import AutoModelForCausalLM
+
+    return AutoModelForCausalLM.from_pretrained(str(path), dtype=dtype).to(device).eval()
+
+
+def _write_calib(task: str, diff: dict[str, Any], eval_frac: float, path: Path, n: int = 1024) -> Path:
+    """Train-split problems of the task in the fine-tune's format, blank-line separated."""
+    from deltapack.zoo.tasks import get_task
+
+    exs = get_task(task).examples(n, seed=99, split="train", eval_frac=eval_frac, stream="calibration", **diff)
+    path.write_text("\n\n".join(e.prompt + e.target for e in exs) + "\n")
+    return path
+
+
+def run_task(task: str, opts: dict[str, Any]) -> list[dict[str, Any]]:
+    """Every (method, bits) cell of one task, plus the fine-tune and base rows. Appends each
+    row to ``<out>/quality-part-<task>.csv`` as soon as it is measured."""
+    import deltapack
+    from deltapack.compress.pipeline import compress
+    from deltapack.zoo import generate, next_token_kl, score
+    from deltapack.zoo.build import base_dir_name, finetune_dir_name
+    from deltapack.zoo.evaluate import _difficulty_of
+    from deltapack.zoo.presets import get_preset
+    from deltapack.zoo.tasks import get_task
+    from transformers import AutoTokenizer
+
+    if opts.get("threads"):
+        torch.set_num_threads(opts["threads"])
+    p = get_preset(opts["preset"])
+    zoo = Path(opts["zoo_dir"])
+    base_dir = zoo / base_dir_name(p, opts["seed"])
+    ft_dir = zoo / finetune_dir_name(task, p, opts["seed"])
+    device, dtype = opts["device"], getattr(torch, opts["dtype"])
+    work = Path(opts["work"]) / task
+    work.mkdir(parents=True, exist_ok=True)
+    part = Path(opts["out"]) / f"quality-part-{task}.csv"
+    with open(part, "w", newline="") as fh:
+        csv.DictWriter(fh, fieldnames=FIELDS).writeheader()
+
+    def record(row: dict[str, Any]) -> None:
+        rows.append(row)
+        with open(part, "a", newline="") as fh:
+            csv.DictWriter(fh, fieldnames=FIELDS).writerow({k: row.get(k, "") for k in FIELDS})
+        if not opts["quiet"]:
+            shown = {k: (round(v, 4) if isinstance(v, float) else v) for k, v in row.items() if k in ("method", "bits", "bits_per_param", "accuracy", "kept", "kl", "skipped") and v not in ("", None)}
+            print(f"[{task}] {shown}", flush=True)
+
+    tok = AutoTokenizer.from_pretrained(str(ft_dir))
+    ft = _load_hf(ft_dir, device, dtype)
+    diff, eval_frac = _difficulty_of(ft, task, None, None)  # the fine-tune's own task settings
+    t = get_task(task)
+    eval_ex = t.examples(opts["n_eval"], seed=1234, split="eval", eval_frac=eval_frac, **diff)
+    prompts = [e.prompt for e in eval_ex]
+    max_new = max(len(tok.encode(e.target, add_special_tokens=False)) for e in eval_ex) + 8
+    kl_ex = t.examples(opts["n_kl"], seed=4321, split="eval", eval_frac=eval_frac, **diff)
+    kl_seqs = [torch.tensor([tok.bos_token_id] + tok.encode(e.prompt + e.target, add_special_tokens=False)) for e in kl_ex]
+    calib = _write_calib(task, diff, eval_frac, work / "calib.txt")
+    batch = opts["eval_batch"]
+
+    def measure(model) -> dict[str, Any]:
+        t0 = time.perf_counter()
+        comps = generate(model, tok, prompts, max_new, batch_size=batch)
+        acc = score(comps, eval_ex)
+        kl = next_token_kl(model, ft, kl_seqs, batch_size=min(batch, 64))
+        return {"accuracy": acc, "kl": kl, "completions": comps, "eval_s": time.perf_counter() - t0}
+
+    rows: list[dict[str, Any]] = []
+    ref = measure(ft)
+    ft_acc, ft_comps = ref["accuracy"], ref["completions"]
+    record({"task": task, "method": "fine-tune", "label": "fine-tune", "bits": 16.0, "bits_per_param": 16.0, "accuracy": ft_acc, "kept": 1.0, "kl": 0.0, "agree": 1.0, "eval_s": ref["eval_s"]})
+    base = _load_hf(base_dir, device, dtype)
+    m = measure(base)
+    record({"task": task, "method": "base", "label": "base", "bits": 0.0, "bits_per_param": 0.0, "accuracy": m["accuracy"], "kept": m["accuracy"] / ft_acc if ft_acc else float("nan"), "kl": m["kl"], "agree": _agree(m["completions"], ft_comps), "eval_s": m["eval_s"]})
+    del base
+
+    floors = {name: method_floor(base_dir, ft_dir, METHODS[name][1]) for name in opts["methods"]}
+    for bits in opts["bits"]:
+        for name in opts["methods"]:
+            label, kw = METHODS[name]
+            row: dict[str, Any] = {"task": task, "method": name, "label": label, "bits": bits, "floor": floors[name]}
+            if bits < MIN_SHARE * floors[name] and not opts["allow_partial"]:
+                record({**row, "skipped": f"a delta for every matrix needs {floors[name]:.3f} bits/param"})
+                continue
+            path = work / f"{name}-{bits:g}.dpk"
+            t0 = time.perf_counter()
+            try:
+                rep = compress(
+                    base_dir, ft_dir, path, bits_per_param=bits, calib=str(calib), n_samples=opts["calib_samples"], seq_len=opts["calib_len"],
+                    distill_steps=opts["distill_steps"], seed=opts["seed"], progress=False, **kw,
+                )
+            except ValueError as e:  # a budget the method cannot meet at all
+                record({**row, "skipped": str(e).split("\n")[0][:200]})
+                continue
+            except Exception as e:  # noqa: BLE001 - one broken cell must not cost the rest of a GPU run
+                traceback.print_exc()
+                record({**row, "error": f"compress: {type(e).__name__}: {e}"[:300]})
+                continue
+            compress_s = time.perf_counter() - t0
+            try:
+                model = deltapack.load(base_dir, path, device=device, dtype=dtype)
+                m = measure(model)
+            except Exception as e:  # noqa: BLE001 - recorded in the table, traceback on stderr
+                traceback.print_exc()
+                record({**row, "bits_per_param": rep.bits_per_param, "error": f"load/eval: {type(e).__name__}: {e}"[:300], "compress_s": compress_s})
+                continue
+            dropped = [r for r in rep.matrices if r.get("bits_per_param", 1.0) == 0.0]
+            numel = sum(math.prod(r["shape"]) for r in rep.matrices)
+            record({
+                **row, "bits_per_param": rep.bits_per_param, "stored_bytes": rep.stored_bytes, "accuracy": m["accuracy"],
+                "kept": m["accuracy"] / ft_acc if ft_acc else float("nan"), "kl": m["kl"], "agree": _agree(m["completions"], ft_comps),
+                "matrices": len(rep.matrices), "dropped_matrices": len(dropped), "delta_share": 1 - sum(math.prod(r["shape"]) for r in dropped) / max(numel, 1),
+                "compress_s": compress_s, "eval_s": m["eval_s"],
+            })
+            del model
+            if device.startswith("cuda"):
+                torch.cuda.empty_cache()
+            if not opts["keep_dpk"]:
+                path.unlink(missing_ok=True)
+    return rows
+
+
+def _agree(a: list[str], b: list[str]) -> float:
+    from deltapack.zoo.tasks import extract_answer
+
+    return sum(extract_answer(x) == extract_answer(y) for x, y in zip(a, b)) / max(len(a), 1)
+
+
+# ----------------------------------------------------------------------------- reports
+
+def _partial(r: dict[str, Any]) -> str:
+    floor = r.get("floor")
+    if floor in ("", None) or float(r["bits"]) >= float(floor):
+        return ""
+    return f" †{100 * float(r.get('delta_share') or 0):.0f}%"
+
+
+def _fmt_pct(x: Any) -> str:
+    return "—" if x in ("", None) or (isinstance(x, float) and math.isnan(x)) else f"{100 * float(x):.1f}%"
+
+
+def markdown(rows: list[dict[str, Any]], meta: dict[str, Any]) -> str:
+    tasks = list(dict.fromkeys(r["task"] for r in rows))
+    methods = [m for m in METHODS if any(r["method"] == m for r in rows)]
+    bits = sorted({float(r["bits"]) for r in rows if r["method"] in METHODS}, reverse=True)
+    cell = {(r["task"], r["method"], float(r["bits"])): r for r in rows}
+    ref = {(r["task"], r["method"]): r for r in rows if r["method"] in ("fine-tune", "base")}
+    lines = [
+        f"# Quality per bit: every method on the `{meta['preset']}` zoo's fine-tunes",
+        "",
+        f"{meta['device']}, commit {meta['commit']}, {meta['date']}; inference through `deltapack.load` on {meta['device_kind']} in {meta['dtype']}. "
+        f"Accuracy: exact match, greedy, {meta['n_eval']} held-out problems per task; kept: accuracy / the fine-tune's. "
+        f"KL: mean KL(fine-tune ‖ model) per token over {meta['n_kl']} held-out problems with their worked answers. "
+        f"bits/param counts every stored bit (codes, scales, zeros, singular values, raw norms) over all parameters that differ. "
+        f"Calibration: {meta['calib_samples']} × {meta['calib_len']} tokens of train-split task text; BitDelta distillation {meta['distill_steps']} steps.",
+        "",
+    ]
+    for t in tasks:
+        ft, base = ref.get((t, "fine-tune"), {}), ref.get((t, "base"), {})
+        lines += [
+            f"## {t}: fine-tune {_fmt_pct(ft.get('accuracy'))}, base {_fmt_pct(base.get('accuracy'))} (KL to the fine-tune {float(base.get('kl', 'nan')):.4f})",
+            "",
+            "Accuracy (kept share of the fine-tune's):",
+            "",
+            "| method | " + " | ".join(f"{b:g} bit" for b in bits) + " |",
+            "|---|" + "---|" * len(bits),
+        ]
+        for m in methods:
+            cells = []
+            for b in bits:
+                r = cell.get((t, m, b))
+                if r is None:
+                    cells.append("")
+                elif r.get("error"):
+                    cells.append("error")
+                elif r.get("skipped"):
+                    cells.append("skipped")
+                else:
+                    mark = " ✓" if float(r["kept"]) >= GOALS.get(b, 1.0) else ""
+                    cells.append(f"{_fmt_pct(r['accuracy'])} ({_fmt_pct(r['kept'])}){mark}{_partial(r)}")
+            lines.append(f"| {METHODS[m][0]} | " + " | ".join(cells) + " |")
+        lines += ["", "KL to the fine-tune @ actual bits/param:", "", "| method | " + " | ".join(f"{b:g} bit" for b in bits) + " |", "|---|" + "---|" * len(bits)]
+        for m in methods:
+            cells = []
+            for b in bits:
+                r = cell.get((t, m, b))
+                if r is None or r.get("skipped") or r.get("error"):
+                    cells.append("—")
+                else:
+                    drop = f", {r['dropped_matrices']} without delta" if r.get("dropped_matrices") else ""
+                    cells.append(f"{float(r['kl']):.4f} @ {float(r['bits_per_param']):.3f}{drop}")
+            lines.append(f"| {METHODS[m][0]} | " + " | ".join(cells) + " |")
+        lines.append("")
+    # goals: the worst task's kept share per method and budget
+    lines += [
+        "## Goals: share of the fine-tune's accuracy kept on every task (worst task shown)",
+        "",
+        "| method | " + " | ".join(f"{b:g} bit (goal {100 * GOALS.get(b, 1.0):.0f}%)" for b in bits) + " |",
+        "|---|" + "---|" * len(bits),
+    ]
+    for m in methods:
+        cells = []
+        for b in bits:
+            rs = [cell.get((t, m, b)) for t in tasks]
+            if any(r is None or r.get("skipped") or r.get("error") for r in rs):
+                cells.append("—")
+                continue
+            worst = min(rs, key=lambda r: float(r["kept"]))
+            ok = float(worst["kept"]) >= GOALS.get(b, 1.0)
+            cells.append(f"{_fmt_pct(worst['kept'])} ({worst['task']}) {'✓' if ok else '✗'}")
+        lines.append(f"| {METHODS[m][0]} | " + " | ".join(cells) + " |")
+    lines += ["", "✓: goal met. †: budget below the method's floor (a delta for every matrix); the share of matrix parameters that kept a delta follows."]
+    skipped = sorted({(r["method"], r["skipped"]) for r in rows if r.get("skipped")})
+    if skipped:
+        lines += ["", "Skipped (budget below half the floor): " + "; ".join(f"{METHODS[m][0]}: {why}" for m, why in skipped) + "."]
+    errors = [r for r in rows if r.get("error")]
+    if errors:
+        lines += ["", "**Errors** (traceback in the run's log):", ""] + [f"- {r['task']}, {METHODS[r['method']][0]} at {float(r['bits']):g} bit: `{r['error']}`" for r in errors]
+    return "\n".join(lines) + "\n"
+
+
+def plot(rows: list[dict[str, Any]], path: Path, title: str) -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    tasks = list(dict.fromkeys(r["task"] for r in rows))
+    fig, axes = plt.subplots(1, len(tasks), figsize=(5.2 * len(tasks), 4.2), squeeze=False, sharey=True)
+    for ax, t in zip(axes[0], tasks):
+        tr = [r for r in rows if r["task"] == t]
+        ref = {r["method"]: float(r["accuracy"]) for r in tr if r["method"] in ("fine-tune", "base")}
+        bits = sorted({float(r["bits"]) for r in tr if r["method"] in METHODS})
+        for m, (label, _) in METHODS.items():
+            pts = sorted((float(r["bits"]), 100 * float(r["accuracy"])) for r in tr if r["method"] == m and r.get("accuracy") not in ("", None))
+            if pts:
+                ax.plot([x for x, _ in pts], [y for _, y in pts], marker="o", label=label)
+        if "fine-tune" in ref:
+            ax.axhline(100 * ref["fine-tune"], color="black", ls="--", lw=1, label="fine-tune")
+            if bits:
+                ax.step(bits, [100 * ref["fine-tune"] * GOALS.get(b, 1.0) for b in bits], where="mid", color="grey", ls=":", lw=1.2, label="goal")
+        if "base" in ref:
+            ax.axhline(100 * ref["base"], color="tab:red", ls=":", lw=1, label="base")
+        ax.set_xscale("log", base=2)
+        if bits:
+            ax.set_xticks(bits, [f"{b:g}" for b in bits])
+        ax.set_xlabel("bits / parameter (all stored bits)")
+        ax.set_title(t)
+        ax.grid(alpha=0.3)
+    axes[0][0].set_ylabel("exact-match accuracy (%)")
+    axes[0][-1].legend(fontsize=7, loc="lower right")
+    fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def _read_part(path: Path) -> list[dict[str, Any]]:
+    out = []
+    with open(path, newline="") as fh:
+        for r in csv.DictReader(fh):
+            for k in ("bits", "bits_per_param", "accuracy", "kept", "kl", "agree", "floor", "delta_share", "compress_s", "eval_s"):
+                if r.get(k) not in ("", None):
+                    r[k] = float(r[k])
+            for k in ("stored_bytes", "matrices", "dropped_matrices"):
+                if r.get(k) not in ("", None):
+                    r[k] = int(r[k])
+            out.append(r)
+    return out
+
+
+def write_results(rows: list[dict[str, Any]], meta: dict[str, Any], out: Path) -> str:
+    out.mkdir(parents=True, exist_ok=True)
+    order = {m: i for i, m in enumerate(["fine-tune", "base", *METHODS])}
+    rows = sorted(rows, key=lambda r: (r["task"], -float(r["bits"]) if r["method"] in METHODS else 0, order.get(r["method"], 99)))
+    with open(out / "quality.csv", "w", newline="") as fh:
+        w = csv.DictWriter(fh, fieldnames=FIELDS)
+        w.writeheader()
+        for r in rows:
+            w.writerow({k: r.get(k, "") for k in FIELDS})
+    (out / "quality.json").write_text(json.dumps({"meta": meta, "rows": [{k: r.get(k) for k in FIELDS if r.get(k) not in ("", None)} for r in rows]}, indent=1) + "\n")
+    text = markdown(rows, meta)
+    (out / "quality.md").write_text(text)
+    plot(rows, out / "quality.png", f"accuracy vs bits/param — {meta['preset']} zoo, {meta['device']}, {meta['commit']}")
+    return text
+
+
+def merge(paths: list[Path], out: Path) -> str:
+    """One report from several runs' quality.json, each on its own tasks."""
+    rows: list[dict[str, Any]] = []
+    metas = []
+    seen: dict[str, Path] = {}
+    for path in paths:
+        d = json.loads(path.read_text())
+        tasks = {r["task"] for r in d["rows"]}
+        for t in tasks:
+            if t in seen:
+                raise SystemExit(f"task {t!r} is in both {seen[t]} and {path}")
+            seen[t] = path
+        metas.append(d["meta"])
+        rows += d["rows"]
+    meta = dict(metas[0])
+    for k in ("device", "commit", "date", "dtype", "preset"):
+        vals = list(dict.fromkeys(str(m.get(k)) for m in metas))
+        meta[k] = " + ".join(vals)
+    meta["merged_from"] = [str(p) for p in paths]
+    meta["seconds"] = sum(float(m.get("seconds", 0)) for m in metas)
+    return write_results(rows, meta, out)
+
+
+# ----------------------------------------------------------------------------- main
+
+def main(argv: list[str] | None = None) -> int:
+    from bench.zoo.build import build_zoo, commit_id, device_name
+    from deltapack.zoo import PRESETS, TASKS
+
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--preset", default="gpu", choices=sorted(PRESETS))
+    ap.add_argument("--zoo-dir", default=None, help="the zoo's model directories (built there if missing; default ~/.cache/deltapack/zoo)")
+    ap.add_argument("--tasks", default=",".join(TASKS))
+    ap.add_argument("--methods", default=",".join(METHODS), help="comma-separated, from: " + ", ".join(METHODS))
+    ap.add_argument("--bits", default=",".join(f"{b:g}" for b in BITS), help="budgets in bits/param")
+    ap.add_argument("--n-eval", type=int, default=200, help="held-out problems per task for accuracy")
+    ap.add_argument("--n-kl", type=int, default=64, help="held-out problems per task for the KL")
+    ap.add_argument("--out", default=os.environ.get("OUT", "bench/results"))
+    ap.add_argument("--work", default=None, help="scratch directory for .dpk files (default: <zoo-dir>/quality)")
+    ap.add_argument("--device", default=None, help="cpu or cuda (default: cuda if available)")
+    ap.add_argument("--dtype", default=None, help="model dtype (default: bfloat16 on a GPU, float32 on a CPU)")
+    ap.add_argument("--jobs", type=int, default=None, help="tasks measured at a time, one process each (default: 3 on a GPU, 1 on a CPU)")
+    ap.add_argument("--threads", type=int, default=None, help="CPU threads per process")
+    ap.add_argument("--seed", type=int, default=0, help="zoo seed (and compression seed)")
+    ap.add_argument("--calib-samples", type=int, default=64)
+    ap.add_argument("--calib-len", type=int, default=256)
+    ap.add_argument("--distill-steps", type=int, default=200, help="BitDelta scale distillation steps (paper: 200)")
+    ap.add_argument("--eval-batch", type=int, default=None, help="generation batch (default: 256 on a GPU, 100 on a CPU)")
+    ap.add_argument("--allow-partial", action="store_true", help="also run budgets below half a method's floor")
+    ap.add_argument("--keep-dpk", action="store_true")
+    ap.add_argument("--quiet", action="store_true")
+    ap.add_argument("--merge", nargs="+", metavar="QUALITY_JSON", help="join the quality.json of runs on different tasks into --out; measures nothing")
+    a = ap.parse_args(argv)
+    if a.merge:
+        print(merge([Path(m) for m in a.merge], Path(a.out)))
+        return 0
+
+    tasks = [t for t in a.tasks.split(",") if t]
+    methods = [m for m in a.methods.split(",") if m]
+    for t in tasks:
+        if t not in TASKS:
+            ap.error(f"unknown task {t!r}")
+    for m in methods:
+        if m not in METHODS:
+            ap.error(f"unknown method {m!r}; choose from {', '.join(METHODS)}")
+    bits = [float(b) for b in a.bits.split(",") if b]
+    device = a.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    dtype = a.dtype or ("bfloat16" if device.startswith("cuda") else "float32")
+    jobs = a.jobs or (3 if device.startswith("cuda") else 1)
+    zoo_dir = Path(a.zoo_dir or Path.home() / ".cache" / "deltapack" / "zoo")
+    out = Path(a.out)
+    out.mkdir(parents=True, exist_ok=True)
+
+    t0 = time.perf_counter()
+    build_zoo(a.preset, zoo_dir, tasks, a.seed, n_eval=0, jobs=jobs, device=device, threads=a.threads, evaluate_models=False)  # reuses stamped models
+    zoo_s = time.perf_counter() - t0
+    opts = {
+        "preset": a.preset, "zoo_dir": str(zoo_dir), "seed": a.seed, "device": device, "dtype": dtype, "methods": methods, "bits": bits,
+        "n_eval": a.n_eval, "n_kl": a.n_kl, "out": str(out), "work": str(Path(a.work or zoo_dir / "quality")), "threads": a.threads,
+        "calib_samples": a.calib_samples, "calib_len": a.calib_len, "distill_steps": a.distill_steps,
+        "eval_batch": a.eval_batch or (256 if device.startswith("cuda") else 100), "allow_partial": a.allow_partial, "keep_dpk": a.keep_dpk, "quiet": a.quiet,
+    }
+    rows: list[dict[str, Any]] = []
+    if jobs > 1 and len(tasks) > 1:
+        with ProcessPoolExecutor(max_workers=min(jobs, len(tasks)), mp_context=get_context("spawn")) as pool:
+            for r in [pool.submit(run_task, t, opts) for t in tasks]:
+                r.result()
+    else:
+        for t in tasks:
+            run_task(t, opts)
+    for t in tasks:  # the parts hold every row, in the form the CSV keeps
+        part = out / f"quality-part-{t}.csv"
+        rows += _read_part(part)
+        part.unlink()
+    meta = {
+        "preset": a.preset, "device": device_name(device), "device_kind": device, "dtype": dtype, "commit": commit_id(),
+        "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"), "n_eval": a.n_eval, "n_kl": a.n_kl,
+        "calib_samples": a.calib_samples, "calib_len": a.calib_len, "distill_steps": a.distill_steps, "zoo_seconds": zoo_s,
+        "seconds": time.perf_counter() - t0, "torch": torch.__version__, "jobs": jobs,
+    }
+    print(write_results(rows, meta, out))
+    print(f"total {meta['seconds']:.0f} s (zoo {zoo_s:.0f} s)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,85 @@
+"""bench/zoo/build.py and bench/quality.py end to end on the session's tiny pair (reduced
+settings; ~30 s on 2 CPU cores): the report files, rows that make sense, skips with reasons."""
+
+from __future__ import annotations
+
+import csv
+import json
+
+import pytest
+
+pytest.importorskip("transformers")
+pytest.importorskip("matplotlib")
+
+from bench.quality import BITS, METHODS, main, method_floor  # noqa: E402
+from bench.zoo.build import build_zoo, markdown  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def quality_run(zoo_pair, tmp_path_factory):
+    base, _ = zoo_pair
+    out = tmp_path_factory.mktemp("quality")
+    argv = [
+        "--preset", "tiny", "--zoo-dir", str(base.parent), "--tasks", "arith", "--methods", "delta-come,bitdelta,lowrank",
+        "--bits", "1,0.25", "--n-eval", "24", "--n-kl", "8", "--calib-samples", "8", "--calib-len", "64",
+        "--jobs", "1", "--work", str(out / "work"), "--out", str(out / "res"), "--quiet",
+    ]
+    assert main(argv) == 0
+    return out / "res"
+
+
+def test_quality_writes_every_report(quality_run):
+    assert sorted(p.name for p in quality_run.iterdir()) == ["quality.csv", "quality.json", "quality.md", "quality.png"]
+    assert quality_run.joinpath("quality.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    md = quality_run.joinpath("quality.md").read_text()
+    assert "## arith: fine-tune" in md and "| delta-come 8+3+2 |" in md and "Goals" in md and "commit" in md
+
+
+def test_quality_rows(quality_run):
+    rows = list(csv.DictReader(open(quality_run / "quality.csv")))
+    by = {(r["method"], r["bits"]): r for r in rows}
+    ft, base = by[("fine-tune", "16.0")], by[("base", "0.0")]
+    assert float(ft["kept"]) == 1.0 and float(ft["kl"]) == 0.0 and float(ft["accuracy"]) > float(base["accuracy"])
+    assert float(base["kl"]) > 0
+    for m in ("delta-come", "lowrank"):
+        for b in ("1.0", "0.25"):
+            r = by[(m, b)]
+            assert not r["skipped"] and float(r["bits_per_param"]) <= float(b) + 1e-9
+            assert 0 <= float(r["accuracy"]) <= 1 and 0 <= float(r["agree"]) <= 1
+    for m, b in (("delta-come", "1.0"), ("delta-come", "0.25"), ("lowrank", "1.0"), ("bitdelta", "1.0")):
+        assert float(by[(m, b)]["kl"]) < float(base["kl"]), (m, b, by[(m, b)]["kl"], base["kl"])  # closer to the fine-tune than the base is
+    assert float(by[("delta-come", "1.0")]["kl"]) < float(by[("delta-come", "0.25")]["kl"])
+    # BitDelta cannot go below ~1 bit: 0.25 is skipped with the reason, 1.0 runs (a few matrices without delta)
+    assert "needs" in by[("bitdelta", "0.25")]["skipped"]
+    bd = by[("bitdelta", "1.0")]
+    assert not bd["skipped"] and 0.5 <= float(bd["delta_share"]) <= 1.0
+    meta = json.loads((quality_run / "quality.json").read_text())["meta"]
+    assert meta["preset"] == "tiny" and meta["device_kind"] == "cpu"
+
+
+def test_merge_refuses_a_task_twice_and_rebuilds_the_report(quality_run, tmp_path):
+    j = quality_run / "quality.json"
+    with pytest.raises(SystemExit, match="arith"):
+        main(["--merge", str(j), str(j), "--out", str(tmp_path / "m1")])
+    assert main(["--merge", str(j), "--out", str(tmp_path / "m2")]) == 0
+    assert (tmp_path / "m2" / "quality.csv").read_text() == (quality_run / "quality.csv").read_text()
+
+
+def test_method_floors(zoo_pair):
+    base, ft = zoo_pair
+    assert method_floor(base, ft, METHODS["delta-come"][1]) == 0.0
+    bd = method_floor(base, ft, METHODS["bitdelta"][1])
+    rtn = method_floor(base, ft, METHODS["rtn"][1])
+    dz = method_floor(base, ft, METHODS["deltazip"][1])
+    assert 1.0 < bd < rtn < dz < 3.0, (bd, rtn, dz)
+    assert set(BITS) == {1.0, 0.5, 0.25, 0.125}
+
+
+def test_zoo_report(zoo_pair):
+    base, _ = zoo_pair
+    rep = build_zoo("tiny", base.parent, ["arith"], n_eval=16, jobs=1)
+    assert rep["finetunes"]["arith"]["accuracy"]["arith"] > rep["base"]["accuracy"]["arith"]
+    assert set(rep["beats_base"]) == {"arith"}
+    assert 0 < rep["finetunes"]["arith"]["delta"]["q_proj"]["rel"] < 0.15
+    md = markdown(rep)
+    assert "| ft:arith |" in md and "‖ΔW‖" in md
