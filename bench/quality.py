@@ -129,14 +129,15 @@ def run_task(task: str, opts: dict[str, Any]) -> list[dict[str, Any]]:
     import deltapack
     from deltapack.compress.pipeline import compress
     from deltapack.zoo import generate, next_token_kl, score
-    from deltapack.zoo.build import base_dir_name, finetune_dir_name
+    from deltapack.zoo.build import base_dir_name, default_threads, finetune_dir_name
     from deltapack.zoo.evaluate import _difficulty_of
     from deltapack.zoo.presets import get_preset
     from deltapack.zoo.tasks import get_task
     from transformers import AutoTokenizer
 
-    if opts.get("threads"):
-        torch.set_num_threads(opts["threads"])
+    # one thread less than the cores (deltapack.zoo's rule): all of them spin against any other
+    # busy process and a CPU run slows down tenfold
+    torch.set_num_threads(opts.get("threads") or default_threads())
     p = get_preset(opts["preset"])
     zoo = Path(opts["zoo_dir"])
     base_dir = zoo / base_dir_name(p, opts["seed"])
@@ -358,9 +359,13 @@ def plot(rows: list[dict[str, Any]], path: Path, title: str) -> Path:
         ax.set_title(t)
         ax.grid(alpha=0.3)
     axes[0][0].set_ylabel("exact-match accuracy (%)")
-    axes[0][-1].legend(fontsize=7, loc="lower right")
+    handles: dict[str, Any] = {}
+    for ax in axes[0]:
+        for h, lab in zip(*ax.get_legend_handles_labels()):
+            handles.setdefault(lab, h)
+    fig.legend(handles.values(), handles.keys(), loc="lower center", ncol=len(handles), fontsize=8, frameon=False)
     fig.suptitle(title, fontsize=10)
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, 0.07, 1, 1))
     fig.savefig(path, dpi=120)
     plt.close(fig)
     return path
