@@ -29,9 +29,19 @@ Writes ``quality.csv``, ``quality.json``, ``quality.md`` (tables per task and th
 rows as they are measured (``quality-part-<task>.csv``, merged at the end). ``--merge`` joins
 the ``quality.json`` of runs that measured different tasks (e.g. two GPU calls) into one report.
 
-    python bench/quality.py --preset tiny --out /tmp/q                    # CPU, a few minutes
+    python bench/quality.py --preset tiny --out /tmp/q                    # CPU, about a minute
     python bench/quality.py --preset gpu --zoo-dir /tmp/zoo --jobs 3 --out bench/results
     python bench/quality.py --merge runA/quality.json runB/quality.json --out bench/results
+
+On one H100 (estimated from the zoo's measured step times; not run yet): the ``gpu`` zoo takes
+~5 min to build, each task's 15 runnable cells ~1.5-2 min, three tasks at a time ~3 min. Where a
+call is limited to 10 minutes, split by task — each call rebuilds the zoo (GPU training is not
+bit-exact between runs, so each call's fine-tune and base rows are its own) — and merge::
+
+    python bench/zoo/build.py --preset gpu --zoo-dir /tmp/zoo --out $OUT && \
+        python bench/quality.py --preset gpu --zoo-dir /tmp/zoo --tasks arith --out $OUT
+    python bench/zoo/build.py --preset gpu --zoo-dir /tmp/zoo --tasks code,format --out $OUT && \
+        python bench/quality.py --preset gpu --zoo-dir /tmp/zoo --tasks code,format --out $OUT
 """
 
 from __future__ import annotations
