@@ -67,12 +67,10 @@ def _triton(x, y, tab, groups, t=None):
     return delta_apply(x, y, tab, groups, t=t)
 
 
-def _cuda_or_triton(x, y, tab, groups, t=None):
+def _cuda(x, y, tab, groups, t=None):
     from . import cuda
 
-    if cuda.handles(x, tab, groups):
-        return cuda.delta_apply(x, y, tab, groups, t=t)
-    return _triton(x, y, tab, groups, t)
+    return cuda.delta_apply(x, y, tab, groups, t=t)  # batches outside its scope go to Triton
 
 
 def delta_apply_backend(backend: str | None = None, device: torch.device | str | None = None) -> Callable:
@@ -85,8 +83,8 @@ def delta_apply_backend(backend: str | None = None, device: torch.device | str |
             return apply_reference
         from . import cuda
 
-        return _cuda_or_triton if cuda.preferred() else _triton
-    return {"reference": apply_reference, "triton": _triton, "cuda": _cuda_or_triton}[b]
+        return _cuda if cuda.preferred() else _triton
+    return {"reference": apply_reference, "triton": _triton, "cuda": _cuda}[b]
 
 
 @torch.library.custom_op("deltapack::delta_apply_", mutates_args=("y",))

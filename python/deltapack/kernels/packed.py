@@ -352,6 +352,12 @@ class DeltaTable:
     has_lowrank: bool
     out_features: int
     in_features: int
+    # which bit widths occur (bit b set for width b) per operand role: the kernels compile only
+    # those specializations; taken here from the host copy, so no launch needs a device sync
+    vt_bits: int = 0
+    ut_bits: int = 0
+    dense_bits: int = 0
+    s24_bits: int = 0
 
     @classmethod
     def build(cls, deltas: list[KernelDelta], device: torch.device | str | None = None) -> DeltaTable:
@@ -365,6 +371,7 @@ class DeltaTable:
         rows = torch.zeros(len(deltas), max_parts, NF, dtype=torch.int64)
         max_rank = max_part_rank = 0
         gk = gn = WHOLE_ROW
+        masks = {"vt_bits": 0, "ut_bits": 0, "dense_bits": 0, "s24_bits": 0}
         for i, d in enumerate(deltas):
             roff = 0
             for j, p in enumerate(d.parts):
@@ -375,10 +382,13 @@ class DeltaTable:
                     roff += p.rank
                     max_part_rank = max(max_part_rank, p.rank)
                     gk, gn = math.gcd(gk, p.vt.group), math.gcd(gn, p.ut.group)
+                    masks["vt_bits"] |= 1 << p.vt.bits
+                    masks["ut_bits"] |= 1 << p.ut.bits
                 else:
                     kind = KIND_SPARSE24 if p.w.sparse24 else KIND_DENSE
                     fields = {F_KIND: kind, **_operand_fields(p.w, A_BITS), A_IDX: _ptr(p.w.indices), A_ISTRIDE: p.w.indices.shape[1] if p.w.sparse24 else 0}
                     gk = math.gcd(gk, p.w.group * (2 if p.w.sparse24 else 1))  # s24 groups count kept values
+                    masks["s24_bits" if p.w.sparse24 else "dense_bits"] |= 1 << p.w.bits
                 for k, v in fields.items():
                     rows[i, j, k] = v
             max_rank = max(max_rank, roff)
@@ -394,6 +404,7 @@ class DeltaTable:
             has_lowrank=max_rank > 0,
             out_features=out_f,
             in_features=in_f,
+            **masks,
         )
 
     @property

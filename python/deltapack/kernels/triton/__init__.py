@@ -8,12 +8,6 @@ import torch
 import triton
 
 from ..packed import (
-    A_BITS,
-    B_BITS,
-    F_KIND,
-    KIND_DENSE,
-    KIND_LOWRANK,
-    KIND_SPARSE24,
     DeltaTable,
     RowGroups,
     block_for_groups,
@@ -33,37 +27,6 @@ class LaunchConfig:
     block_j: int | None = None  # apply: rank rows per step
     num_warps: int | None = None
     num_stages: int | None = None
-
-
-def _bits_mask(values) -> int:
-    m = 0
-    for b in values:
-        m |= 1 << int(b)
-    return m
-
-
-@dataclass(frozen=True)
-class _TableMasks:
-    vt: int
-    ut: int
-    dense: int
-    s24: int
-
-
-def _masks(tab: DeltaTable) -> _TableMasks:
-    cached = getattr(tab, "_masks", None)
-    if cached is None:
-        t = tab.table.detach().cpu()
-        kind = t[..., F_KIND]
-        lr, de, sp = kind == KIND_LOWRANK, kind == KIND_DENSE, kind == KIND_SPARSE24
-        cached = _TableMasks(
-            vt=_bits_mask(t[..., A_BITS][lr].tolist()),
-            ut=_bits_mask(t[..., B_BITS][lr].tolist()),
-            dense=_bits_mask(t[..., A_BITS][de].tolist()),
-            s24=_bits_mask(t[..., A_BITS][sp].tolist()),
-        )
-        object.__setattr__(tab, "_masks", cached)
-    return cached
 
 
 def pick_config(tab: DeltaTable, groups: RowGroups, cfg: LaunchConfig | None = None) -> dict[str, int | bool]:
@@ -107,7 +70,6 @@ def delta_apply(x: torch.Tensor, y: torch.Tensor, tab: DeltaTable, groups: RowGr
     if groups.n_groups == 0 or M == 0:
         return y
     c = pick_config(tab, groups, cfg)
-    masks = _masks(tab)
     prec = "ieee" if x.dtype == torch.float32 else "tf32"
     m_blocks = triton.cdiv(max(1, groups.max_len), c["BLOCK_M"])
     if tab.has_lowrank:
@@ -119,7 +81,7 @@ def delta_apply(x: torch.Tensor, y: torch.Tensor, tab: DeltaTable, groups: RowGr
             x, x.stride(0), t, t.stride(0), tab.table, groups.row_idx, groups.start, groups.length, groups.slot,
             K, tiles,
             MAX_PARTS=tab.max_parts, BLOCK_M=c["BLOCK_M"], BLOCK_R=c["BLOCK_R"], BLOCK_K=c["BLOCK_K"],
-            VT_BITS=masks.vt, GATHER_K=c["GATHER_K"], PREC=prec, num_warps=c["num_warps"], num_stages=c["num_stages"],
+            VT_BITS=tab.vt_bits, GATHER_K=c["GATHER_K"], PREC=prec, num_warps=c["num_warps"], num_stages=c["num_stages"],
         )  # fmt: skip
     else:
         t = x  # never read: no low-rank part in the table
@@ -128,7 +90,7 @@ def delta_apply(x: torch.Tensor, y: torch.Tensor, tab: DeltaTable, groups: RowGr
         x, x.stride(0), y, y.stride(0), t, t.stride(0), tab.table, groups.row_idx, groups.start, groups.length, groups.slot,
         N, K,
         MAX_PARTS=tab.max_parts, BLOCK_M=c["BLOCK_M"], BLOCK_N=c["BLOCK_N"], BLOCK_K=c["BLOCK_K"], BLOCK_J=c["BLOCK_J"],
-        UT_BITS=masks.ut, DENSE_BITS=masks.dense, S24_BITS=masks.s24, GATHER_K=c["GATHER_K"], GATHER_N=c["GATHER_N"],
+        UT_BITS=tab.ut_bits, DENSE_BITS=tab.dense_bits, S24_BITS=tab.s24_bits, GATHER_K=c["GATHER_K"], GATHER_N=c["GATHER_N"],
         PREC=prec, num_warps=c["num_warps"], num_stages=c["num_stages"],
     )  # fmt: skip
     return y

@@ -253,25 +253,7 @@ def shrink_kernel(
         rmask = offs_r < rank
         perm = tl.load(e + F_PERM)
         bits = tl.load(e + A_BITS)
-        acc = tl.zeros((BLOCK_M, BLOCK_R), tl.float32)
-        if VT_BITS & 2:
-            if bits == 1:
-                acc = _shrink_loop(e, x_ptr, stride_xm, rows_x, mmask, perm, offs_r, rmask, K, BLOCK_M, BLOCK_R, BLOCK_K, 1, GATHER_K, PREC)
-        if VT_BITS & 4:
-            if bits == 2:
-                acc = _shrink_loop(e, x_ptr, stride_xm, rows_x, mmask, perm, offs_r, rmask, K, BLOCK_M, BLOCK_R, BLOCK_K, 2, GATHER_K, PREC)
-        if VT_BITS & 8:
-            if bits == 3:
-                acc = _shrink_loop(e, x_ptr, stride_xm, rows_x, mmask, perm, offs_r, rmask, K, BLOCK_M, BLOCK_R, BLOCK_K, 3, GATHER_K, PREC)
-        if VT_BITS & 16:
-            if bits == 4:
-                acc = _shrink_loop(e, x_ptr, stride_xm, rows_x, mmask, perm, offs_r, rmask, K, BLOCK_M, BLOCK_R, BLOCK_K, 4, GATHER_K, PREC)
-        if VT_BITS & 256:
-            if bits == 8:
-                acc = _shrink_loop(e, x_ptr, stride_xm, rows_x, mmask, perm, offs_r, rmask, K, BLOCK_M, BLOCK_R, BLOCK_K, 8, GATHER_K, PREC)
-        if VT_BITS & 65536:
-            if bits == 16:
-                acc = _shrink_loop(e, x_ptr, stride_xm, rows_x, mmask, perm, offs_r, rmask, K, BLOCK_M, BLOCK_R, BLOCK_K, 16, GATHER_K, PREC)
+        acc = _shrink_bits(e, x_ptr, stride_xm, rows_x, mmask, perm, offs_r, rmask, K, bits, BLOCK_M, BLOCK_R, BLOCK_K, VT_BITS, GATHER_K, PREC)
         sp = tl.load(e + F_S)
         hs = sp != 0
         s = tl.load(sp.to(tl.pointer_type(tl.float16)) + offs_r, mask=tl.where(hs, rmask, False), other=1.0).to(tl.float32)
@@ -335,6 +317,78 @@ def _dense_loop(acc, e, x_ptr, stride_xm, rows_x, mmask, offs_n, nmask, K, BLOCK
     return acc
 
 
+# Runtime bit width → the loop specialized for it. ``MASK`` (bit b set: width b occurs in the
+# table) prunes the widths a launch does not need at compile time.
+@triton.jit
+def _shrink_bits(e, x_ptr, stride_xm, rows_x, mmask, perm, offs_r, rmask, K, bits, BLOCK_M: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_K: tl.constexpr, MASK: tl.constexpr, GATHER: tl.constexpr, PREC: tl.constexpr):
+    acc = tl.zeros((BLOCK_M, BLOCK_R), tl.float32)
+    if MASK & 2:
+        if bits == 1:
+            acc = _shrink_loop(e, x_ptr, stride_xm, rows_x, mmask, perm, offs_r, rmask, K, BLOCK_M, BLOCK_R, BLOCK_K, 1, GATHER, PREC)
+    if MASK & 4:
+        if bits == 2:
+            acc = _shrink_loop(e, x_ptr, stride_xm, rows_x, mmask, perm, offs_r, rmask, K, BLOCK_M, BLOCK_R, BLOCK_K, 2, GATHER, PREC)
+    if MASK & 8:
+        if bits == 3:
+            acc = _shrink_loop(e, x_ptr, stride_xm, rows_x, mmask, perm, offs_r, rmask, K, BLOCK_M, BLOCK_R, BLOCK_K, 3, GATHER, PREC)
+    if MASK & 16:
+        if bits == 4:
+            acc = _shrink_loop(e, x_ptr, stride_xm, rows_x, mmask, perm, offs_r, rmask, K, BLOCK_M, BLOCK_R, BLOCK_K, 4, GATHER, PREC)
+    if MASK & 256:
+        if bits == 8:
+            acc = _shrink_loop(e, x_ptr, stride_xm, rows_x, mmask, perm, offs_r, rmask, K, BLOCK_M, BLOCK_R, BLOCK_K, 8, GATHER, PREC)
+    if MASK & 65536:
+        if bits == 16:
+            acc = _shrink_loop(e, x_ptr, stride_xm, rows_x, mmask, perm, offs_r, rmask, K, BLOCK_M, BLOCK_R, BLOCK_K, 16, GATHER, PREC)
+    return acc
+
+
+@triton.jit
+def _expand_bits(acc, e, t_ptr, stride_tm, rows_x, mmask, n0, N, rank, roff, bits, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_J: tl.constexpr, MASK: tl.constexpr, GATHER: tl.constexpr, PREC: tl.constexpr, DT: tl.constexpr):
+    if MASK & 2:
+        if bits == 1:
+            acc = _expand_loop(acc, e, t_ptr, stride_tm, rows_x, mmask, n0, N, rank, roff, BLOCK_M, BLOCK_N, BLOCK_J, 1, GATHER, PREC, DT)
+    if MASK & 4:
+        if bits == 2:
+            acc = _expand_loop(acc, e, t_ptr, stride_tm, rows_x, mmask, n0, N, rank, roff, BLOCK_M, BLOCK_N, BLOCK_J, 2, GATHER, PREC, DT)
+    if MASK & 8:
+        if bits == 3:
+            acc = _expand_loop(acc, e, t_ptr, stride_tm, rows_x, mmask, n0, N, rank, roff, BLOCK_M, BLOCK_N, BLOCK_J, 3, GATHER, PREC, DT)
+    if MASK & 16:
+        if bits == 4:
+            acc = _expand_loop(acc, e, t_ptr, stride_tm, rows_x, mmask, n0, N, rank, roff, BLOCK_M, BLOCK_N, BLOCK_J, 4, GATHER, PREC, DT)
+    if MASK & 256:
+        if bits == 8:
+            acc = _expand_loop(acc, e, t_ptr, stride_tm, rows_x, mmask, n0, N, rank, roff, BLOCK_M, BLOCK_N, BLOCK_J, 8, GATHER, PREC, DT)
+    if MASK & 65536:
+        if bits == 16:
+            acc = _expand_loop(acc, e, t_ptr, stride_tm, rows_x, mmask, n0, N, rank, roff, BLOCK_M, BLOCK_N, BLOCK_J, 16, GATHER, PREC, DT)
+    return acc
+
+
+@triton.jit
+def _dense_bits(acc, e, x_ptr, stride_xm, rows_x, mmask, offs_n, nmask, K, bits, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, MASK: tl.constexpr, SPARSE24: tl.constexpr, GATHER: tl.constexpr, PREC: tl.constexpr):
+    if MASK & 2:
+        if bits == 1:
+            acc = _dense_loop(acc, e, x_ptr, stride_xm, rows_x, mmask, offs_n, nmask, K, BLOCK_M, BLOCK_N, BLOCK_K, 1, SPARSE24, GATHER, PREC)
+    if MASK & 4:
+        if bits == 2:
+            acc = _dense_loop(acc, e, x_ptr, stride_xm, rows_x, mmask, offs_n, nmask, K, BLOCK_M, BLOCK_N, BLOCK_K, 2, SPARSE24, GATHER, PREC)
+    if MASK & 8:
+        if bits == 3:
+            acc = _dense_loop(acc, e, x_ptr, stride_xm, rows_x, mmask, offs_n, nmask, K, BLOCK_M, BLOCK_N, BLOCK_K, 3, SPARSE24, GATHER, PREC)
+    if MASK & 16:
+        if bits == 4:
+            acc = _dense_loop(acc, e, x_ptr, stride_xm, rows_x, mmask, offs_n, nmask, K, BLOCK_M, BLOCK_N, BLOCK_K, 4, SPARSE24, GATHER, PREC)
+    if MASK & 256:
+        if bits == 8:
+            acc = _dense_loop(acc, e, x_ptr, stride_xm, rows_x, mmask, offs_n, nmask, K, BLOCK_M, BLOCK_N, BLOCK_K, 8, SPARSE24, GATHER, PREC)
+    if MASK & 65536:
+        if bits == 16:
+            acc = _dense_loop(acc, e, x_ptr, stride_xm, rows_x, mmask, offs_n, nmask, K, BLOCK_M, BLOCK_N, BLOCK_K, 16, SPARSE24, GATHER, PREC)
+    return acc
+
+
 @triton.jit
 def apply_kernel(
     x_ptr, stride_xm, y_ptr, stride_ym, t_ptr, stride_tm, tab_ptr, row_idx_ptr, gstart_ptr, glen_ptr, gslot_ptr,
@@ -362,58 +416,13 @@ def apply_kernel(
                 bits = tl.load(e + B_BITS)
                 rank = tl.load(e + F_RANK)
                 roff = tl.load(e + F_ROFF)
-                if UT_BITS & 2:
-                    if bits == 1:
-                        acc = _expand_loop(acc, e, t_ptr, stride_tm, rows_x, mmask, n0, N, rank, roff, BLOCK_M, BLOCK_N, BLOCK_J, 1, GATHER_N, PREC, DT)
-                if UT_BITS & 4:
-                    if bits == 2:
-                        acc = _expand_loop(acc, e, t_ptr, stride_tm, rows_x, mmask, n0, N, rank, roff, BLOCK_M, BLOCK_N, BLOCK_J, 2, GATHER_N, PREC, DT)
-                if UT_BITS & 8:
-                    if bits == 3:
-                        acc = _expand_loop(acc, e, t_ptr, stride_tm, rows_x, mmask, n0, N, rank, roff, BLOCK_M, BLOCK_N, BLOCK_J, 3, GATHER_N, PREC, DT)
-                if UT_BITS & 16:
-                    if bits == 4:
-                        acc = _expand_loop(acc, e, t_ptr, stride_tm, rows_x, mmask, n0, N, rank, roff, BLOCK_M, BLOCK_N, BLOCK_J, 4, GATHER_N, PREC, DT)
-                if UT_BITS & 256:
-                    if bits == 8:
-                        acc = _expand_loop(acc, e, t_ptr, stride_tm, rows_x, mmask, n0, N, rank, roff, BLOCK_M, BLOCK_N, BLOCK_J, 8, GATHER_N, PREC, DT)
-                if UT_BITS & 65536:
-                    if bits == 16:
-                        acc = _expand_loop(acc, e, t_ptr, stride_tm, rows_x, mmask, n0, N, rank, roff, BLOCK_M, BLOCK_N, BLOCK_J, 16, GATHER_N, PREC, DT)
+                acc = _expand_bits(acc, e, t_ptr, stride_tm, rows_x, mmask, n0, N, rank, roff, bits, BLOCK_M, BLOCK_N, BLOCK_J, UT_BITS, GATHER_N, PREC, DT)
             if kind == KIND_DENSE:
                 bits = tl.load(e + A_BITS)
-                if DENSE_BITS & 2:
-                    if bits == 1:
-                        acc = _dense_loop(acc, e, x_ptr, stride_xm, rows_x, mmask, offs_n, nmask, K, BLOCK_M, BLOCK_N, BLOCK_K, 1, False, GATHER_K, PREC)
-                if DENSE_BITS & 4:
-                    if bits == 2:
-                        acc = _dense_loop(acc, e, x_ptr, stride_xm, rows_x, mmask, offs_n, nmask, K, BLOCK_M, BLOCK_N, BLOCK_K, 2, False, GATHER_K, PREC)
-                if DENSE_BITS & 8:
-                    if bits == 3:
-                        acc = _dense_loop(acc, e, x_ptr, stride_xm, rows_x, mmask, offs_n, nmask, K, BLOCK_M, BLOCK_N, BLOCK_K, 3, False, GATHER_K, PREC)
-                if DENSE_BITS & 16:
-                    if bits == 4:
-                        acc = _dense_loop(acc, e, x_ptr, stride_xm, rows_x, mmask, offs_n, nmask, K, BLOCK_M, BLOCK_N, BLOCK_K, 4, False, GATHER_K, PREC)
-                if DENSE_BITS & 256:
-                    if bits == 8:
-                        acc = _dense_loop(acc, e, x_ptr, stride_xm, rows_x, mmask, offs_n, nmask, K, BLOCK_M, BLOCK_N, BLOCK_K, 8, False, GATHER_K, PREC)
-                if DENSE_BITS & 65536:
-                    if bits == 16:
-                        acc = _dense_loop(acc, e, x_ptr, stride_xm, rows_x, mmask, offs_n, nmask, K, BLOCK_M, BLOCK_N, BLOCK_K, 16, False, GATHER_K, PREC)
+                acc = _dense_bits(acc, e, x_ptr, stride_xm, rows_x, mmask, offs_n, nmask, K, bits, BLOCK_M, BLOCK_N, BLOCK_K, DENSE_BITS, False, GATHER_K, PREC)
             if kind == KIND_SPARSE24:
                 bits = tl.load(e + A_BITS)
-                if S24_BITS & 4:
-                    if bits == 2:
-                        acc = _dense_loop(acc, e, x_ptr, stride_xm, rows_x, mmask, offs_n, nmask, K, BLOCK_M, BLOCK_N, BLOCK_K, 2, True, GATHER_K, PREC)
-                if S24_BITS & 8:
-                    if bits == 3:
-                        acc = _dense_loop(acc, e, x_ptr, stride_xm, rows_x, mmask, offs_n, nmask, K, BLOCK_M, BLOCK_N, BLOCK_K, 3, True, GATHER_K, PREC)
-                if S24_BITS & 16:
-                    if bits == 4:
-                        acc = _dense_loop(acc, e, x_ptr, stride_xm, rows_x, mmask, offs_n, nmask, K, BLOCK_M, BLOCK_N, BLOCK_K, 4, True, GATHER_K, PREC)
-                if S24_BITS & 256:
-                    if bits == 8:
-                        acc = _dense_loop(acc, e, x_ptr, stride_xm, rows_x, mmask, offs_n, nmask, K, BLOCK_M, BLOCK_N, BLOCK_K, 8, True, GATHER_K, PREC)
+                acc = _dense_bits(acc, e, x_ptr, stride_xm, rows_x, mmask, offs_n, nmask, K, bits, BLOCK_M, BLOCK_N, BLOCK_K, S24_BITS, True, GATHER_K, PREC)
         yp = y_ptr + rows_x[:, None] * stride_ym + offs_n[None, :]
         m2 = mmask[:, None] & nmask[None, :]
         yv = tl.load(yp, mask=m2, other=0.0)
