@@ -81,8 +81,9 @@ GOALS = {1.0: 0.99, 0.5: 0.99, 0.25: 0.97, 0.125: 0.94}  # share of the fine-tun
 MIN_SHARE = 0.5  # below half its floor a method could give fewer than half of the matrices a delta: skipped
 FIELDS = [
     "task", "method", "label", "bits", "bits_per_param", "stored_bytes", "accuracy", "kept", "kl", "agree",
-    "floor", "matrices", "dropped_matrices", "delta_share", "compress_s", "eval_s", "skipped", "error",
+    "floor", "matrices", "dropped_matrices", "delta_share", "compress_s", "eval_s", "rel_error_by_kind", "skipped", "error",
 ]
+KINDS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj", "embed_tokens", "lm_head")
 
 
 # ----------------------------------------------------------------------------- floors
@@ -231,7 +232,7 @@ def run_task(task: str, opts: dict[str, Any]) -> list[dict[str, Any]]:
                 **row, "bits_per_param": rep.bits_per_param, "stored_bytes": rep.stored_bytes, "accuracy": m["accuracy"],
                 "kept": m["accuracy"] / ft_acc if ft_acc else float("nan"), "kl": m["kl"], "agree": _agree(m["completions"], ft_comps),
                 "matrices": len(rep.matrices), "dropped_matrices": len(dropped), "delta_share": 1 - sum(math.prod(r["shape"]) for r in dropped) / max(numel, 1),
-                "compress_s": compress_s, "eval_s": m["eval_s"],
+                "compress_s": compress_s, "eval_s": m["eval_s"], "rel_error_by_kind": _error_by_kind(rep.matrices),
             })
             del model
             if device.startswith("cuda"):
@@ -239,6 +240,16 @@ def run_task(task: str, opts: dict[str, Any]) -> list[dict[str, Any]]:
             if not opts["keep_dpk"]:
                 path.unlink(missing_ok=True)
     return rows
+
+
+def _error_by_kind(matrices: list[dict[str, Any]]) -> str:
+    """Mean relative Frobenius error ‖ΔŴ − ΔW‖/‖ΔW‖ of each matrix type over the layers, e.g.
+    ``"q_proj=0.41 ... lm_head=0.63"``: which matrices carry the error (1.0: no delta)."""
+    by: dict[str, list[float]] = {}
+    for r in matrices:
+        kind = next((k for k in KINDS if k in r["name"]), "other")
+        by.setdefault(kind, []).append(float(r.get("rel_error", float("nan"))))
+    return " ".join(f"{k}={sum(v) / len(v):.3f}" for k, v in by.items())
 
 
 def _agree(a: list[str], b: list[str]) -> float:
@@ -412,12 +423,19 @@ def write_results(rows: list[dict[str, Any]], meta: dict[str, Any], out: Path) -
 
 
 def merge(paths: list[Path], out: Path) -> str:
-    """One report from several runs' quality.json, each on its own tasks."""
+    """One report from several runs' quality.json, each on its own tasks. A path ending in .csv
+    is a ``quality-part-<task>.csv`` of a run that was cut off before writing its report: its
+    rows are taken as they are, with the ``quality-meta.json`` beside it."""
     rows: list[dict[str, Any]] = []
     metas = []
     seen: dict[str, Path] = {}
     for path in paths:
-        d = json.loads(path.read_text())
+        if path.suffix == ".csv":  # quality-part-<task>.csv of a run cut off before its report
+            meta_path = path.parent / "quality-meta.json"
+            part_meta = json.loads(meta_path.read_text()) if meta_path.is_file() else {}
+            d = {"meta": {**part_meta, "partial": True}, "rows": _read_part(path)}
+        else:
+            d = json.loads(path.read_text())
         tasks = {r["task"] for r in d["rows"]}
         for t in tasks:
             if t in seen:
@@ -493,6 +511,14 @@ def main(argv: list[str] | None = None) -> int:
         "calib_samples": a.calib_samples, "calib_len": a.calib_len, "distill_steps": a.distill_steps,
         "eval_batch": a.eval_batch or (256 if device.startswith("cuda") else 100), "allow_partial": a.allow_partial, "keep_dpk": a.keep_dpk, "quiet": a.quiet,
     }
+    meta = {
+        "preset": a.preset, "device": device_name(device), "device_kind": device, "dtype": dtype, "commit": commit_id(),
+        "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"), "n_eval": a.n_eval, "n_kl": a.n_kl,
+        "calib_samples": a.calib_samples, "calib_len": a.calib_len, "distill_steps": a.distill_steps, "zoo_seconds": zoo_s,
+        "torch": torch.__version__, "jobs": jobs,
+    }
+    # for --merge of the part CSVs if this run is cut off (removed with the parts at the end)
+    (out / "quality-meta.json").write_text(json.dumps(meta, indent=1) + "\n")
     rows: list[dict[str, Any]] = []
     if jobs > 1 and len(tasks) > 1:
         with ProcessPoolExecutor(max_workers=min(jobs, len(tasks)), mp_context=get_context("spawn")) as pool:
@@ -505,12 +531,8 @@ def main(argv: list[str] | None = None) -> int:
         part = out / f"quality-part-{t}.csv"
         rows += _read_part(part)
         part.unlink()
-    meta = {
-        "preset": a.preset, "device": device_name(device), "device_kind": device, "dtype": dtype, "commit": commit_id(),
-        "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"), "n_eval": a.n_eval, "n_kl": a.n_kl,
-        "calib_samples": a.calib_samples, "calib_len": a.calib_len, "distill_steps": a.distill_steps, "zoo_seconds": zoo_s,
-        "seconds": time.perf_counter() - t0, "torch": torch.__version__, "jobs": jobs,
-    }
+    (out / "quality-meta.json").unlink()
+    meta["seconds"] = time.perf_counter() - t0
     print(write_results(rows, meta, out))
     print(f"total {meta['seconds']:.0f} s (zoo {zoo_s:.0f} s)")
     return 0
