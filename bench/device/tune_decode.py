@@ -1,8 +1,9 @@
-"""Decode-path tuning sweep (H100): per-kernel times (shrink / apply, torch.profiler) of the
-Triton multi-delta kernels for one-at-a-time changes of the launch config around the default.
-    python bench/device/tune_decode.py > $OUT/tune.log
+"""Decode-path tuning sweep (H100): per-kernel times (shrink / apply / memset, torch.profiler)
+of the Triton multi-delta kernels for launch configs around the default, per case.
+    python bench/device/tune_decode.py [--quick] > $OUT/tune.log
 """
 
+import argparse
 import tempfile
 from pathlib import Path
 
@@ -12,6 +13,34 @@ import triton
 from deltapack.kernels.packed import DeltaTable, KernelDelta, RowGroups
 from deltapack.kernels.synthetic import write_synthetic
 from deltapack.kernels.triton import LaunchConfig, delta_apply, pick_config
+
+CASES = [  # (out, in), method, bits/param, rows B, distinct deltas D
+    ((4096, 4096), "delta-come", 1.0, 1, 1),
+    ((4096, 4096), "delta-come", 1.0, 32, 32),
+    ((4096, 4096), "delta-come", 1.0, 8, 1),
+    ((4096, 4096), "bitdelta", 1.0, 1, 1),
+    ((14336, 4096), "bitdelta", 1.0, 16, 16),
+    ((4096, 11008), "delta-come", 1.0, 1, 1),
+    ((4096, 4096), "deltazip", 2.0, 1, 1),
+]
+VARIANTS = [
+    {},
+    {"split_k": 2},
+    {"split_k": 4},
+    {"block_r": 8},
+    {"block_r": 32},
+    {"block_k": 512},
+    {"block_k": 1024, "split_k": 2},
+    {"block_k": 128},
+    {"block_n": 16},
+    {"block_n": 64},
+    {"block_j": 32},
+    {"block_j": 128},
+    {"num_warps": 2},
+    {"num_warps": 8},
+    {"num_stages": 1},
+    {"num_stages": 3},
+]
 
 
 def kernel_times(fn, n=20):
@@ -23,37 +52,43 @@ def kernel_times(fn, n=20):
         torch.cuda.synchronize()
     out = {}
     for e in prof.key_averages():
-        if "kernel" in e.key:
-            out[e.key.split("_kernel")[0]] = e.device_time_total / e.count if hasattr(e, "device_time_total") else e.cuda_time_total / e.count
+        t = e.device_time_total if hasattr(e, "device_time_total") else e.cuda_time_total
+        name = "memset" if "elementwise" in e.key or "fill" in e.key.lower() or "Memset" in e.key else e.key.split("_kernel")[0]
+        out[name] = out.get(name, 0.0) + t / n
     return out
 
 
 def main():
-    variants = [{}, {"block_r": 8}, {"block_r": 32}, {"block_k": 256}, {"block_k": 1024}, {"block_n": 32}, {"block_n": 128}, {"block_j": 32}, {"block_j": 128}, {"num_warps": 2}, {"num_warps": 8}, {"num_stages": 1}, {"num_stages": 3}]
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--quick", action="store_true", help="the first 3 cases and 8 variants")
+    a = ap.parse_args()
+    cases, variants = (CASES[:3], VARIANTS[:8]) if a.quick else (CASES, VARIANTS)
     with tempfile.TemporaryDirectory() as tmp:
-        for (out, inp), method, B in [((4096, 4096), "delta-come", 1), ((4096, 4096), "delta-come", 32), ((4096, 4096), "bitdelta", 1), ((4096, 11008), "delta-come", 1)]:
+        for (out, inp), method, bpp, B, D in cases:
             srcs = []
-            for i in range(4):
-                f = write_synthetic(Path(tmp) / f"{method}{out}x{inp}{i}.dpk", [("w", out, inp, method, 1.0)], seed=i)
+            for i in range(min(D, 4)):
+                f = write_synthetic(Path(tmp) / f"{method}{out}x{inp}{i}.dpk", [("w", out, inp, method, bpp)], seed=i)
                 srcs.append(KernelDelta.from_entry(f, f.manifest["deltas"][0], (out, inp), device="cuda"))
-            deltas = [srcs[i % 4].to("cuda") for i in range(B)]
+            deltas = [srcs[i % len(srcs)].to("cuda") for i in range(D)]
             tab = DeltaTable.build(deltas)
-            groups = RowGroups.per_row(torch.arange(B, device="cuda"))
+            slots = torch.arange(B, device="cuda") % D
+            groups = RowGroups.per_row(slots) if D == B else RowGroups.segments(slots.cpu(), "cuda")
             x = torch.randn(B, inp, device="cuda", dtype=torch.bfloat16)
             y = torch.zeros(B, out, device="cuda", dtype=torch.bfloat16)
-            t = torch.empty(B, tab.max_rank, device="cuda")
+            t = torch.empty(B, max(1, tab.max_rank), device="cuda")
             floor_us = tab.nbytes() / 3.0e12 * 1e6
-            print(f"== {method} {out}x{inp} B={B}: delta bytes {tab.nbytes() / 1e6:.2f} MB, delta floor {floor_us:.1f} us")
+            ranks = [p.rank for p in deltas[0].parts if hasattr(p, "vt")]
+            print(f"== {method}@{bpp} {out}x{inp} B={B} D={D}: delta bytes {tab.nbytes() / 1e6:.2f} MB, ranks {ranks}, delta floor {floor_us:.1f} us", flush=True)
             for v in variants:
                 cfg = LaunchConfig(**v)
                 try:
-                    fn = lambda: delta_apply(x, y, tab, groups, cfg=cfg, t=t)  # noqa: E731
+                    fn = lambda: delta_apply(x, y, tab, groups, cfg=cfg, t=t if tab.has_lowrank else None)  # noqa: E731
                     ms = triton.testing.do_bench(fn, warmup=5, rep=30, return_mode="median")
                     kt = kernel_times(fn)
                     c = pick_config(tab, groups, cfg)
-                    print(f"  {str(v):<22} total {ms * 1e3:8.1f} us  kernels {', '.join(f'{k} {t_:.1f}' for k, t_ in kt.items())}  cfg R{c['BLOCK_R']} K{c['BLOCK_K']} N{c['BLOCK_N']} J{c['BLOCK_J']} w{c['num_warps']} s{c['num_stages']}", flush=True)
+                    print(f"  {str(v):<34} total {ms * 1e3:8.1f} us  kernels {', '.join(f'{k} {t_:.1f}' for k, t_ in kt.items())}  cfg M{c['BLOCK_M']} R{c['BLOCK_R']} K{c['BLOCK_K']} N{c['BLOCK_N']} J{c['BLOCK_J']} S{c['SPLIT_K']} w{c['num_warps']} s{c['num_stages']}", flush=True)
                 except Exception as e:  # a config the compiler refuses (shared memory, registers)
-                    print(f"  {str(v):<22} failed: {type(e).__name__}: {str(e)[:120]}", flush=True)
+                    print(f"  {str(v):<34} failed: {type(e).__name__}: {str(e)[:160]}", flush=True)
 
 
 if __name__ == "__main__":

@@ -100,6 +100,13 @@ def mixed_batches(device: str = "cpu", dtype=torch.float32) -> int:
     n = 0
     for M, mode in ((1, "row"), (6, "row"), (17, "row"), (1, "seg"), (40, "seg"), (70, "seg")):
         n += bool(check(specs, 96, 128, M, mode, dtype, device, seed=40 + M))
+    # decode tiles other than the defaults: k split across programs (atomics into t), narrow
+    # output and rank tiles, and a row group of 5 rows on one delta (a program per row)
+    from deltapack.kernels.triton import LaunchConfig
+
+    cfg = LaunchConfig(split_k=3, block_k=64, block_r=8, block_n=16, block_j=32, num_warps=2)
+    n += bool(check(specs, 96, 200, 7, "row", dtype, device, seed=48, cfg=cfg))
+    n += bool(check(specs[:2], 96, 200, 10, "seg", dtype, device, seed=49, cfg=cfg, no_delta_share=0.0))
     return n
 
 

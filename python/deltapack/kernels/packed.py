@@ -6,7 +6,10 @@ each one of
 - :class:`LowRankPart`: one block of a low-rank delta, ``Δx += Ut^T · (s ⊙ (Vt · x[perm]))``,
   with ``Vt`` ``[r, in]`` and ``Ut`` ``[r, out]`` packed along their rows exactly as stored
   (a stored ``u`` ``[out, r]`` is raw f16 and is transposed on upload: raw values, no
-  dequantization);
+  dequantization). The kernels read ``Vt`` as stored and ``Ut`` through ``u_codes``: the same
+  codes re-packed along the rank (``[out, r]``, one bit stream per output row, same bit width,
+  Ut's own scale and zero grids), so that both products reduce along a packed row — the
+  layout a GEMV reads whole words of;
 - :class:`DensePart`: a dense packed ``[out, in]`` delta (BitDelta's ``q1``, RTN's ``q{b}``,
   a raw f16 matrix) or a 2:4 sparse one (DeltaZip's ``s24q{b}``).
 
@@ -32,7 +35,7 @@ import torch
 
 from ..errors import UnsupportedError
 from ..format import DeltaFile, PackedTensor
-from .reference import dequantize
+from .reference import dequantize, pack_rows, unpack_rows
 
 # A "group" larger than any matrix dimension: tensor and row granularity read one scale per row.
 WHOLE_ROW = 1 << 30
@@ -136,21 +139,43 @@ class Operand:
         return cls(rows=v.shape[0], cols=v.shape[1], bits=RAW_F16_BITS, codes=v, source=v)
 
 
+def rank_major_codes(ut: Operand) -> torch.Tensor:
+    """``Ut`` ``[r, out]`` → its codes re-packed as ``[out, r]``: int32 words, one little-endian
+    bit stream per output row (padded to a word), for packed operands; the f16 values
+    ``[out, r]`` for raw ones. Value ``(n, j)`` reads Ut's scale at ``j · srow + n // group``."""
+    if ut.bits == RAW_F16_BITS:
+        return ut.codes.T.contiguous()
+    assert isinstance(ut.source, PackedTensor)
+    codes = unpack_rows(ut.source.codes, ut.cols, ut.bits)  # uint8 [r, out]
+    return _words(pack_rows(codes.T.contiguous(), ut.bits))
+
+
 @dataclass
 class LowRankPart:
     vt: Operand  # [r, in]
     ut: Operand  # [r, out]
     s: torch.Tensor | None  # float16 [r] (None: ones)
     perm: torch.Tensor | None  # int32 [in]: the block reads x[perm]
+    u_codes: torch.Tensor | None = None  # ut's codes [out, r] (rank_major_codes), made if None
+
+    def __post_init__(self) -> None:
+        if self.u_codes is None:
+            self.u_codes = rank_major_codes(self.ut)
 
     @property
     def rank(self) -> int:
         return self.vt.rows
 
     @property
+    def u_stride(self) -> int:
+        return self.u_codes.shape[1]
+
+    @property
     def nbytes(self) -> int:
-        extra = sum(t.numel() * t.element_size() for t in (self.s, self.perm) if t is not None)
-        return self.vt.nbytes + self.ut.nbytes + extra
+        """Bytes the kernels read: Vt, Ut's codes in their rank-major copy, Ut's scales/zeros."""
+        extra = sum(t.numel() * t.element_size() for t in (self.s, self.perm, self.u_codes) if t is not None)
+        ut_codes = self.ut.codes.numel() * self.ut.codes.element_size()
+        return self.vt.nbytes + self.ut.nbytes - ut_codes + extra
 
     def dense(self) -> torch.Tensor:
         ut, vt = self.ut.dense(), self.vt.dense()
@@ -284,7 +309,10 @@ class KernelDelta:
 
 # ---------------------------------------------------------------------------------------------
 # The descriptor table: one int64 row of NF fields per (slot, part). The kernels read it with
-# the same field numbers (kernels/triton/delta_gemm.py imports them from here).
+# the same field numbers (kernels/triton/delta_gemm.py imports them from here). Operand A is a
+# low-rank part's Vt or a dense part's W, as stored; operand B is a low-rank part's Ut with
+# B_CODES / B_STRIDE pointing at its rank-major copy (LowRankPart.u_codes) and the other B_
+# fields describing Ut's scale and zero grids as stored.
 KIND_NONE, KIND_LOWRANK, KIND_DENSE, KIND_SPARSE24 = 0, 1, 2, 3
 (
     F_KIND,
@@ -349,6 +377,8 @@ class DeltaTable:
     max_part_rank: int
     group_k: int  # gcd of the scale groups along the input dim (A operands)
     group_n: int  # gcd of the scale groups along the output dim (Ut operands)
+    group_s24: int  # gcd of the 2:4 parts' scale groups, in kept values
+    has_perm: bool  # some low-rank block reads x through an act-order permutation
     has_lowrank: bool
     out_features: int
     in_features: int
@@ -370,7 +400,8 @@ class DeltaTable:
         max_parts = max(1, max(len(d.parts) for d in deltas))
         rows = torch.zeros(len(deltas), max_parts, NF, dtype=torch.int64)
         max_rank = max_part_rank = 0
-        gk = gn = WHOLE_ROW
+        gk = gn = gs = WHOLE_ROW
+        has_perm = False
         masks = {"vt_bits": 0, "ut_bits": 0, "dense_bits": 0, "s24_bits": 0}
         for i, d in enumerate(deltas):
             roff = 0
@@ -379,7 +410,9 @@ class DeltaTable:
                 if isinstance(p, LowRankPart):
                     fields = {F_KIND: KIND_LOWRANK, F_RANK: p.rank, F_ROFF: roff, F_PERM: _ptr(p.perm), F_S: _ptr(p.s)}
                     fields |= _operand_fields(p.vt, A_BITS) | _operand_fields(p.ut, B_BITS)
+                    fields |= {B_CODES: _ptr(p.u_codes), B_STRIDE: p.u_stride}  # kernels read Ut rank-major
                     roff += p.rank
+                    has_perm |= p.perm is not None
                     max_part_rank = max(max_part_rank, p.rank)
                     gk, gn = math.gcd(gk, p.vt.group), math.gcd(gn, p.ut.group)
                     masks["vt_bits"] |= 1 << p.vt.bits
@@ -388,6 +421,8 @@ class DeltaTable:
                     kind = KIND_SPARSE24 if p.w.sparse24 else KIND_DENSE
                     fields = {F_KIND: kind, **_operand_fields(p.w, A_BITS), A_IDX: _ptr(p.w.indices), A_ISTRIDE: p.w.indices.shape[1] if p.w.sparse24 else 0}
                     gk = math.gcd(gk, p.w.group * (2 if p.w.sparse24 else 1))  # s24 groups count kept values
+                    if p.w.sparse24:
+                        gs = math.gcd(gs, p.w.group)
                     masks["s24_bits" if p.w.sparse24 else "dense_bits"] |= 1 << p.w.bits
                 for k, v in fields.items():
                     rows[i, j, k] = v
@@ -401,6 +436,8 @@ class DeltaTable:
             max_part_rank=max_part_rank,
             group_k=gk,
             group_n=gn,
+            group_s24=gs,
+            has_perm=has_perm,
             has_lowrank=max_rank > 0,
             out_features=out_f,
             in_features=in_f,

@@ -27,6 +27,21 @@ def unpack_rows(packed: torch.Tensor, cols: int, bits: int) -> torch.Tensor:
     return (v & ((1 << bits) - 1)).to(torch.uint8)
 
 
+def pack_rows(codes: torch.Tensor, bits: int) -> torch.Tensor:
+    """The inverse of :func:`unpack_rows`: codes ``[rows, cols]`` (each < 2**bits) → uint8
+    ``[rows, row_bytes]``, each row a little-endian bit stream padded to whole 32-bit words."""
+    if bits not in (1, 2, 3, 4, 8):
+        raise ValueError(f"unsupported bit width {bits}")
+    rows, cols = codes.shape
+    nbits = cols * bits
+    row_bytes = (nbits + 31) // 32 * 4
+    shifts = torch.arange(bits, device=codes.device, dtype=torch.uint8)
+    stream = ((codes.to(torch.uint8).unsqueeze(-1) >> shifts) & 1).reshape(rows, nbits)  # LSB first
+    stream = torch.nn.functional.pad(stream, (0, row_bytes * 8 - nbits)).reshape(rows, row_bytes, 8)
+    weights = (1 << torch.arange(8, device=codes.device, dtype=torch.int32)).to(torch.uint8)
+    return (stream * weights).sum(-1, dtype=torch.int32).to(torch.uint8)
+
+
 def dequantize(p: PackedTensor, dtype: torch.dtype = torch.float32) -> torch.Tensor:
     """Dense values of a packed tensor in its logical shape: (code - zero) * scale."""
     info = p.info

@@ -27,32 +27,43 @@ class LaunchConfig:
     block_j: int | None = None  # apply: rank rows per step
     num_warps: int | None = None
     num_stages: int | None = None
+    split_k: int | None = None  # decode shrink: programs per row tile along k (atomics into t)
+
+
+# Row groups of up to this many rows run the decode path: one program per row, whole packed
+# words, CUDA-core FMAs (a group's delta tiles are re-read per row, from L2). Longer groups
+# run the tile path: tiles dequantized to the activation dtype and tl.dot.
+DECODE_MAX_ROWS = 16
 
 
 def pick_config(tab: DeltaTable, groups: RowGroups, cfg: LaunchConfig | None = None) -> dict[str, int | bool]:
     cfg = cfg or LaunchConfig()
     max_len = max(1, groups.max_len)
-    bm = cfg.block_m or (1 if max_len == 1 else min(64, max(16, next_pow2(max_len))))
+    bm = cfg.block_m or (1 if max_len <= DECODE_MAX_ROWS else min(64, max(16, next_pow2(max_len))))
     if bm == 1:
-        # Decode: 1/2/4/8-bit tiles are split word by word with a scale per word, so a tile may
-        # span groups (only a group that is not a whole number of 32-code words gathers per
-        # element); the 3-bit and raw paths always read scales per element at BLOCK_M 1.
-        # one-at-a-time sweep on an H100 (bench/results/kernels_decode_tuning_h100.log): BLOCK_R 8,
-        # BLOCK_K 256, BLOCK_N 32 and 8 warps each beat the earlier R16/K512/N64/4-warp default
-        bk, bn = cfg.block_k or 256, cfg.block_n or 32
-        gather_k, gather_n = tab.group_k % 32 != 0, tab.group_n % 32 != 0
+        # Decode: 32-code groups of words; a scale per group of 32 codes when every scale group
+        # is a whole number of them, else per code (gather). Ut (rank-major) needs the output
+        # tile inside one scale group along n.
+        bk, bj = cfg.block_k or 256, cfg.block_j or 64
+        if bk % 32 or bj % 32:
+            raise ValueError("decode tiles: block_k and block_j must be multiples of 32")
+        bn, gather_n = block_for_groups(tab.group_n, cfg.block_n or 32, floor=8)
+        gather_k, gather_s24 = tab.group_k % 32 != 0, tab.group_s24 % 32 != 0
     else:
         bk, gather_k = block_for_groups(tab.group_k, cfg.block_k or 128)
         bn, gather_n = block_for_groups(tab.group_n, cfg.block_n or 64)
+        bj, gather_s24 = cfg.block_j or 32, gather_k
     return {
         "BLOCK_M": bm,
-        "BLOCK_R": cfg.block_r or (8 if bm == 1 else 32),
+        "BLOCK_R": cfg.block_r or (16 if bm == 1 else 32),
         "BLOCK_K": bk,
         "BLOCK_N": bn,
-        "BLOCK_J": cfg.block_j or (64 if bm == 1 else 32),
+        "BLOCK_J": bj,
         "GATHER_K": gather_k,
         "GATHER_N": gather_n,
-        "num_warps": cfg.num_warps or (8 if bm == 1 else 4),
+        "GATHER_S24": gather_s24,
+        "SPLIT_K": (cfg.split_k or 1) if bm == 1 else 1,
+        "num_warps": cfg.num_warps or 4,
         "num_stages": cfg.num_stages or 2,
     }
 
@@ -71,17 +82,19 @@ def delta_apply(x: torch.Tensor, y: torch.Tensor, tab: DeltaTable, groups: RowGr
         return y
     c = pick_config(tab, groups, cfg)
     prec = "ieee" if x.dtype == torch.float32 else "tf32"
-    m_blocks = triton.cdiv(max(1, groups.max_len), c["BLOCK_M"])
+    m_blocks = triton.cdiv(max(1, groups.max_len), c["BLOCK_M"])  # decode: a program per row
     if tab.has_lowrank:
         if t is None:
             t = torch.empty((M, tab.max_rank), device=x.device, dtype=torch.float32)
+        if c["SPLIT_K"] > 1:
+            t.zero_()
         tiles = triton.cdiv(tab.max_part_rank, c["BLOCK_R"])
-        grid = (groups.n_groups, tab.max_parts * tiles, m_blocks)
+        grid = (groups.n_groups, tab.max_parts * tiles * c["SPLIT_K"], m_blocks)
         delta_gemm.shrink_kernel[grid](
             x, x.stride(0), t, t.stride(0), tab.table, groups.row_idx, groups.start, groups.length, groups.slot,
             K, tiles,
             MAX_PARTS=tab.max_parts, BLOCK_M=c["BLOCK_M"], BLOCK_R=c["BLOCK_R"], BLOCK_K=c["BLOCK_K"],
-            VT_BITS=tab.vt_bits, GATHER_K=c["GATHER_K"], PREC=prec, num_warps=c["num_warps"], num_stages=c["num_stages"],
+            VT_BITS=tab.vt_bits, GATHER_K=c["GATHER_K"], PERM=tab.has_perm, PREC=prec, SPLIT_K=c["SPLIT_K"], num_warps=c["num_warps"], num_stages=c["num_stages"],
         )  # fmt: skip
     else:
         t = x  # never read: no low-rank part in the table
@@ -91,6 +104,6 @@ def delta_apply(x: torch.Tensor, y: torch.Tensor, tab: DeltaTable, groups: RowGr
         N, K,
         MAX_PARTS=tab.max_parts, BLOCK_M=c["BLOCK_M"], BLOCK_N=c["BLOCK_N"], BLOCK_K=c["BLOCK_K"], BLOCK_J=c["BLOCK_J"],
         UT_BITS=tab.ut_bits, DENSE_BITS=tab.dense_bits, S24_BITS=tab.s24_bits, GATHER_K=c["GATHER_K"], GATHER_N=c["GATHER_N"],
-        PREC=prec, num_warps=c["num_warps"], num_stages=c["num_stages"],
+        GATHER_S24=c["GATHER_S24"], PREC=prec, num_warps=c["num_warps"], num_stages=c["num_stages"],
     )  # fmt: skip
     return y
