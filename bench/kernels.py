@@ -5,6 +5,7 @@ For each layer shape, method (at its budget), batch rows B and distinct deltas D
 
 - ``base``: the base GEMM alone (``F.linear``, cuBLAS);
 - ``ours``: base GEMM + the delta kernels (Triton, or CUDA where it is used) on the packed data;
+- ``fused``: (Triton, per-row decode batches) the base GEMV computed inside the delta launch;
 - ``delta``: the delta kernels alone;
 - ``torch_deq``: base GEMM + plain PyTorch dequantize-then-matmul of the same packed deltas
   (per distinct delta; low-rank factors dequantized, never the dense matrix);
@@ -12,7 +13,8 @@ For each layer shape, method (at its budget), batch rows B and distinct deltas D
 - ``floor``: (base weight + active delta bytes + activations) at the measured copy bandwidth.
 
 Then a decode step over a stack of Llama-7B layers' seven projections, captured in a CUDA
-graph: base only vs one delta vs 32 distinct deltas (B = 32). Times are medians of
+graph: base only vs one delta vs 32 distinct deltas (B = 32), with the delta launches after
+cuBLAS and (Triton, per-row batches) with the base fused into them. Times are medians of
 ``triton.testing.do_bench`` (CUDA events, L2 flushed between repetitions). Writes
 ``kernels_<gpu>.csv`` / ``.json`` / ``.md`` and a plot under ``--out``.
 
@@ -37,6 +39,7 @@ import triton
 
 from deltapack.kernels.packed import DeltaTable, KernelDelta, RowGroups
 from deltapack.kernels.synthetic import write_synthetic
+from deltapack.kernels.triton import fusable
 
 SHAPES = {  # (out, in): Llama-2-7B q/k/v/o, gate/up, down; Llama-3-8B gate/up, down
     "4096x4096": (4096, 4096),
@@ -95,7 +98,7 @@ class DeltaPool:
         return self.copies[:d]
 
 
-def run_layer(shape, label, pool: DeltaPool, batches, bw: float, dtype, delta_apply, rows: list[dict]) -> None:
+def run_layer(shape, label, pool: DeltaPool, batches, bw: float, dtype, delta_apply, fused_apply, rows: list[dict]) -> None:
     out, inp = shape
     W = torch.randn(out, inp, device="cuda", dtype=dtype) / inp**0.5
     for B in batches:
@@ -120,6 +123,8 @@ def run_layer(shape, label, pool: DeltaPool, batches, bw: float, dtype, delta_ap
             r["base_ms"] = bench_ms(lambda: torch.matmul(x, W.T, out=y))
             r["ours_ms"] = bench_ms(ours)
             r["delta_ms"] = bench_ms(lambda: delta_apply(x, y, tab, groups, t=t))
+            if fused_apply is not None and fusable(groups, B):
+                r["fused_ms"] = bench_ms(lambda: fused_apply(x, y, tab, groups, t=t, base=W))
             delta_bytes = tab.nbytes()
             act = (B * inp + B * out) * x.element_size()
             r["delta_bytes"] = delta_bytes
@@ -148,7 +153,7 @@ def run_layer(shape, label, pool: DeltaPool, batches, bw: float, dtype, delta_ap
             rows.append(r)
             print(
                 f"  {r['shape']:>11} {label:<15} B={B:<5} D={D:<5} base {r['base_ms'] * 1e3:8.1f}us  ours {r['ours_ms'] * 1e3:8.1f}us"
-                f" (delta {r['delta_ms'] * 1e3:7.1f})  floor {r['floor_ms'] * 1e3:8.1f}us  x{r['ours_ms'] / r['floor_ms']:.2f}"
+                f" (delta {r['delta_ms'] * 1e3:7.1f})" + (f"  fused {r['fused_ms'] * 1e3:8.1f}us" if "fused_ms" in r else "") + f"  floor {r['floor_ms'] * 1e3:8.1f}us  x{r['ours_ms'] / r['floor_ms']:.2f}"
                 + (f"  torch_deq {r['torch_deq_ms'] * 1e3:9.1f}us" if "torch_deq_ms" in r else "")
                 + (f"  dense {r['dense_ms'] * 1e3:8.1f}us" if "dense_ms" in r else "")
             )
@@ -156,11 +161,14 @@ def run_layer(shape, label, pool: DeltaPool, batches, bw: float, dtype, delta_ap
         torch.cuda.empty_cache()
 
 
-def decode_step(pools: dict[str, DeltaPool], dtype, delta_apply, n_layers: int, rows: list[dict]) -> None:
+def decode_step(pools: dict[str, DeltaPool], dtype, delta_apply, fused_apply, n_layers: int, rows: list[dict]) -> None:
     """Seven Llama-7B projections per layer, ``n_layers`` layers, one CUDA graph per variant."""
     shapes = [(4096, 4096)] * 4 + [(11008, 4096)] * 2 + [(4096, 11008)]
     Ws = [torch.randn(o, i, device="cuda", dtype=dtype) / i**0.5 for _ in range(n_layers) for (o, i) in shapes]
-    for B, D in ((1, 0), (1, 1), (32, 0), (32, 1), (32, 32)):
+    variants = [(1, 0, False), (1, 1, False), (32, 0, False), (32, 1, False), (32, 32, False)]
+    if fused_apply is not None:
+        variants += [(1, 1, True), (32, 32, True)]
+    for B, D, fused in variants:
         tabs = []
         if D:
             for li in range(n_layers):
@@ -175,6 +183,9 @@ def decode_step(pools: dict[str, DeltaPool], dtype, delta_apply, n_layers: int, 
         def step():
             for k, W in enumerate(Ws):
                 x = xs[W.shape[1]]
+                if fused:
+                    fused_apply(x, ys[k], tabs[k], groups, t=ts[k], base=W)
+                    continue
                 torch.matmul(x, W.T, out=ys[k])
                 if D:
                     delta_apply(x, ys[k], tabs[k], groups, t=ts[k])
@@ -187,8 +198,8 @@ def decode_step(pools: dict[str, DeltaPool], dtype, delta_apply, n_layers: int, 
         ms = bench_ms(g.replay, rep=100)
         base_bytes = sum(W.numel() * W.element_size() for W in Ws)
         dbytes = sum(tb.nbytes() for tb in tabs)
-        rows.append({"layers": n_layers, "B": B, "D": D, "ms": ms, "weight_bytes": base_bytes, "delta_bytes": dbytes})
-        print(f"  decode step, {n_layers} layers x 7 projections, B={B} D={D}: {ms * 1e3:.1f} us  ({(base_bytes + dbytes) / ms / 1e6:.0f} GB/s)")
+        rows.append({"layers": n_layers, "B": B, "D": D, "fused": fused, "ms": ms, "weight_bytes": base_bytes, "delta_bytes": dbytes})
+        print(f"  decode step, {n_layers} layers x 7 projections, B={B} D={D}{' fused' if fused else ''}: {ms * 1e3:.1f} us  ({(base_bytes + dbytes) / ms / 1e6:.0f} GB/s)")
         del g, tabs, ts
         torch.cuda.empty_cache()
 
@@ -197,17 +208,20 @@ def summarize(rows: list[dict], steps: list[dict], meta: dict) -> str:
     out = [f"# Multi-delta kernels on {meta['gpu']}", "", f"commit {meta['commit']}, {meta['date']}, torch {meta['torch']}, triton {meta['triton']}, dtype {meta['dtype']}, backend {meta['backend']}; copy bandwidth {meta['copy_GBps']:.0f} GB/s (read + write).", ""]
     out.append("Times in µs (median, L2 flushed). `floor` = (base + active delta bytes + activations) / copy bandwidth. Ratios: ours / floor, ours / base, torch_deq / ours, dense / ours.")
     out.append("")
-    out.append("| shape | method | B | D | base | ours | delta | floor | ours/floor | ours/base | torch_deq/ours | dense/ours |")
-    out.append("|---|---|---|---|---|---|---|---|---|---|---|---|")
+    out.append("`best` = the faster of ours and fused (fused: base GEMV inside the delta launch, per-row decode batches).")
+    out.append("")
+    out.append("| shape | method | B | D | base | ours | fused | delta | floor | best/floor | best/base | torch_deq/best | dense/best |")
+    out.append("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     for r in rows:
+        best = min(r["ours_ms"], r.get("fused_ms", float("inf")))
         f = lambda k: f"{r[k] * 1e3:.1f}" if k in r else "–"  # noqa: E731
-        rt = lambda k: f"{r[k] / r['ours_ms']:.2f}" if k in r else "–"  # noqa: E731
-        out.append(f"| {r['shape']} | {r['method']} | {r['B']} | {r['D']} | {f('base_ms')} | {f('ours_ms')} | {f('delta_ms')} | {f('floor_ms')} | {r['ours_ms'] / r['floor_ms']:.2f} | {r['ours_ms'] / r['base_ms']:.2f} | {rt('torch_deq_ms')} | {rt('dense_ms')} |")
+        rt = lambda k: f"{r[k] / best:.2f}" if k in r else "–"  # noqa: E731
+        out.append(f"| {r['shape']} | {r['method']} | {r['B']} | {r['D']} | {f('base_ms')} | {f('ours_ms')} | {f('fused_ms')} | {f('delta_ms')} | {f('floor_ms')} | {best / r['floor_ms']:.2f} | {best / r['base_ms']:.2f} | {rt('torch_deq_ms')} | {rt('dense_ms')} |")
     if steps:
-        out += ["", "## Decode step (CUDA graph, Llama-7B projections)", "", "| layers | B | D | µs | vs base-only |", "|---|---|---|---|---|"]
+        out += ["", "## Decode step (CUDA graph, Llama-7B projections)", "", "| layers | B | D | fused | µs | vs base-only |", "|---|---|---|---|---|---|"]
         base = {s["B"]: s["ms"] for s in steps if s["D"] == 0}
         for s in steps:
-            out.append(f"| {s['layers']} | {s['B']} | {s['D']} | {s['ms'] * 1e3:.1f} | {s['ms'] / base[s['B']]:.3f} |")
+            out.append(f"| {s['layers']} | {s['B']} | {s['D']} | {'yes' if s.get('fused') else 'no'} | {s['ms'] * 1e3:.1f} | {s['ms'] / base[s['B']]:.3f} |")
     return "\n".join(out) + "\n"
 
 
@@ -254,6 +268,9 @@ def main(argv: list[str] | None = None) -> None:
     from deltapack.kernels.ops import delta_apply_backend
 
     delta_apply = delta_apply_backend(a.backend)
+    fused_apply = None
+    if a.backend == "triton":
+        from deltapack.kernels.triton import delta_apply as fused_apply
     dtype = getattr(torch, a.dtype)
     bw = copy_bandwidth()
     gpu = torch.cuda.get_device_name()
@@ -268,19 +285,19 @@ def main(argv: list[str] | None = None) -> None:
             for mi, label in enumerate(a.methods.split(",")):
                 method, bpp, kw = METHODS[label]
                 pool = DeltaPool(SHAPES[sh], method, bpp, kw, Path(tmp), seed=1000 * si + 10 * mi)
-                run_layer(SHAPES[sh], label, pool, batches, bw, dtype, delta_apply, rows)
+                run_layer(SHAPES[sh], label, pool, batches, bw, dtype, delta_apply, fused_apply, rows)
                 if label == "delta-come@1":
                     pools[sh] = pool
                 else:
                     del pool
                 torch.cuda.empty_cache()
         if a.decode_layers and all(s in pools for s in ("4096x4096", "11008x4096", "4096x11008")):
-            decode_step(pools, dtype, delta_apply, a.decode_layers, steps)
+            decode_step(pools, dtype, delta_apply, fused_apply, a.decode_layers, steps)
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
     tag = "h100" if "H100" in gpu else gpu.split()[-1].lower()
     (out / f"kernels_{tag}.json").write_text(json.dumps({"meta": meta, "layers": rows, "decode": steps}, indent=1))
-    keys = ["shape", "method", "B", "D", "base_ms", "ours_ms", "delta_ms", "floor_ms", "torch_deq_ms", "dense_ms", "delta_bytes", "ours_GBps"]
+    keys = ["shape", "method", "B", "D", "base_ms", "ours_ms", "fused_ms", "delta_ms", "floor_ms", "torch_deq_ms", "dense_ms", "delta_bytes", "ours_GBps"]
     (out / f"kernels_{tag}.csv").write_text("\n".join([",".join(keys)] + [",".join(str(r.get(k, "")) for k in keys) for r in rows]) + "\n")
     md = summarize(rows, steps, meta)
     (out / f"kernels_{tag}.md").write_text(md)

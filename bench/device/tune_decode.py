@@ -40,6 +40,11 @@ VARIANTS = [
     {"num_warps": 8},
     {"num_stages": 1},
     {"num_stages": 3},
+    {"fused": True},  # base GEMV inside the delta launch (per-row batches only)
+    {"fused": True, "block_kb": 128},
+    {"fused": True, "block_kb": 512},
+    {"fused": True, "block_n": 16},
+    {"fused": True, "num_warps": 8},
 ]
 
 
@@ -62,7 +67,7 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--quick", action="store_true", help="the first 3 cases and 8 variants")
     a = ap.parse_args()
-    cases, variants = (CASES[:3], VARIANTS[:8]) if a.quick else (CASES, VARIANTS)
+    cases, variants = (CASES[:3], VARIANTS[:8] + VARIANTS[-5:]) if a.quick else (CASES, VARIANTS)
     with tempfile.TemporaryDirectory() as tmp:
         for (out, inp), method, bpp, B, D in cases:
             srcs = []
@@ -79,14 +84,21 @@ def main():
             floor_us = tab.nbytes() / 3.0e12 * 1e6
             ranks = [p.rank for p in deltas[0].parts if hasattr(p, "vt")]
             print(f"== {method}@{bpp} {out}x{inp} B={B} D={D}: delta bytes {tab.nbytes() / 1e6:.2f} MB, ranks {ranks}, delta floor {floor_us:.1f} us", flush=True)
+            W = torch.randn(out, inp, device="cuda", dtype=torch.bfloat16)
+            base_ms = triton.testing.do_bench(lambda: torch.matmul(x, W.T, out=y), warmup=5, rep=30, return_mode="median")
+            print(f"  cuBLAS base GEMM {base_ms * 1e3:.1f} us (weight floor {W.numel() * 2 / 3.0e12 * 1e6:.1f} us)", flush=True)
             for v in variants:
+                v = dict(v)
+                fused = v.pop("fused", False)
+                if fused and D != B:
+                    continue
                 cfg = LaunchConfig(**v)
                 try:
-                    fn = lambda: delta_apply(x, y, tab, groups, cfg=cfg, t=t if tab.has_lowrank else None)  # noqa: E731
+                    fn = lambda: delta_apply(x, y, tab, groups, cfg=cfg, t=t if tab.has_lowrank else None, base=W if fused else None)  # noqa: E731
                     ms = triton.testing.do_bench(fn, warmup=5, rep=30, return_mode="median")
                     kt = kernel_times(fn)
                     c = pick_config(tab, groups, cfg)
-                    print(f"  {str(v):<34} total {ms * 1e3:8.1f} us  kernels {', '.join(f'{k} {t_:.1f}' for k, t_ in kt.items())}  cfg M{c['BLOCK_M']} R{c['BLOCK_R']} K{c['BLOCK_K']} N{c['BLOCK_N']} J{c['BLOCK_J']} S{c['SPLIT_K']} w{c['num_warps']} s{c['num_stages']}", flush=True)
+                    print(f"  {('fused ' if fused else '') + str(v):<40} total {ms * 1e3:8.1f} us  kernels {', '.join(f'{k} {t_:.1f}' for k, t_ in kt.items())}  cfg M{c['BLOCK_M']} R{c['BLOCK_R']} K{c['BLOCK_K']} N{c['BLOCK_N']} J{c['BLOCK_J']} S{c['SPLIT_K']} w{c['num_warps']} s{c['num_stages']}", flush=True)
                 except Exception as e:  # a config the compiler refuses (shared memory, registers)
                     print(f"  {str(v):<34} failed: {type(e).__name__}: {str(e)[:160]}", flush=True)
 

@@ -34,8 +34,10 @@ def _deltas(tmp: Path, out: int, inp: int, specs: list[tuple[str, float, dict]],
     return kds
 
 
-def check(specs, out: int, inp: int, M: int, mode: str, dtype=torch.float32, device: str = "cpu", seed: int = 0, no_delta_share: float = 0.2, cfg=None) -> float:
-    """One batch through the Triton kernels vs the reference; returns the relative error."""
+def check(specs, out: int, inp: int, M: int, mode: str, dtype=torch.float32, device: str = "cpu", seed: int = 0, no_delta_share: float = 0.2, cfg=None, fused: bool = False) -> float:
+    """One batch through the Triton kernels vs the reference; returns the relative error.
+    ``fused``: the kernels also compute the base GEMV (``delta_apply(..., base=W)``), the
+    output is poisoned (NaN) beforehand and compared with x·Wᵀ + Δx."""
     from deltapack.kernels.triton import delta_apply
 
     g = torch.Generator().manual_seed(seed)
@@ -49,14 +51,24 @@ def check(specs, out: int, inp: int, M: int, mode: str, dtype=torch.float32, dev
         slots[torch.rand(M, generator=g) < no_delta_share] = -1
         groups = RowGroups.per_row(slots.to(device)) if mode == "row" else RowGroups.segments(slots, device)
         t = torch.full((M, max(1, tab.max_rank)), float("nan"), device=device)  # poisoned scratch
-        got = delta_apply(x, y.clone(), tab, groups, cfg=cfg, t=t if tab.has_lowrank else None)
+        W = None
+        if fused:  # a base weight whose outputs are about as large as the deltas' (tolerances)
+            W = torch.randn(out, inp, generator=g).to(device)
+            dx = max(float((x.float() @ d.T).abs().max()) for d in dense)
+            W = (W * dx / float((x.float() @ W.T).abs().max())).to(dtype)
+            y = (x.float() @ W.float().T).to(dtype)
+        got = delta_apply(x, torch.full_like(y, float("nan")) if fused else y.clone(), tab, groups, cfg=cfg, t=t if tab.has_lowrank else None, base=W)
         want = reference.delta_apply(x, y, dense, slots.to(device))
     untouched = slots.to(device) < 0
-    assert torch.equal(got[untouched], y[untouched]), "a row without a delta changed"
+    if fused:
+        assert ((got[untouched].float() - y[untouched].float()).abs() <= 2 * TOL[dtype] * y.float().abs().max()).all(), "a row without a delta is not x·Wᵀ"
+    else:
+        assert torch.equal(got[untouched], y[untouched]), "a row without a delta changed"
     assert torch.isfinite(got).all(), "non-finite output (unwritten scratch read?)"
     change = (want.float() - y.float()).abs().max().item()
     assert change > 0 or not (slots >= 0).any(), "degenerate case: the deltas change nothing"
-    err = (got.float() - want.float()).abs().max().item() / max(change, 1e-12)
+    scale = change if (slots >= 0).any() else float(y.float().abs().max())  # fused, no delta rows: vs the base
+    err = (got.float() - want.float()).abs().max().item() / max(scale, 1e-12)
     assert err <= TOL[dtype], f"{specs} {out}x{inp} M={M} {mode} {dtype}: rel err {err:.3g} > {TOL[dtype]}"
     return err
 
@@ -110,6 +122,18 @@ def mixed_batches(device: str = "cpu", dtype=torch.float32) -> int:
     return n
 
 
+def fused_base(device: str = "cpu", dtype=torch.float32) -> int:
+    """y = x·Wᵀ + Δx in one launch (decode, per-row groups, rows without a delta included);
+    a segment batch with ``base`` takes the unfused route (GEMM, then the delta)."""
+    from deltapack.kernels.triton import LaunchConfig
+
+    specs = [("delta-come", 1.0, {"group": 32, "act_order": True}), ("bitdelta", 1.0, {}), ("deltazip", 2.0, {"bits": 3}), ("lowrank", 1.0, {})]
+    n = 0
+    for M, mode, cfg in ((1, "row", None), (9, "row", None), (5, "row", LaunchConfig(block_kb=64, block_n=16, split_k=2)), (12, "seg", None), (40, "seg", None)):
+        n += bool(check(specs, 80, 200, M, mode, dtype, device, seed=60 + M, cfg=cfg, fused=True))
+    return n
+
+
 def through_op(device: str = "cpu", dtype=torch.float32) -> int:
     """MultiDeltaLinear → torch.ops.deltapack.delta_apply_ → Triton equals the reference
     backend (dequantize-then-matmul) on a 3-D input."""
@@ -137,7 +161,7 @@ def through_op(device: str = "cpu", dtype=torch.float32) -> int:
     return n
 
 
-GROUPS = {"through_op": through_op, "every_encoding": every_encoding, "scale_layouts": scale_layouts, "mixed_batches": mixed_batches}
+GROUPS = {"fused_base": fused_base, "through_op": through_op, "every_encoding": every_encoding, "scale_layouts": scale_layouts, "mixed_batches": mixed_batches}
 
 
 def main(name: str, device: str = "cpu", dtype: str = "float32") -> None:

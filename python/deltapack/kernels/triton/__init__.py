@@ -28,6 +28,7 @@ class LaunchConfig:
     num_warps: int | None = None
     num_stages: int | None = None
     split_k: int | None = None  # decode shrink: programs per row tile along k (atomics into t)
+    block_kb: int | None = None  # fused base GEMV: reduction tile along the input dim
 
 
 # Row groups of up to this many rows run the decode path: one program per row, whole packed
@@ -63,24 +64,47 @@ def pick_config(tab: DeltaTable, groups: RowGroups, cfg: LaunchConfig | None = N
         "GATHER_N": gather_n,
         "GATHER_S24": gather_s24,
         "SPLIT_K": (cfg.split_k or 1) if bm == 1 else 1,
+        "BLOCK_KB": cfg.block_kb or 256,
         "num_warps": cfg.num_warps or 4,
         "num_stages": cfg.num_stages or 2,
     }
 
 
-def delta_apply(x: torch.Tensor, y: torch.Tensor, tab: DeltaTable, groups: RowGroups, cfg: LaunchConfig | None = None, t: torch.Tensor | None = None) -> torch.Tensor:
+def fusable(groups: RowGroups, m: int) -> bool:
+    """Whether ``delta_apply(..., base=W)`` computes the base GEMV inside the delta launch:
+    decode batches in gather style that name every row (``RowGroups.per_row``)."""
+    return groups.max_len == 1 and groups.n_groups == m
+
+
+def delta_apply(
+    x: torch.Tensor,
+    y: torch.Tensor,
+    tab: DeltaTable,
+    groups: RowGroups,
+    cfg: LaunchConfig | None = None,
+    t: torch.Tensor | None = None,
+    base: torch.Tensor | None = None,
+) -> torch.Tensor:
     """``y[row] += Δ_{slot(row)} · x[row]`` in place (two launches at most); returns ``y``.
     ``x`` [M, in] and ``y`` [M, out] with unit stride along the features; ``t`` an optional
-    fp32 [M, tab.max_rank] scratch for the low-rank intermediate."""
+    fp32 [M, tab.max_rank] scratch for the low-rank intermediate. With ``base`` (the base
+    weight [out, in], x's dtype) ``y = x·baseᵀ + Δx`` instead: for per-row decode batches in
+    the same launch that adds the delta (:func:`fusable`), otherwise a cuBLAS GEMM first."""
     M, K = x.shape
     N = y.shape[1]
     if K != tab.in_features or N != tab.out_features or y.shape[0] != M:
         raise ValueError(f"x {tuple(x.shape)} / y {tuple(y.shape)} do not match the table's {tab.out_features}×{tab.in_features}")
     if x.stride(1) != 1 or y.stride(1) != 1:
         raise ValueError("x and y need unit stride along the feature dimension")
-    if groups.n_groups == 0 or M == 0:
-        return y
+    if base is not None:
+        if base.shape != (N, K) or base.dtype != x.dtype or base.stride(1) != 1:
+            raise ValueError(f"base weight {tuple(base.shape)} {base.dtype} does not match {N}×{K} {x.dtype} with unit stride along the input")
     c = pick_config(tab, groups, cfg)
+    fuse = base is not None and c["BLOCK_M"] == 1 and fusable(groups, M)
+    if base is not None and not fuse:
+        torch.matmul(x, base.T, out=y)
+    if M == 0 or (groups.n_groups == 0 and not fuse):
+        return y
     prec = "ieee" if x.dtype == torch.float32 else "tf32"
     m_blocks = triton.cdiv(max(1, groups.max_len), c["BLOCK_M"])  # decode: a program per row
     if tab.has_lowrank:
@@ -94,16 +118,19 @@ def delta_apply(x: torch.Tensor, y: torch.Tensor, tab: DeltaTable, groups: RowGr
             x, x.stride(0), t, t.stride(0), tab.table, groups.row_idx, groups.start, groups.length, groups.slot,
             K, tiles,
             MAX_PARTS=tab.max_parts, BLOCK_M=c["BLOCK_M"], BLOCK_R=c["BLOCK_R"], BLOCK_K=c["BLOCK_K"],
-            VT_BITS=tab.vt_bits, GATHER_K=c["GATHER_K"], PERM=tab.has_perm, PREC=prec, SPLIT_K=c["SPLIT_K"], num_warps=c["num_warps"], num_stages=c["num_stages"],
+            VT_BITS=tab.vt_bits, GATHER_K=c["GATHER_K"], PERM=tab.has_perm, PREC=prec, SPLIT_K=c["SPLIT_K"],
+            num_warps=c["num_warps"], num_stages=c["num_stages"],
         )  # fmt: skip
     else:
         t = x  # never read: no low-rank part in the table
+    w = base if fuse else x  # never read unless fused
     grid = (groups.n_groups, triton.cdiv(N, c["BLOCK_N"]), m_blocks)
     delta_gemm.apply_kernel[grid](
         x, x.stride(0), y, y.stride(0), t, t.stride(0), tab.table, groups.row_idx, groups.start, groups.length, groups.slot,
-        N, K,
+        w, w.stride(0), N, K,
         MAX_PARTS=tab.max_parts, BLOCK_M=c["BLOCK_M"], BLOCK_N=c["BLOCK_N"], BLOCK_K=c["BLOCK_K"], BLOCK_J=c["BLOCK_J"],
         UT_BITS=tab.ut_bits, DENSE_BITS=tab.dense_bits, S24_BITS=tab.s24_bits, GATHER_K=c["GATHER_K"], GATHER_N=c["GATHER_N"],
-        GATHER_S24=c["GATHER_S24"], PREC=prec, num_warps=c["num_warps"], num_stages=c["num_stages"],
+        GATHER_S24=c["GATHER_S24"], PREC=prec, FUSE_BASE=fuse, BLOCK_KB=c["BLOCK_KB"],
+        num_warps=c["num_warps"], num_stages=c["num_stages"],
     )  # fmt: skip
     return y

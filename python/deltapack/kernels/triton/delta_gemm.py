@@ -288,6 +288,21 @@ def _gemv_raw(wp, stride, rows, rmask, vrow, perm, lo, hi, R: tl.constexpr, KG: 
     return tl.sum(acc, axis=1)
 
 
+@triton.jit
+def _gemv_base(w_ptr, stride_wn, rows, rmask, xrow, K, R: tl.constexpr, BK: tl.constexpr):
+    """Σ_k W[rows, k] · x[k] [R] for the base weight (activation dtype, row-major): the fused
+    path computes the base GEMV in the program that adds the delta, so the output is written
+    once and no separate base launch runs."""
+    acc = tl.zeros((R, BK), tl.float32)
+    for k0 in range(0, K, BK):
+        kc = k0 + tl.arange(0, BK)
+        km = kc < K
+        xv = tl.load(xrow + kc, mask=km, other=0.0).to(tl.float32)
+        w = tl.load(w_ptr + rows[:, None] * stride_wn + kc[None, :], mask=rmask[:, None] & km[None, :], other=0.0)
+        acc += w.to(tl.float32) * xv[None, :]
+    return tl.sum(acc, axis=1)
+
+
 # Runtime bit width → the loop specialized for it. ``MASK`` (bit b set: width b occurs in the
 # table) prunes the widths a launch does not need at compile time.
 @triton.jit
@@ -611,17 +626,19 @@ def shrink_kernel(
 @triton.jit
 def apply_kernel(
     x_ptr, stride_xm, y_ptr, stride_ym, t_ptr, stride_tm, tab_ptr, row_idx_ptr, gstart_ptr, glen_ptr, gslot_ptr,
-    N, K,
+    w_ptr, stride_wn, N, K,
     MAX_PARTS: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_J: tl.constexpr,
     UT_BITS: tl.constexpr, DENSE_BITS: tl.constexpr, S24_BITS: tl.constexpr, GATHER_K: tl.constexpr, GATHER_N: tl.constexpr,
-    GATHER_S24: tl.constexpr, PREC: tl.constexpr,
+    GATHER_S24: tl.constexpr, PREC: tl.constexpr, FUSE_BASE: tl.constexpr, BLOCK_KB: tl.constexpr,
 ):  # fmt: skip
+    """``y[rows] += Δ·x`` per row group; with ``FUSE_BASE`` (decode, every row its own group,
+    rows without a delta included) ``y = W·x + Δ·x`` with ``W`` the base weight."""
     g = tl.program_id(0)
     nt = tl.program_id(1)
     mb = tl.program_id(2)
     slot = tl.load(gslot_ptr + g)
     n = tl.load(glen_ptr + g) - mb * BLOCK_M
-    if (slot >= 0) & (n > 0):
+    if ((slot >= 0) | FUSE_BASE) & (n > 0):
         DT: tl.constexpr = x_ptr.dtype.element_ty
         rows_x, mmask = _rows_of_group(row_idx_ptr, gstart_ptr, g, mb, n, BLOCK_M)
         n0 = nt * BLOCK_N
@@ -629,7 +646,10 @@ def apply_kernel(
         nmask = offs_n < N
         acc = tl.zeros((BLOCK_M, BLOCK_N), tl.float32)
         row = tl.sum(rows_x, axis=0)  # BLOCK_M == 1: the program's one row
-        for part in range(MAX_PARTS):
+        if FUSE_BASE:
+            acc += _gemv_base(w_ptr, stride_wn, offs_n, nmask, x_ptr + row * stride_xm, K, BLOCK_N, BLOCK_KB)[None, :]
+        nparts = tl.where(slot >= 0, MAX_PARTS, 0)
+        for part in range(nparts):
             e = tab_ptr + (slot * MAX_PARTS + part) * NF
             kind = tl.load(e + F_KIND)
             if kind == KIND_LOWRANK:
@@ -654,5 +674,8 @@ def apply_kernel(
                     acc = _dense_dot_bits(acc, e, x_ptr, stride_xm, rows_x, mmask, offs_n, nmask, K, bits, BLOCK_N, BLOCK_K, S24_BITS, True, GATHER_K, PREC)
         yp = y_ptr + rows_x[:, None] * stride_ym + offs_n[None, :]
         m2 = mmask[:, None] & nmask[None, :]
-        yv = tl.load(yp, mask=m2, other=0.0)
-        tl.store(yp, (yv.to(tl.float32) + acc).to(yv.dtype), mask=m2)
+        if FUSE_BASE:
+            tl.store(yp, acc.to(y_ptr.dtype.element_ty), mask=m2)
+        else:
+            yv = tl.load(yp, mask=m2, other=0.0)
+            tl.store(yp, (yv.to(tl.float32) + acc).to(yv.dtype), mask=m2)
