@@ -42,6 +42,32 @@ GROUPS: dict[str, tuple[str, ...]] = {
 }
 
 
+FRACTIONS = (0.01, 0.05, 0.1, 0.25, 0.5)  # of the singular values (the rank)
+
+
+def spectrum(ft_sd: dict[str, torch.Tensor], base_sd: dict[str, torch.Tensor]) -> dict[str, dict[str, list[float]]]:
+    """Per matrix type: the share of ‖ΔW‖² in the top FRACTIONS of its singular values, mean
+    over layers, beside the same for a Gaussian matrix of its shape (a delta with no low-rank
+    structure): how much a rank-r approximation can catch."""
+    acc: dict[str, list[list[float]]] = {}
+    gauss: dict[str, list[float]] = {}
+    g = torch.Generator().manual_seed(0)
+    for k in ft_sd:
+        kind = _kind(k)
+        if kind == "other" or ft_sd[k].ndim != 2:
+            continue
+        d = ft_sd[k].float() - base_sd[k].float()
+        s2 = torch.linalg.svdvals(d).double() ** 2
+        c = torch.cumsum(s2, 0) / s2.sum()
+        acc.setdefault(kind, []).append([float(c[max(1, round(q * len(c))) - 1]) for q in FRACTIONS])
+        if kind not in gauss:
+            z = torch.randn(d.shape, generator=g).to(d.device)
+            zs = torch.linalg.svdvals(z).double() ** 2
+            zc = torch.cumsum(zs, 0) / zs.sum()
+            gauss[kind] = [float(zc[max(1, round(q * len(zc))) - 1]) for q in FRACTIONS]
+    return {k: {"delta": [sum(x) / len(x) for x in zip(*v)], "gaussian": gauss[k]} for k, v in acc.items()}
+
+
 def _kind(name: str) -> str:
     return next((k for k in GROUPS["all"] if k in name), "other")
 
@@ -108,6 +134,7 @@ def main(argv: list[str] | None = None) -> int:
         "preset": a.preset, "task": a.task, "device": device_name(device), "commit": commit_id(), "dtype": str(dtype).removeprefix("torch."),
         "n_eval": a.n_eval, "n_kl": a.n_kl, "finetune_accuracy": ft_acc,
     }
+    meta["spectrum"] = spectrum(ft_sd, base_sd)
     rows: list[dict[str, Any]] = []
 
     def write() -> None:
@@ -118,9 +145,12 @@ def main(argv: list[str] | None = None) -> int:
             f"{meta['device']}, commit {meta['commit']}; dense path in {meta['dtype']}. The fine-tune ({100 * ft_acc:.1f}%) with only the "
             "group's matrices replaced by W_base + ΔŴ; bytes: the group's share of the stored matrix bytes.",
             "",
-            "| method | bits | group | accuracy (kept) | KL | rel. error | bytes |",
-            "|---|---|---|---|---|---|---|",
         ]
+        lines += ["", "Energy of ΔW in its top singular values (mean over layers; a Gaussian matrix of the same shape in brackets):", "",
+                  "| matrix | " + " | ".join(f"top {100 * q:g}%" for q in FRACTIONS) + " |", "|---|" + "---|" * len(FRACTIONS)]
+        for k, v in meta["spectrum"].items():
+            lines.append(f"| {k} | " + " | ".join(f"{100 * a:.0f}% ({100 * b:.0f}%)" for a, b in zip(v["delta"], v["gaussian"])) + " |")
+        lines += ["", "| method | bits | group | accuracy (kept) | KL | rel. error | bytes |", "|---|---|---|---|---|---|---|"]
         for r in rows:
             lines.append(
                 f"| {r['method']} | {r['bits']:g} | {r['group']} | {100 * r['accuracy']:.1f}% ({100 * r['kept']:.1f}%) | {r['kl']:.4f} | "
