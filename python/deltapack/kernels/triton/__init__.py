@@ -35,6 +35,7 @@ class LaunchConfig:
 # words, CUDA-core FMAs (a group's delta tiles are re-read per row, from L2). Longer groups
 # run the tile path: tiles dequantized to the activation dtype and tl.dot.
 DECODE_MAX_ROWS = 16
+TARGET_PROGRAMS = 264  # two per SM on an H100: the decode shrink splits k until it has these
 
 
 def pick_config(tab: DeltaTable, groups: RowGroups, cfg: LaunchConfig | None = None) -> dict[str, int | bool]:
@@ -44,8 +45,9 @@ def pick_config(tab: DeltaTable, groups: RowGroups, cfg: LaunchConfig | None = N
     if bm == 1:
         # Decode: 32-code groups of words; a scale per group of 32 codes when every scale group
         # is a whole number of them, else per code (gather). Ut (rank-major) needs the output
-        # tile inside one scale group along n.
-        bk, bj = cfg.block_k or 256, cfg.block_j or 64
+        # tile inside one scale group along n. Tiles from the H100 sweep
+        # (bench/results/kernels_decode_tuning_h100_v2.log): K 512 beat 256 and 128, J 64 beat 32.
+        bk, bj = cfg.block_k or 512, cfg.block_j or 64
         if bk % 32 or bj % 32:
             raise ValueError("decode tiles: block_k and block_j must be multiples of 32")
         bn, gather_n = block_for_groups(tab.group_n, cfg.block_n or 32, floor=8)
@@ -54,16 +56,24 @@ def pick_config(tab: DeltaTable, groups: RowGroups, cfg: LaunchConfig | None = N
         bk, gather_k = block_for_groups(tab.group_k, cfg.block_k or 128)
         bn, gather_n = block_for_groups(tab.group_n, cfg.block_n or 64)
         bj, gather_s24 = cfg.block_j or 32, gather_k
+    br = cfg.block_r or (16 if bm == 1 else 32)
+    split = 1
+    if bm == 1:
+        # a decode shrink is latency-bound per program (its row tile walks all of k): split k
+        # across programs until about two waves are in flight (the H100 sweep: 32 → 9.5 µs
+        # at split 4 for a rank-900 delta at B = 1)
+        programs = max(1, groups.n_groups * max_len * tab.max_parts * -(-tab.max_part_rank // br))
+        split = cfg.split_k or max(1, min(8, TARGET_PROGRAMS // programs, -(-tab.in_features // bk)))
     return {
         "BLOCK_M": bm,
-        "BLOCK_R": cfg.block_r or (16 if bm == 1 else 32),
+        "BLOCK_R": br,
         "BLOCK_K": bk,
         "BLOCK_N": bn,
         "BLOCK_J": bj,
         "GATHER_K": gather_k,
         "GATHER_N": gather_n,
         "GATHER_S24": gather_s24,
-        "SPLIT_K": (cfg.split_k or 1) if bm == 1 else 1,
+        "SPLIT_K": split,
         "BLOCK_KB": cfg.block_kb or 256,
         "num_warps": cfg.num_warps or 4,
         "num_stages": cfg.num_stages or 2,
