@@ -4,6 +4,7 @@ of the Triton multi-delta kernels for launch configs around the default, per cas
 """
 
 import argparse
+import json
 import tempfile
 from pathlib import Path
 
@@ -66,8 +67,14 @@ def kernel_times(fn, n=20):
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--quick", action="store_true", help="the first 3 cases and 8 variants")
+    ap.add_argument("--cases", help="comma-separated case indices into CASES")
+    ap.add_argument("--variants", help="a JSON list of LaunchConfig dicts (plus 'fused') replacing VARIANTS")
     a = ap.parse_args()
     cases, variants = (CASES[:3], VARIANTS[:8] + VARIANTS[-5:]) if a.quick else (CASES, VARIANTS)
+    if a.cases:
+        cases = [CASES[int(i)] for i in a.cases.split(",")]
+    if a.variants:
+        variants = json.loads(a.variants)
     with tempfile.TemporaryDirectory() as tmp:
         for (out, inp), method, bpp, B, D in cases:
             srcs = []
