@@ -116,7 +116,7 @@ def mixed_batches(device: str = "cpu", dtype=torch.float32) -> int:
     # output and rank tiles, and a row group of 5 rows on one delta (a program per row)
     from deltapack.kernels.triton import LaunchConfig
 
-    cfg = LaunchConfig(split_k=3, block_k=64, block_r=8, block_n=16, block_j=32, num_warps=2)
+    cfg = LaunchConfig(split_k=3, block_k=64, block_r=8, block_n=16, block_j=32, num_warps=2, lane_major=False)
     n += bool(check(specs, 96, 200, 7, "row", dtype, device, seed=48, cfg=cfg))
     n += bool(check(specs[:2], 96, 200, 10, "seg", dtype, device, seed=49, cfg=cfg, no_delta_share=0.0))
     return n

@@ -29,6 +29,7 @@ class LaunchConfig:
     num_stages: int | None = None
     split_k: int | None = None  # decode shrink: programs per row tile along k (atomics into t)
     block_kb: int | None = None  # fused base GEMV: reduction tile along the input dim
+    lane_major: bool | None = None  # decode: read x lane-major (a [32, in/32] copy per row)
 
 
 # Row groups of up to this many rows run the decode path: one program per row, whole packed
@@ -75,6 +76,8 @@ def pick_config(tab: DeltaTable, groups: RowGroups, cfg: LaunchConfig | None = N
         "GATHER_S24": gather_s24,
         "SPLIT_K": split,
         "BLOCK_KB": cfg.block_kb or 256,
+        # act-order blocks gather x through their permutation: no lane-major copy for them
+        "LM": bm == 1 and not tab.has_perm and (cfg.lane_major if cfg.lane_major is not None else True),
         "num_warps": cfg.num_warps or 4,
         "num_stages": cfg.num_stages or 2,
     }
@@ -116,6 +119,11 @@ def delta_apply(
     if M == 0 or (groups.n_groups == 0 and not fuse):
         return y
     prec = "ieee" if x.dtype == torch.float32 else "tf32"
+    xl = x
+    if c["LM"]:  # x lane-major: xl[m, c, g] = x[m, 32·g + c], zero-padded to whole groups
+        ng = triton.cdiv(K, 32)
+        xp = x if ng * 32 == K else torch.nn.functional.pad(x, (0, ng * 32 - K))
+        xl = xp.unflatten(1, (ng, 32)).transpose(1, 2).contiguous().view(M, 32 * ng)
     m_blocks = triton.cdiv(max(1, groups.max_len), c["BLOCK_M"])  # decode: a program per row
     if tab.has_lowrank:
         if t is None:
@@ -126,9 +134,9 @@ def delta_apply(
         grid = (groups.n_groups, tab.max_parts * tiles * c["SPLIT_K"], m_blocks)
         delta_gemm.shrink_kernel[grid](
             x, x.stride(0), t, t.stride(0), tab.table, groups.row_idx, groups.start, groups.length, groups.slot,
-            K, tiles,
+            xl, xl.stride(0), K, tiles,
             MAX_PARTS=tab.max_parts, BLOCK_M=c["BLOCK_M"], BLOCK_R=c["BLOCK_R"], BLOCK_K=c["BLOCK_K"],
-            VT_BITS=tab.vt_bits, GATHER_K=c["GATHER_K"], PERM=tab.has_perm, PREC=prec, SPLIT_K=c["SPLIT_K"],
+            VT_BITS=tab.vt_bits, GATHER_K=c["GATHER_K"], PERM=tab.has_perm, PREC=prec, SPLIT_K=c["SPLIT_K"], LM=c["LM"],
             num_warps=c["num_warps"], num_stages=c["num_stages"],
         )  # fmt: skip
     else:
@@ -137,10 +145,10 @@ def delta_apply(
     grid = (groups.n_groups, triton.cdiv(N, c["BLOCK_N"]), m_blocks)
     delta_gemm.apply_kernel[grid](
         x, x.stride(0), y, y.stride(0), t, t.stride(0), tab.table, groups.row_idx, groups.start, groups.length, groups.slot,
-        w, w.stride(0), N, K,
+        w, w.stride(0), xl, xl.stride(0), N, K,
         MAX_PARTS=tab.max_parts, BLOCK_M=c["BLOCK_M"], BLOCK_N=c["BLOCK_N"], BLOCK_K=c["BLOCK_K"], BLOCK_J=c["BLOCK_J"],
         UT_BITS=tab.ut_bits, DENSE_BITS=tab.dense_bits, S24_BITS=tab.s24_bits, GATHER_K=c["GATHER_K"], GATHER_N=c["GATHER_N"],
-        GATHER_S24=c["GATHER_S24"], PREC=prec, FUSE_BASE=fuse, BLOCK_KB=c["BLOCK_KB"],
+        GATHER_S24=c["GATHER_S24"], PREC=prec, FUSE_BASE=fuse, BLOCK_KB=c["BLOCK_KB"], LM=c["LM"],
         num_warps=c["num_warps"], num_stages=c["num_stages"],
     )  # fmt: skip
     return y

@@ -168,9 +168,11 @@ def _group_words(cp, base, g, stride, m, BITS: tl.constexpr):
 
 
 @triton.jit
-def _gemv_x(codes, stride, scales, srow, group, zeros, zc, rows, rmask, xrow, perm, K, k_lo, k_hi, R: tl.constexpr, KG: tl.constexpr, BITS: tl.constexpr, GATHER: tl.constexpr, PERM: tl.constexpr):
+def _gemv_x(codes, stride, scales, srow, group, zeros, zc, rows, rmask, xrow, xl, perm, K, k_lo, k_hi, R: tl.constexpr, KG: tl.constexpr, BITS: tl.constexpr, GATHER: tl.constexpr, PERM: tl.constexpr, LM: tl.constexpr):
     """Σ_k W[rows, k] · x[perm(k)] [R] over k_lo ≤ k < k_hi (k_lo a multiple of 32) for a
-    packed operand stored along k (Vt, dense W)."""
+    packed operand stored along k (Vt, dense W). ``LM``: read x lane-major (``xl`` [32, G]:
+    x[32·g + c] at c·G + g, zero-padded), so each lane's values over the tile's groups are
+    contiguous instead of 32 elements apart."""
     cp = codes.to(tl.pointer_type(tl.int32))
     ngrp = tl.cdiv(k_hi, 32)
     base = rows[:, None] * stride
@@ -188,7 +190,10 @@ def _gemv_x(codes, stride, scales, srow, group, zeros, zc, rows, rmask, xrow, pe
             if PERM:
                 hp = perm != 0
                 xi = tl.where(hp, tl.load(perm.to(tl.pointer_type(tl.int32)) + col, mask=tl.where(hp, cm, False), other=0), col)
-            xv = tl.load(xrow + xi, mask=cm, other=0.0).to(tl.float32)
+            if LM:
+                xv = tl.load(xl + c * tl.cdiv(K, 32) + gk, mask=cm, other=0.0).to(tl.float32)
+            else:
+                xv = tl.load(xrow + xi, mask=cm, other=0.0).to(tl.float32)
             q = _lane(w0, w1, w2, w3, w4, w5, w6, w7, c, BITS)
             if GATHER:
                 s, z = _scale_zero(scales, srow, group, zeros, zc, rows[:, None], col[None, :], m2 & cm[None, :])
@@ -306,25 +311,25 @@ def _gemv_base(w_ptr, stride_wn, rows, rmask, xrow, K, R: tl.constexpr, BK: tl.c
 # Runtime bit width → the loop specialized for it. ``MASK`` (bit b set: width b occurs in the
 # table) prunes the widths a launch does not need at compile time.
 @triton.jit
-def _gemv_x_bits(e, rows, rmask, xrow, perm, K, k_lo, k_hi, R: tl.constexpr, KG: tl.constexpr, MASK: tl.constexpr, GATHER: tl.constexpr, PERM: tl.constexpr):
+def _gemv_x_bits(e, rows, rmask, xrow, xl, perm, K, k_lo, k_hi, R: tl.constexpr, KG: tl.constexpr, MASK: tl.constexpr, GATHER: tl.constexpr, PERM: tl.constexpr, LM: tl.constexpr):
     codes, stride, scales, srow, group, zeros, zc = _operand(e, A_BITS)
     bits = tl.load(e + A_BITS)
     out = tl.zeros((R,), tl.float32)
     if MASK & 2:
         if bits == 1:
-            out = _gemv_x(codes, stride, scales, srow, group, zeros, zc, rows, rmask, xrow, perm, K, k_lo, k_hi, R, KG, 1, GATHER, PERM)
+            out = _gemv_x(codes, stride, scales, srow, group, zeros, zc, rows, rmask, xrow, xl, perm, K, k_lo, k_hi, R, KG, 1, GATHER, PERM, LM)
     if MASK & 4:
         if bits == 2:
-            out = _gemv_x(codes, stride, scales, srow, group, zeros, zc, rows, rmask, xrow, perm, K, k_lo, k_hi, R, KG, 2, GATHER, PERM)
+            out = _gemv_x(codes, stride, scales, srow, group, zeros, zc, rows, rmask, xrow, xl, perm, K, k_lo, k_hi, R, KG, 2, GATHER, PERM, LM)
     if MASK & 8:
         if bits == 3:
-            out = _gemv_x(codes, stride, scales, srow, group, zeros, zc, rows, rmask, xrow, perm, K, k_lo, k_hi, R, KG, 3, GATHER, PERM)
+            out = _gemv_x(codes, stride, scales, srow, group, zeros, zc, rows, rmask, xrow, xl, perm, K, k_lo, k_hi, R, KG, 3, GATHER, PERM, LM)
     if MASK & 16:
         if bits == 4:
-            out = _gemv_x(codes, stride, scales, srow, group, zeros, zc, rows, rmask, xrow, perm, K, k_lo, k_hi, R, KG, 4, GATHER, PERM)
+            out = _gemv_x(codes, stride, scales, srow, group, zeros, zc, rows, rmask, xrow, xl, perm, K, k_lo, k_hi, R, KG, 4, GATHER, PERM, LM)
     if MASK & 256:
         if bits == 8:
-            out = _gemv_x(codes, stride, scales, srow, group, zeros, zc, rows, rmask, xrow, perm, K, k_lo, k_hi, R, KG, 8, GATHER, PERM)
+            out = _gemv_x(codes, stride, scales, srow, group, zeros, zc, rows, rmask, xrow, xl, perm, K, k_lo, k_hi, R, KG, 8, GATHER, PERM, LM)
     if MASK & 65536:
         if bits == 16:
             out = _gemv_raw(codes, stride, rows, rmask, xrow, perm, k_lo, k_hi, R, KG, PERM)
@@ -581,9 +586,10 @@ def _rows_of_group(row_idx_ptr, gstart_ptr, g, mb, n, BLOCK_M: tl.constexpr):
 @triton.jit
 def shrink_kernel(
     x_ptr, stride_xm, t_ptr, stride_tm, tab_ptr, row_idx_ptr, gstart_ptr, glen_ptr, gslot_ptr,
-    K, tiles_per_part,
+    xl_ptr, stride_xl, K, tiles_per_part,
     MAX_PARTS: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_K: tl.constexpr,
     VT_BITS: tl.constexpr, GATHER_K: tl.constexpr, PERM: tl.constexpr, PREC: tl.constexpr, SPLIT_K: tl.constexpr,
+    LM: tl.constexpr,
 ):  # fmt: skip
     g = tl.program_id(0)
     pid1 = tl.program_id(1) // SPLIT_K
@@ -604,11 +610,12 @@ def shrink_kernel(
         if BLOCK_M == 1:
             # SPLIT_K programs share a row tile, each a slice of 32-code groups of k, and add
             # into t (zeroed by the launcher): more programs in flight for small ranks
-            xrow = x_ptr + tl.sum(rows_x, axis=0) * stride_xm
+            row = tl.sum(rows_x, axis=0)
+            xrow = x_ptr + row * stride_xm
             kspan = tl.cdiv(tl.cdiv(K, 32), SPLIT_K) * 32
             k_lo = ks * kspan
             k_hi = tl.minimum(K, k_lo + kspan)
-            acc = _gemv_x_bits(e, offs_r, rmask, xrow, perm, K, k_lo, k_hi, BLOCK_R, BLOCK_K // 32, VT_BITS, GATHER_K, PERM)[None, :]
+            acc = _gemv_x_bits(e, offs_r, rmask, xrow, xl_ptr + row * stride_xl, perm, K, k_lo, k_hi, BLOCK_R, BLOCK_K // 32, VT_BITS, GATHER_K, PERM, LM)[None, :]
         else:
             bits = tl.load(e + A_BITS)
             acc = _shrink_dot_bits(e, x_ptr, stride_xm, rows_x, mmask, perm, offs_r, rmask, K, bits, BLOCK_M, BLOCK_R, BLOCK_K, VT_BITS, GATHER_K, PERM, PREC)
@@ -626,10 +633,10 @@ def shrink_kernel(
 @triton.jit
 def apply_kernel(
     x_ptr, stride_xm, y_ptr, stride_ym, t_ptr, stride_tm, tab_ptr, row_idx_ptr, gstart_ptr, glen_ptr, gslot_ptr,
-    w_ptr, stride_wn, N, K,
+    w_ptr, stride_wn, xl_ptr, stride_xl, N, K,
     MAX_PARTS: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_J: tl.constexpr,
     UT_BITS: tl.constexpr, DENSE_BITS: tl.constexpr, S24_BITS: tl.constexpr, GATHER_K: tl.constexpr, GATHER_N: tl.constexpr,
-    GATHER_S24: tl.constexpr, PREC: tl.constexpr, FUSE_BASE: tl.constexpr, BLOCK_KB: tl.constexpr,
+    GATHER_S24: tl.constexpr, PREC: tl.constexpr, FUSE_BASE: tl.constexpr, BLOCK_KB: tl.constexpr, LM: tl.constexpr,
 ):  # fmt: skip
     """``y[rows] += Δ·x`` per row group; with ``FUSE_BASE`` (decode, every row its own group,
     rows without a delta included) ``y = W·x + Δ·x`` with ``W`` the base weight."""
@@ -662,7 +669,7 @@ def apply_kernel(
                     acc = _expand_dot_bits(acc, e, t_ptr, stride_tm, rows_x, mmask, offs_n, nmask, n0, rank, roff, bits, BLOCK_N, BLOCK_J, UT_BITS, GATHER_N, PREC, DT)
             if kind == KIND_DENSE:
                 if BLOCK_M == 1:
-                    acc += _gemv_x_bits(e, offs_n, nmask, x_ptr + row * stride_xm, 0, K, 0, K, BLOCK_N, BLOCK_K // 32, DENSE_BITS, GATHER_K, False)[None, :]
+                    acc += _gemv_x_bits(e, offs_n, nmask, x_ptr + row * stride_xm, xl_ptr + row * stride_xl, 0, K, 0, K, BLOCK_N, BLOCK_K // 32, DENSE_BITS, GATHER_K, False, LM)[None, :]
                 else:
                     bits = tl.load(e + A_BITS)
                     acc = _dense_dot_bits(acc, e, x_ptr, stride_xm, rows_x, mmask, offs_n, nmask, K, bits, BLOCK_N, BLOCK_K, DENSE_BITS, False, GATHER_K, PREC)
