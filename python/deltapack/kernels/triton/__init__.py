@@ -36,7 +36,7 @@ class LaunchConfig:
 # words, CUDA-core FMAs (a group's delta tiles are re-read per row, from L2). Longer groups
 # run the tile path: tiles dequantized to the activation dtype and tl.dot.
 DECODE_MAX_ROWS = 16
-TARGET_PROGRAMS = 264  # two per SM on an H100: the decode shrink splits k until it has these
+TARGET_PROGRAMS = 1056  # 8 per SM on an H100: the decode shrink splits k until it has about these
 
 
 def pick_config(tab: DeltaTable, groups: RowGroups, cfg: LaunchConfig | None = None) -> dict[str, int | bool]:
@@ -47,7 +47,7 @@ def pick_config(tab: DeltaTable, groups: RowGroups, cfg: LaunchConfig | None = N
         # Decode: 32-code groups of words; a scale per group of 32 codes when every scale group
         # is a whole number of them, else per code (gather). Ut (rank-major) needs the output
         # tile inside one scale group along n. Tiles from the H100 sweep
-        # (bench/results/kernels_decode_tuning_h100_v2.log): K 512 beat 256 and 128, J 64 beat 32.
+        # (bench/results/kernels_h100_s3/tune.log, session 3 log): K 512 beat 256 and 128, J 64 beat 32.
         bk, bj = cfg.block_k or 512, cfg.block_j or 64
         if bk % 32 or bj % 32:
             raise ValueError("decode tiles: block_k and block_j must be multiples of 32")
@@ -61,7 +61,7 @@ def pick_config(tab: DeltaTable, groups: RowGroups, cfg: LaunchConfig | None = N
     split = 1
     if bm == 1:
         # a decode shrink is latency-bound per program (its row tile walks all of k): split k
-        # across programs until about two waves are in flight (the H100 sweep: 32 → 9.5 µs
+        # across programs until about 8 small programs per SM are in flight (H100 sweep: 32 → 9.5 µs
         # at split 4 for a rank-900 delta at B = 1)
         programs = max(1, groups.n_groups * max_len * tab.max_parts * -(-tab.max_part_rank // br))
         split = cfg.split_k or max(1, min(8, TARGET_PROGRAMS // programs, -(-tab.in_features // bk)))
