@@ -172,6 +172,7 @@ def cmd_compress(args: argparse.Namespace) -> int:
         method=args.method,
         bits_per_param=args.bits_per_param,
         plan=args.plan,
+        sensitivity=args.sensitivity,
         schedule=args.schedule,
         group_size=args.group_size,
         bits=args.bits,
@@ -241,6 +242,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--schedule", default="8:2,3:32,2", help="delta-come bit groups bits:max_rank,... (the last fills the budget)")
     s.add_argument("--group-size", type=int, default=128)
     s.add_argument("--bits", type=int, help="rtn / deltazip bit width without a budget")
+    s.add_argument("--sensitivity", default="size", choices=["size", "kl"], help="budgeted allocations (--plan auto, rtn, bitdelta, deltazip): weigh each matrix's error by its size, or also by how much the output depends on its delta (one forward per matrix on the calibration text, whole fine-tune in memory)")
     s.add_argument("--embeddings", default="compress", choices=["compress", "raw"], help="embeddings and lm_head: compressed like other matrices, or stored whole")
     s.add_argument("--calib", help="calibration text (.txt or .jsonl); default: sampled from the fine-tune")
     s.add_argument("--samples", type=int, default=128, help="calibration sequences")
