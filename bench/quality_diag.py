@@ -73,7 +73,7 @@ def _kind(name: str) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from bench.quality import METHODS, _load_hf, _write_calib
+    from bench.quality import ALL_METHODS, _load_hf, _write_calib
     from bench.zoo.build import commit_id, device_name
     from deltapack.compress.pipeline import compress
     from deltapack.format import open as open_dpk
@@ -162,7 +162,7 @@ def main(argv: list[str] | None = None) -> int:
     for cell in [c for c in a.cells.split(",") if c]:
         name, bits = cell.split(":")
         bits = float(bits)
-        _, kw = METHODS[name]
+        _, kw = ALL_METHODS[name]
         path = work / f"{name}-{bits:g}.dpk"
         t0 = time.perf_counter()
         rep = compress(

@@ -1,7 +1,7 @@
 """Build the model zoo of a preset and report it: base + one full fine-tune per task, each
 evaluated on every task's held-out split, with the size of each delta.
 
-    python bench/zoo/build.py                                  # preset gpu (one H100: ~5 min, estimated)
+    python bench/zoo/build.py                                  # preset gpu (one H100: ~5 min, measured)
     python bench/zoo/build.py --preset tiny --out bench/results/tiny_cpu  # CPU: 45 s on 2 cores
     python bench/zoo/build.py --preset gpu --zoo-dir /tmp/zoo --jobs 3 --out $OUT
 

@@ -83,3 +83,15 @@ def test_zoo_report(zoo_pair):
     assert 0 < rep["finetunes"]["arith"]["delta"]["q_proj"]["rel"] < 0.15
     md = markdown(rep)
     assert "| ft:arith |" in md and "‖ΔW‖" in md
+
+
+def test_kernel_check_is_none_without_kernels(zoo_pair, tmp_path):
+    """On the CPU ``deltapack.load`` builds reference modules, so there is nothing to check;
+    on a GPU every quality cell compares the kernels with the reference path first."""
+    import deltapack
+    from bench.quality import kernel_check
+    from deltapack.compress.pipeline import compress
+
+    base, ft = zoo_pair
+    compress(base, ft, tmp_path / "d.dpk", method="lowrank", bits_per_param=1.0, progress=False)
+    assert kernel_check(deltapack.load(base, tmp_path / "d.dpk")) is None

@@ -47,15 +47,28 @@ embed_tokens 0.023, lm_head 0.21; code about the same; format 0.10-0.12 on the p
 (copying words is the skill the 2-layer base has least of). Every entry of every matrix
 changed. Fine-tunes forget the other tasks (ft:arith on code: 5%, the base 33%).
 
-``gpu`` (zoo version 2) is not measured yet; from the version-1 timings on one H100 (55 ms per
-base step of 64 × 512 tokens, ~58 ms per fine-tune step of 64) it should build in ~5 min:
-base ~245 s, fine-tunes 35 s each, three at a time with ``bench/zoo/build.py --jobs 3``.
-Its linear projections should move by ‖ΔW‖/‖W‖ ≈ 0.03-0.06 at lr 1.5e-4 × 600 steps (the
-version-1 fine-tunes moved 0.15-0.21 at lr 5e-4 × 800 steps; Adam's step scales with the
-learning rate and roughly the square root of the steps). A CPU check at the ``small``
-architecture and tasks (1200 base steps of 8 × 256 tokens, far too few for the skills: base
-and fine-tunes stay under 5%) moved the projections by 0.04-0.06 at lr 2e-4 × 300 steps of 16
-and 0.07-0.11 at 5e-4; lm_head moves most (0.19-0.22 and 0.35-0.42). Version 1 measured on one H100 (stdlib-only base, 800 steps at lr
+``gpu`` (zoo version 2) on one H100 (2026-11-22, ``bench/results/quality_gpu/zoo_gpu_*.md``):
+base 239-249 s (218-220 s in the loop, 55 ms per step of 64 × 512 tokens; loss 9.20 → 0.70),
+fine-tunes 25-30 s in the loop each; base + one fine-tune with n=200 evaluations ~5 min.
+Exact match, n=200, seed 0 (two builds: arith in one call, code and format in the next on the
+same base)::
+
+    =========  =======  =======  =======
+    model      arith    code     format
+    =========  =======  =======  =======
+    base       39.0     13.0     5.0
+    ft:arith   98.0     —        —
+    ft:code    —        28.0     4.0
+    ft:format  —        4.5      96.5
+    =========  =======  =======  =======
+
+The code fine-tune is too weak (loss 3.86 → 0.15, not 20 points above its base): it needs more
+steps or an easier program task. ‖ΔW‖/‖W_base‖: projections 0.041-0.049 (arith), 0.051-0.066
+(code), 0.048-0.054 (format); embed_tokens 0.004-0.010; lm_head 0.026-0.105. The deltas are
+far from noise: the top 1% of singular values hold 15-45% of a projection delta's energy
+(2-4% for a Gaussian matrix) and 77-91% of lm_head's.
+
+Version 1 measured on one H100 (stdlib-only base, 800 steps at lr
 5e-4): ft:arith 98.5, ft:code 35.0, ft:format 99.5, base 0 on each.
 """
 

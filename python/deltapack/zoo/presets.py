@@ -25,9 +25,9 @@ Presets
            1408, BPE vocab 8192), bf16 on disk. GSM8K-like word problems (2-4 steps on
            2-digit numbers with ``*``), 5-statement programs with ``if`` blocks and ``for``
            loops, two-step instructions in English paraphrases on 5-word lists. Base 4000 steps
-           of 64 × 512 tokens (55 ms/step on an H100, measured with the earlier recipe: 220 s
-           + ~25 s of corpus and tokenizer), fine-tunes 600 steps of 64 (~58 ms/step: 35 s
-           each, three at a time with ``bench/zoo/build.py --jobs 3``): ~5 min, estimated.
+           of 64 × 512 tokens (55 ms/step on an H100: 220 s + ~25 s of corpus and tokenizer),
+           fine-tunes 600 steps of 64 (25-30 s each; ``bench/zoo/build.py --jobs 3`` runs them
+           side by side): ~5 min for base + fine-tunes with evaluation, measured.
 
 Every matrix dimension of ``small`` and ``gpu`` is a multiple of 64 (of 128 for ``gpu``); in
 ``tiny`` the widths are 32 (k/v outputs), 64 and 192: narrower than a quantizer's usual group
