@@ -69,6 +69,7 @@ def main():
     ap.add_argument("--quick", action="store_true", help="the first 3 cases and 8 variants")
     ap.add_argument("--cases", help="comma-separated case indices into CASES")
     ap.add_argument("--variants", help="a JSON list of LaunchConfig dicts (plus 'fused') replacing VARIANTS")
+    ap.add_argument("--only", help="compile only these variant indices (comma-separated; a warm-up pass run in parallel processes fills the Triton cache, then one timing pass reads it)")
     a = ap.parse_args()
     cases, variants = (CASES[:3], VARIANTS[:8] + VARIANTS[-5:]) if a.quick else (CASES, VARIANTS)
     if a.cases:
@@ -94,7 +95,9 @@ def main():
             W = torch.randn(out, inp, device="cuda", dtype=torch.bfloat16)
             base_ms = triton.testing.do_bench(lambda: torch.matmul(x, W.T, out=y), warmup=5, rep=30, return_mode="median")
             print(f"  cuBLAS base GEMM {base_ms * 1e3:.1f} us (weight floor {W.numel() * 2 / 3.0e12 * 1e6:.1f} us)", flush=True)
-            for v in variants:
+            for vi, v in enumerate(variants):
+                if a.only and str(vi) not in a.only.split(","):
+                    continue
                 v = dict(v)
                 fused = v.pop("fused", False)
                 if fused and D != B:
@@ -102,10 +105,15 @@ def main():
                 cfg = LaunchConfig(**v)
                 try:
                     fn = lambda: delta_apply(x, y, tab, groups, cfg=cfg, t=t if tab.has_lowrank else None, base=W if fused else None)  # noqa: E731
+                    if a.only:  # warm-up pass: compile, no timing
+                        fn()
+                        torch.cuda.synchronize()
+                        continue
                     ms = triton.testing.do_bench(fn, warmup=5, rep=30, return_mode="median")
                     kt = kernel_times(fn)
                     c = pick_config(tab, groups, cfg)
-                    print(f"  {('fused ' if fused else '') + str(v):<40} total {ms * 1e3:8.1f} us  kernels {', '.join(f'{k} {t_:.1f}' for k, t_ in kt.items())}  cfg M{c['BLOCK_M']} R{c['BLOCK_R']} K{c['BLOCK_K']} N{c['BLOCK_N']} J{c['BLOCK_J']} S{c['SPLIT_K']} w{c['num_warps']} s{c['num_stages']}", flush=True)
+                    kt = {k: t_ for k, t_ in kt.items() if t_ > 0}
+                    print(f"  {('fused ' if fused else '') + str(v):<40} total {ms * 1e3:8.1f} us  kernels {', '.join(f'{k} {t_:.1f}' for k, t_ in kt.items())}  cfg M{c['BLOCK_M']} R{c['BLOCK_R']} K{c['BLOCK_K']} N{c['BLOCK_N']} J{c['BLOCK_J']} S{c['SPLIT_K']} w{c['num_warps']}/{c['apply_warps']} s{c['num_stages']}", flush=True)
                 except Exception as e:  # a config the compiler refuses (shared memory, registers)
                     print(f"  {str(v):<34} failed: {type(e).__name__}: {str(e)[:160]}", flush=True)
 

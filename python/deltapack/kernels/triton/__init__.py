@@ -30,6 +30,7 @@ class LaunchConfig:
     split_k: int | None = None  # decode shrink: programs per row tile along k (atomics into t)
     block_kb: int | None = None  # fused base GEMV: reduction tile along the input dim
     lane_major: bool | None = None  # decode: read x lane-major (a [32, in/32] copy per row)
+    apply_warps: int | None = None  # warps of the apply launch (default: num_warps)
 
 
 # Row groups of up to this many rows run the decode path: one program per row, whole packed
@@ -79,6 +80,7 @@ def pick_config(tab: DeltaTable, groups: RowGroups, cfg: LaunchConfig | None = N
         # act-order blocks gather x through their permutation: no lane-major copy for them
         "LM": bm == 1 and not tab.has_perm and (cfg.lane_major if cfg.lane_major is not None else True),
         "num_warps": cfg.num_warps or 4,
+        "apply_warps": cfg.apply_warps or cfg.num_warps or 4,
         "num_stages": cfg.num_stages or 2,
     }
 
@@ -149,6 +151,6 @@ def delta_apply(
         MAX_PARTS=tab.max_parts, BLOCK_M=c["BLOCK_M"], BLOCK_N=c["BLOCK_N"], BLOCK_K=c["BLOCK_K"], BLOCK_J=c["BLOCK_J"],
         UT_BITS=tab.ut_bits, DENSE_BITS=tab.dense_bits, S24_BITS=tab.s24_bits, GATHER_K=c["GATHER_K"], GATHER_N=c["GATHER_N"],
         GATHER_S24=c["GATHER_S24"], PREC=prec, FUSE_BASE=fuse, BLOCK_KB=c["BLOCK_KB"], LM=c["LM"],
-        num_warps=c["num_warps"], num_stages=c["num_stages"],
+        num_warps=c["apply_warps"], num_stages=c["num_stages"],
     )  # fmt: skip
     return y
