@@ -40,15 +40,31 @@ DECODE_MAX_ROWS = 16
 TARGET_PROGRAMS = 1056  # 8 per SM on an H100: the decode shrink splits k until it has about these
 
 
-def pick_config(tab: DeltaTable, groups: RowGroups, cfg: LaunchConfig | None = None) -> dict[str, int | bool]:
+def _apply_warps(bm: int, programs: int, fused: bool) -> int:
+    """Warps of the decode apply launch. H100 sweep (bench/results/kernels_h100_s3/
+    tune_apply_warps.log): with few programs (B = 1: 128) 4 warps beat 2 and 1 (delta-come
+    40 vs 63 vs 67 µs; BitDelta 44 vs 50 vs 288), with many (B = D = 32: 4096) 1 warp beats 4
+    (245 vs 732 µs); fused with the base GEMV, 8 warps (BitDelta B = 1: 34 µs for base + delta
+    against 23 + 44 unfused)."""
+    if bm != 1:
+        return 4
+    if fused:
+        return 8 if programs < 512 else 2
+    return 4 if programs < 512 else (2 if programs < 2048 else 1)
+
+
+def pick_config(tab: DeltaTable, groups: RowGroups, cfg: LaunchConfig | None = None, fuse_hint: bool = False) -> dict[str, int | bool]:
+    """Tile sizes and flags of one launch pair; ``fuse_hint``: the apply launch also computes
+    the base GEMV."""
     cfg = cfg or LaunchConfig()
     max_len = max(1, groups.max_len)
+    m_blocks = max_len  # decode: a program per row; the tile path recomputes it below
     bm = cfg.block_m or (1 if max_len <= DECODE_MAX_ROWS else min(64, max(16, next_pow2(max_len))))
     if bm == 1:
         # Decode: 32-code groups of words; a scale per group of 32 codes when every scale group
         # is a whole number of them, else per code (gather). Ut (rank-major) needs the output
         # tile inside one scale group along n. Tiles from the H100 sweep
-        # (bench/results/kernels_h100_s3/tune.log, session 3 log): K 512 beat 256 and 128, J 64 beat 32.
+        # (bench/results/kernels_h100_s3/tune_first.log and tune.log): K 512 beat 256 and 128, J 64 beat 32.
         bk, bj = cfg.block_k or 512, cfg.block_j or 64
         if bk % 32 or bj % 32:
             raise ValueError("decode tiles: block_k and block_j must be multiples of 32")
@@ -58,6 +74,8 @@ def pick_config(tab: DeltaTable, groups: RowGroups, cfg: LaunchConfig | None = N
         bk, gather_k = block_for_groups(tab.group_k, cfg.block_k or 128)
         bn, gather_n = block_for_groups(tab.group_n, cfg.block_n or 64)
         bj, gather_s24 = cfg.block_j or 32, gather_k
+    if bm != 1:
+        m_blocks = -(-max_len // bm)
     br = cfg.block_r or (16 if bm == 1 else 32)
     split = 1
     if bm == 1:
@@ -76,11 +94,11 @@ def pick_config(tab: DeltaTable, groups: RowGroups, cfg: LaunchConfig | None = N
         "GATHER_N": gather_n,
         "GATHER_S24": gather_s24,
         "SPLIT_K": split,
-        "BLOCK_KB": cfg.block_kb or 256,
+        "BLOCK_KB": cfg.block_kb or 512,
         # act-order blocks gather x through their permutation: no lane-major copy for them
         "LM": bm == 1 and not tab.has_perm and (cfg.lane_major if cfg.lane_major is not None else True),
         "num_warps": cfg.num_warps or 4,
-        "apply_warps": cfg.apply_warps or cfg.num_warps or 4,
+        "apply_warps": cfg.apply_warps or cfg.num_warps or _apply_warps(bm, groups.n_groups * m_blocks * -(-tab.out_features // bn), fuse_hint),
         "num_stages": cfg.num_stages or 2,
     }
 
@@ -114,8 +132,9 @@ def delta_apply(
     if base is not None:
         if base.shape != (N, K) or base.dtype != x.dtype or base.stride(1) != 1:
             raise ValueError(f"base weight {tuple(base.shape)} {base.dtype} does not match {N}×{K} {x.dtype} with unit stride along the input")
-    c = pick_config(tab, groups, cfg)
-    fuse = base is not None and c["BLOCK_M"] == 1 and fusable(groups, M)
+    fuse = base is not None and fusable(groups, M)
+    c = pick_config(tab, groups, cfg, fuse_hint=fuse)
+    fuse = fuse and c["BLOCK_M"] == 1
     if base is not None and not fuse:
         torch.matmul(x, base.T, out=y)
     if M == 0 or (groups.n_groups == 0 and not fuse):
