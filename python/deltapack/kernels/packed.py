@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import math
 import struct
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import torch
@@ -152,8 +152,12 @@ def rank_major_codes(ut: Operand) -> torch.Tensor:
 
 @dataclass
 class LowRankPart:
+    """One low-rank block. ``ut`` keeps Ut's shape, bit width and scale / zero grids; its codes
+    live only in ``u_codes`` (rank-major): the copy as stored is released after the re-pack, so
+    the device holds each code once."""
+
     vt: Operand  # [r, in]
-    ut: Operand  # [r, out]
+    ut: Operand  # [r, out] (codes released: see u_codes)
     s: torch.Tensor | None  # float16 [r] (None: ones)
     perm: torch.Tensor | None  # int32 [in]: the block reads x[perm]
     u_codes: torch.Tensor | None = None  # ut's codes [out, r] (rank_major_codes), made if None
@@ -161,6 +165,8 @@ class LowRankPart:
     def __post_init__(self) -> None:
         if self.u_codes is None:
             self.u_codes = rank_major_codes(self.ut)
+        if self.ut.codes.numel():
+            self.ut = replace(self.ut, codes=self.ut.codes.new_empty((0,)), source=None)
 
     @property
     def rank(self) -> int:
@@ -172,13 +178,26 @@ class LowRankPart:
 
     @property
     def nbytes(self) -> int:
-        """Bytes the kernels read: Vt, Ut's codes in their rank-major copy, Ut's scales/zeros."""
+        """Bytes the kernels read: Vt, Ut's codes (rank-major), Ut's scales / zeros, s, perm."""
         extra = sum(t.numel() * t.element_size() for t in (self.s, self.perm, self.u_codes) if t is not None)
-        ut_codes = self.ut.codes.numel() * self.ut.codes.element_size()
-        return self.vt.nbytes + self.ut.nbytes - ut_codes + extra
+        return self.vt.nbytes + self.ut.nbytes + extra
+
+    def ut_dense(self) -> torch.Tensor:
+        """float32 Ut ``[r, out]`` decoded from the rank-major codes and Ut's grids as stored:
+        value (j, n) = (code − zero) × scale at grid index j · srow + n // group."""
+        ut = self.ut
+        if ut.bits == RAW_F16_BITS:
+            return self.u_codes.T.float()
+        codes = unpack_rows(self.u_codes.view(torch.uint8), ut.rows, ut.bits).T.float()  # [r, out]
+        j = torch.arange(ut.rows, device=codes.device)[:, None]
+        n = torch.arange(ut.cols, device=codes.device)[None, :]
+        si = j * ut.scale_row_stride + n // ut.group
+        s = ut.scales.flatten().float()[si]
+        z = ut.zeros.flatten().float()[si] if ut.zeros is not None else ut.zero_const
+        return (codes - z) * s
 
     def dense(self) -> torch.Tensor:
-        ut, vt = self.ut.dense(), self.vt.dense()
+        ut, vt = self.ut_dense(), self.vt.dense()
         if self.s is not None:
             ut = ut * self.s.float()[:, None]
         m = ut.T @ vt
@@ -233,7 +252,7 @@ class KernelDelta:
                 t = xp @ p.vt.dense().T
                 if p.s is not None:
                     t = t * p.s.float()
-                out += t @ p.ut.dense()
+                out += t @ p.ut_dense()
             else:
                 out += xf @ p.w.dense().T
         return out
@@ -254,7 +273,8 @@ class KernelDelta:
         parts: list[Part] = []
         for p in self.parts:
             if isinstance(p, LowRankPart):
-                parts.append(LowRankPart(vt=op(p.vt), ut=op(p.ut), s=mv(p.s), perm=mv(p.perm)))
+                ut = replace(p.ut, scales=mv(p.ut.scales), zeros=mv(p.ut.zeros))
+                parts.append(LowRankPart(vt=op(p.vt), ut=ut, s=mv(p.s), perm=mv(p.perm), u_codes=mv(p.u_codes)))
             else:
                 parts.append(DensePart(op(p.w)))
         return KernelDelta(self.out_features, self.in_features, parts, self.name)
