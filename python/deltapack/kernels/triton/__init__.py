@@ -118,7 +118,9 @@ def delta_apply(
     t: torch.Tensor | None = None,
     base: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """``y[row] += Δ_{slot(row)} · x[row]`` in place (two launches at most); returns ``y``.
+    """``y[row] += Δ_{slot(row)} · x[row]`` in place; returns ``y``. Two Triton launches
+    (shrink, apply), plus at decode a small lane-major copy of x and, when the shrink splits k,
+    a memset of ``t``: none of them syncs with the host, so the call can be graph-captured.
     ``x`` [M, in] and ``y`` [M, out] with unit stride along the features; ``t`` an optional
     fp32 [M, tab.max_rank] scratch for the low-rank intermediate. With ``base`` (the base
     weight [out, in], x's dtype) ``y = x·baseᵀ + Δx`` instead: for per-row decode batches in
