@@ -511,7 +511,7 @@ def merge(paths: list[Path], out: Path) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     from bench.zoo.build import build_zoo, commit_id, device_name
-    from deltapack.zoo import PRESETS, TASKS
+    from deltapack.zoo import PRESETS, TASKS, parse_task_list
 
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--preset", default="gpu", choices=sorted(PRESETS))
@@ -541,11 +541,11 @@ def main(argv: list[str] | None = None) -> int:
         print(merge([Path(m) for m in a.merge], Path(a.out)))
         return 0
 
-    tasks = [t for t in a.tasks.split(",") if t]
+    try:
+        tasks = parse_task_list(a.tasks)
+    except ValueError as e:
+        ap.error(str(e))
     methods = [m for m in a.methods.split(",") if m]
-    for t in tasks:
-        if t not in TASKS:
-            ap.error(f"unknown task {t!r}")
     for m in methods:
         if m not in ALL_METHODS:
             ap.error(f"unknown method {m!r}; choose from {', '.join(ALL_METHODS)}")

@@ -34,7 +34,7 @@ from typing import Any
 
 import torch
 
-from deltapack.zoo import PRESETS, TASKS, build_base, build_finetune, delta_stats, evaluate, get_preset, read_stamp
+from deltapack.zoo import PRESETS, TASKS, build_base, build_finetune, delta_stats, evaluate, get_preset, parse_task_list, read_stamp
 from deltapack.zoo.build import STAMP
 
 KINDS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj", "embed_tokens", "lm_head")
@@ -224,10 +224,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--force", action="store_true", help="rebuild even if stamped models are there")
     ap.add_argument("--progress", action="store_true", help="training progress bars")
     a = ap.parse_args(argv)
-    tasks = [t.strip() for t in a.tasks.split(",") if t.strip()]
-    for t in tasks:
-        if t not in TASKS:
-            ap.error(f"unknown task {t!r}; choose from {', '.join(TASKS)}")
+    try:
+        tasks = parse_task_list(a.tasks)
+    except ValueError as e:
+        ap.error(str(e))
     device = a.device or ("cuda" if torch.cuda.is_available() else "cpu")
     jobs = a.jobs or (3 if device.startswith("cuda") else 1)
     zoo_dir = Path(a.zoo_dir or Path.home() / ".cache" / "deltapack" / "zoo")

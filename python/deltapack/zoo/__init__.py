@@ -78,7 +78,7 @@ from .build import build_base, build_finetune, read_stamp
 from .evaluate import evaluate, generate, next_token_kl, score
 from .presets import PRESETS, Preset, get_preset
 from .stats import delta_stats
-from .tasks import TASKS, Example, Task, extract_answer, is_correct, split_of
+from .tasks import TASKS, Example, Task, extract_answer, is_correct, parse_task_list, split_of
 
 __all__ = [
     "build_base",
@@ -97,5 +97,6 @@ __all__ = [
     "get_preset",
     "extract_answer",
     "is_correct",
+    "parse_task_list",
     "split_of",
 ]

@@ -10,7 +10,7 @@ import argparse
 import sys
 import time
 
-from . import PRESETS, TASKS, build_base, build_finetune, delta_stats, evaluate, get_preset
+from . import PRESETS, TASKS, build_base, build_finetune, delta_stats, evaluate, get_preset, parse_task_list
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -27,10 +27,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--quiet", action="store_true", help="no progress bars")
     a = ap.parse_args(argv)
 
-    tasks = [t.strip() for t in a.tasks.split(",") if t.strip()]
-    for t in tasks:
-        if t not in TASKS:
-            ap.error(f"unknown task {t!r}; choose from {', '.join(TASKS)}")
+    try:
+        tasks = parse_task_list(a.tasks)
+    except ValueError as e:
+        ap.error(str(e))
     p = get_preset(a.preset)
     kw = dict(device=a.device, threads=a.threads, quiet=a.quiet, force=a.force)
 

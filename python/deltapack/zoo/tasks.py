@@ -394,6 +394,15 @@ TASKS: dict[str, Task] = {
 }
 
 
+def parse_task_list(spec: str) -> list[str]:
+    """Task names from a comma-separated command-line value; ValueError names an unknown one."""
+    tasks = [t.strip() for t in spec.split(",") if t.strip()]
+    for t in tasks:
+        if t not in TASKS:
+            raise ValueError(f"unknown task {t!r}; choose from {', '.join(TASKS)}")
+    return tasks
+
+
 def get_task(task: str | Task) -> Task:
     if isinstance(task, Task):
         return task
