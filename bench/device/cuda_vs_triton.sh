@@ -1,7 +1,6 @@
 # One device call: build + test the CUDA decode kernel, time it against Triton on BitDelta decode
 # (D = B, B <= 16), and run the Triton decode tuning sweep.
-python3 -m pip install -q --no-index --no-deps --upgrade --target /tmp/site .whl/*.whl && cp /tmp/site/deltapack/_core*.so python/deltapack/
-export PYTHONPATH=$PWD/python:$PWD DELTAPACK_COMMIT=${DELTAPACK_COMMIT:-wip}
+source bench/device/env.sh
 t0=$(date +%s)
 DELTAPACK_CUDA_VERBOSE=1 python3 -c "from deltapack.kernels import cuda; print('cuda available', cuda.available(), cuda.build_error())" > $OUT/cuda_build.log 2>&1; tail -3 $OUT/cuda_build.log
 echo "build $(( $(date +%s) - t0 )) s"

@@ -1,7 +1,6 @@
 # One device call (H100, ~9.5 min): ncu of the decode kernels, a budgeted GPU correctness subset,
 # a small tile sweep, and the kernel bench with the CUDA-graph decode step. Results under $OUT.
-python3 -m pip install -q --no-index --no-deps --upgrade --target /tmp/site .whl/*.whl && cp /tmp/site/deltapack/_core*.so python/deltapack/
-export PYTHONPATH=$PWD/python:$PWD PYTHONUNBUFFERED=1 DELTAPACK_COMMIT=${DELTAPACK_COMMIT:-wip}
+source bench/device/env.sh
 nvidia-smi --query-gpu=name,clocks.max.sm,clocks.max.mem --format=csv,noheader
 timeout 70 ncu -k 'regex:shrink_kernel|apply_kernel' --launch-skip 2 --launch-count 2 --section LaunchStats --section Occupancy --section WarpStateStats --section SpeedOfLight --section MemoryWorkloadAnalysis python3 bench/device/ncu_case.py > $OUT/ncu.txt 2>&1
 echo "ncu rc $?"

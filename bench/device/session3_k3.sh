@@ -1,7 +1,6 @@
 # One device call (H100): the whole GPU kernel suite in parallel processes (it is bound by
 # Triton compiles, ~15-30 s per kernel specialization on one core), then a short bench.
-python3 -m pip install -q --no-index --no-deps --upgrade --target /tmp/site .whl/*.whl && cp /tmp/site/deltapack/_core*.so python/deltapack/
-export PYTHONPATH=$PWD/python:$PWD PYTHONUNBUFFERED=1 DELTAPACK_COMMIT=${DELTAPACK_COMMIT:-wip}
+source bench/device/env.sh
 mkdir -p $OUT/t
 for g in fused_base through_op every_encoding scale_layouts mixed_batches; do for d in float32 float16 bfloat16; do
   timeout 420 python3 bench/device/gpu_check.py $g:$d > $OUT/t/$g-$d.log 2>&1 &

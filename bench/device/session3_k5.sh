@@ -1,7 +1,6 @@
 # Final device call of session 3 (H100): the kernel bench on 4096x4096 with the adaptive apply
 # warps (compiles warmed in parallel processes first).
-python3 -m pip install -q --no-index --no-deps --upgrade --target /tmp/site .whl/*.whl && cp /tmp/site/deltapack/_core*.so python/deltapack/
-export PYTHONPATH=$PWD/python:$PWD PYTHONUNBUFFERED=1 DELTAPACK_COMMIT=${DELTAPACK_COMMIT:-wip}
+source bench/device/env.sh
 for m in delta-come@1 bitdelta@1 delta-come@0.5 lowrank@1; do for b in 1 32; do
   timeout 100 python3 bench/kernels.py --shapes 4096x4096 --methods $m --batches $b --decode-layers 0 --out /tmp/warm-$m-$b > /dev/null 2>&1 &
 done; done; wait
