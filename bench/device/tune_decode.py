@@ -59,7 +59,7 @@ def kernel_times(fn, n=20):
     out = {}
     for e in prof.key_averages():
         t = e.device_time_total if hasattr(e, "device_time_total") else e.cuda_time_total
-        name = "memset" if "elementwise" in e.key or "fill" in e.key.lower() or "Memset" in e.key else e.key.split("_kernel")[0]
+        name = "fill/copy" if "elementwise" in e.key or "fill" in e.key.lower() or "Memset" in e.key else e.key.split("_kernel")[0]
         out[name] = out.get(name, 0.0) + t / n
     return out
 
