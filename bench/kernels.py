@@ -5,7 +5,8 @@ For each layer shape, method (at its budget), batch rows B and distinct deltas D
 
 - ``base``: the base GEMM alone (``F.linear``, cuBLAS);
 - ``ours``: base GEMM + the delta kernels (Triton, or CUDA where it is used) on the packed data;
-- ``fused``: (Triton, per-row decode batches) the base GEMV computed inside the delta launch;
+- ``fused``: (Triton or CUDA, per-row decode batches) the base GEMV computed inside the delta
+  launch;
 - ``delta``: the delta kernels alone;
 - ``torch_deq``: base GEMM + plain PyTorch dequantize-then-matmul of the same packed deltas
   (per distinct delta; low-rank factors dequantized, never the dense matrix);
@@ -14,7 +15,7 @@ For each layer shape, method (at its budget), batch rows B and distinct deltas D
 
 Then a decode step over a stack of Llama-7B layers' seven projections, captured in a CUDA
 graph: base only vs one delta vs 32 distinct deltas (B = 32), with the delta launches after
-cuBLAS and (Triton, per-row batches) with the base fused into them. Times are medians of
+cuBLAS and (Triton or CUDA, per-row batches) with the base fused into them. Times are medians of
 ``triton.testing.do_bench`` (CUDA events, L2 flushed between repetitions). Writes
 ``kernels_<gpu>.csv`` / ``.json`` / ``.md`` and a plot under ``--out``.
 
@@ -271,6 +272,8 @@ def main(argv: list[str] | None = None) -> None:
     fused_apply = None
     if a.backend == "triton":
         from deltapack.kernels.triton import delta_apply as fused_apply
+    elif a.backend == "cuda":
+        from deltapack.kernels.cuda import delta_apply as fused_apply
     dtype = getattr(torch, a.dtype)
     bw = copy_bandwidth()
     gpu = torch.cuda.get_device_name()

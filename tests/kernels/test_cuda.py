@@ -18,12 +18,20 @@ from deltapack.kernels import ops, reference
 from deltapack.kernels.packed import DeltaTable, KernelDelta, RowGroups
 from tests.kernels.delta_cases import TOL, _deltas
 
-# Dense encodings in the kernel's scope: BitDelta q1 (tensor scale, constant zero 0.5) and RTN
-# q{b} with u8 zeros at group / row / tensor granularity.
+# Encodings in the kernels' scope: BitDelta q1 (tensor scale, constant zero 0.5), RTN q{b} with
+# u8 zeros at group / row / tensor granularity, and Delta-CoMe low-rank blocks (8/3/2-bit Vt and
+# Ut, f16 singular values; act-order permutation or not; groups of 128 or 32, or a scale per row).
 SPECS = {"bitdelta": ("bitdelta", 1.0, {})}
-for _b in (1, 2, 4, 8):
+for _b in (1, 2, 3, 4, 8):
     for _name, _kw in (("g32", {"group": 32}), ("g128", {"group": 128}), ("row", {"granularity": "row"}), ("tensor", {"granularity": "tensor"})):
         SPECS[f"q{_b}{_name}"] = ("rtn", float(_b), {"bits": _b, **_kw})
+SPECS |= {
+    "dc1": ("delta-come", 1.0, {}),
+    "dc1_g32": ("delta-come", 1.0, {"group": 32}),
+    "dc05_noperm": ("delta-come", 0.5, {"act_order": False}),
+    "dc1_perm": ("delta-come", 1.0, {"act_order": True}),
+    "dc2_row": ("delta-come", 2.0, {"granularity": "row"}),
+}
 DTYPES = [torch.float32, torch.float16, torch.bfloat16]
 # odd shapes: partial last words, N not a multiple of a block's outputs, rows of x not 16-byte
 # aligned in 16-bit dtypes (33×100: the element-by-element activation path)
@@ -57,9 +65,12 @@ def _rel_err(got: torch.Tensor, want: torch.Tensor, y: torch.Tensor) -> float:
     return (got.float() - want.float()).abs().max().item() / change
 
 
-def check(kds: list[KernelDelta], tab: DeltaTable, M: int, dtype: torch.dtype, seed: int, x_offset: int = 0, triton: bool = True) -> float:
-    """One batch through the CUDA kernel vs the reference (and the Triton path); returns the
-    relative error. ``x_offset`` reads x from a wider buffer shifted by that many elements."""
+def check(kds: list[KernelDelta], tab: DeltaTable, M: int, dtype: torch.dtype, seed: int, x_offset: int = 0, triton: bool = False, fused: bool = False) -> float:
+    """One batch through the CUDA kernels vs the reference (and, with ``triton``, the Triton path:
+    each specialization compiles for 15-30 s, so only the mixed-batch tests ask); returns the
+    relative error. ``x_offset`` reads x from a wider buffer shifted by that many elements. The
+    low-rank scratch ``t`` is poisoned (NaN): a value read before it is written shows. ``fused``:
+    ``y = x·Wᵀ + Δx`` with the base GEMV inside the apply launch, y poisoned beforehand."""
     dev = "cuda"
     out, inp = tab.out_features, tab.in_features
     g = torch.Generator().manual_seed(seed)
@@ -68,19 +79,29 @@ def check(kds: list[KernelDelta], tab: DeltaTable, M: int, dtype: torch.dtype, s
     y = torch.randn(M, out, generator=g).to(device=dev, dtype=dtype)
     slots = _slots(M, len(kds), g).to(dev)
     groups = RowGroups.per_row(slots)
-    assert kcuda.handles(x, tab, groups), "the batch should be in the CUDA kernel's scope"
-    got = kcuda.delta_apply(x, y.clone(), tab, groups)
-    want = reference.delta_apply(x, y, [k.dense() for k in kds], slots)
+    assert kcuda.handles(x, tab, groups), "the batch should be in the CUDA kernels' scope"
+    t = torch.full((M, max(1, tab.max_rank)), float("nan"), device=dev)
     untouched = slots < 0
-    assert torch.equal(got[untouched], y[untouched]), "a row without a delta changed"
-    assert torch.isfinite(got).all(), "non-finite output"
+    W = None
+    if fused:
+        W = (torch.randn(out, inp, generator=g) / inp**0.5).to(device=dev, dtype=dtype)
+        y = x.float().matmul(W.float().T).to(dtype)  # the base output the delta adds to
+        got = kcuda.delta_apply(x, torch.full_like(y, float("nan")), tab, groups, t=t, base=W)
+        tol = 2 * TOL[dtype] * y.float().abs().max().item()
+        assert ((got[untouched].float() - y[untouched].float()).abs() <= tol).all(), "a row without a delta is not x·Wᵀ"
+    else:
+        got = kcuda.delta_apply(x, y.clone(), tab, groups, t=t)
+        assert torch.equal(got[untouched], y[untouched]), "a row without a delta changed"
+    want = reference.delta_apply(x, y, [k.dense() for k in kds], slots)
+    assert torch.isfinite(got).all(), "non-finite output (an unwritten element or a poisoned read)"
     err = _rel_err(got, want, y)
-    assert err <= TOL[dtype], f"{out}x{inp} M={M} {dtype}: rel err {err:.3g} > {TOL[dtype]}"
+    assert err <= TOL[dtype], f"{out}x{inp} M={M} {dtype}{' fused' if fused else ''}: rel err {err:.3g} > {TOL[dtype]}"
     if triton:
         from deltapack.kernels.triton import delta_apply as triton_apply
 
-        tri = triton_apply(x, y.clone(), tab, groups)
-        assert torch.equal(tri[untouched], got[untouched])
+        tri = triton_apply(x, y.clone() if W is None else torch.empty_like(y), tab, groups, base=W)
+        if W is None:
+            assert torch.equal(tri[untouched], got[untouched])
         terr = _rel_err(got, tri, y)
         assert terr <= 2 * TOL[dtype], f"{out}x{inp} M={M} {dtype}: CUDA vs Triton rel diff {terr:.3g}"
     return err
@@ -105,8 +126,8 @@ def test_preferred_reads_env(monkeypatch):
     assert kcuda.preferred() == kcuda.available()
 
 
-def test_scope_dense_tables():
-    tab = _cpu_table([SPECS["bitdelta"], SPECS["q4g32"], SPECS["q2row"], SPECS["q8tensor"], SPECS["q1g128"]], multi=True)
+def test_scope_tables():
+    tab = _cpu_table([SPECS["bitdelta"], SPECS["q4g32"], SPECS["q2row"], SPECS["q8tensor"], SPECS["q1g128"], SPECS["q3g32"], SPECS["dc1"], SPECS["dc1_g32"]], multi=True)
     x = torch.randn(16, 200)
     assert kcuda.table_supported(tab)
     assert kcuda.eligible(x, tab, RowGroups.per_row(torch.tensor([0, 1, -1, 2] * 4)))
@@ -117,15 +138,14 @@ def test_scope_dense_tables():
 @pytest.mark.parametrize(
     "specs",
     [
-        [("lowrank", 2.0, {})],
-        [("delta-come", 1.0, {"group": 32})],
+        [("lowrank", 2.0, {})],  # raw f16 factors
         [("deltazip", 2.0, {"bits": 2})],  # 2:4 sparse
-        [("rtn", 3.0, {"bits": 3, "group": 32})],  # 3-bit codes straddle words
-        [("rtn", 8.0, {"bits": 8, "group": 48})],  # group not a power of two
-        [("rtn", 1.0, {"bits": 1, "group": 16})],  # group smaller than a word's 32 codes
-        [SPECS["q4g32"], ("lowrank", 2.0, {})],  # one low-rank slot is enough
+        [("rtn", 8.0, {"bits": 8, "group": 48})],  # a group that splits a 32-code chunk
+        [("rtn", 1.0, {"bits": 1, "group": 16})],  # group smaller than a chunk's 32 codes
+        [("delta-come", 1.0, {"group": 16})],  # Ut groups of 16 outputs: an apply block spans two
+        [SPECS["q4g32"], ("lowrank", 2.0, {})],  # one out-of-scope slot is enough
     ],
-    ids=["lowrank", "delta-come", "s24", "q3", "group48", "q1g16", "mixed-lowrank"],
+    ids=["lowrank", "s24", "group48", "q1g16", "delta-come-g16", "mixed-lowrank"],
 )
 def test_scope_rejects_tables(specs):
     tab = _cpu_table(specs)
@@ -173,14 +193,26 @@ def test_encodings(built, spec, dtype):
 @gpu
 @pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: str(d).split(".")[-1])
 def test_mixed_slots_and_parts(built, dtype):
-    """Rows on deltas of every bit width and granularity in one launch, and a slot of several
-    parts (the other slots padded with KIND_NONE)."""
-    specs = [SPECS[s] for s in ("bitdelta", "q1g32", "q2g128", "q4row", "q8tensor", "q4g32")]
+    """Rows on deltas of every method, bit width and granularity in one launch, and a slot of
+    several parts, low-rank and dense (the other slots padded with KIND_NONE)."""
+    specs = [SPECS[s] for s in ("bitdelta", "q1g32", "q2g128", "q3g32", "q4row", "q8tensor", "dc1", "dc05_noperm")]
     for out, inp in ((96, 256), (33, 100)):
         kds, tab = _tables(specs, out, inp, "cuda", seed=7, multi=True)
-        assert tab.max_parts == len(specs)
+        assert tab.max_parts >= len(specs)
         for M in (1, 5, 16):
-            check(kds, tab, M, dtype, seed=70 + M)
+            check(kds, tab, M, dtype, seed=70 + M, triton=True)
+
+
+@gpu
+@pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: str(d).split(".")[-1])
+def test_fused_base(built, dtype):
+    """y = x·Wᵀ + Δx in the apply launch (y poisoned beforehand): rows without a delta get the
+    base GEMV alone; aligned (16-byte vector loads of W) and odd shapes (element by element)."""
+    specs = [SPECS[s] for s in ("dc1", "bitdelta", "q3g128", "dc05_noperm")]
+    for out, inp in ((96, 256), (33, 100), (130, 1032)):
+        kds, tab = _tables(specs, out, inp, "cuda", seed=17)
+        for M in (1, 3, 16):
+            check(kds, tab, M, dtype, seed=170 + M, fused=True)
 
 
 @gpu
@@ -194,22 +226,30 @@ def test_mixed_slots_and_parts(built, dtype):
         ("q8row", torch.bfloat16, 16),
         ("q1g32", torch.float16, 3),
         ("q4tensor", torch.float32, 1),
+        ("dc1", torch.bfloat16, 1),
+        ("dc1", torch.float16, 16),
     ],
 )
 def test_llama_shape(built, spec, dtype, M):
     kds, tab = _tables([SPECS[spec], SPECS["bitdelta"]], 4096, 4096, "cuda", seed=M)
     check(kds, tab, M, dtype, seed=M)
+    if spec.startswith("dc"):
+        check(kds, tab, M, dtype, seed=M + 1, fused=True)
 
 
 @gpu
 @pytest.mark.parametrize("nr", [1, 2, 4])
 def test_rows_per_warp(built, nr, monkeypatch):
-    """Every outputs-per-warp variant (the heuristic picks one per batch)."""
+    """Every outputs-per-warp variant (the heuristic picks one per batch) and shrink tiles of
+    1, 5 and 32 rank rows, plain and fused."""
     monkeypatch.setenv(kcuda.ENV_ROWS_PER_WARP, str(nr))
-    kds, tab = _tables([SPECS["q4g32"], SPECS["bitdelta"], SPECS["q2row"]], 130, 1032, "cuda", seed=11)
-    for dtype in DTYPES:
-        for M in (1, 16):
-            check(kds, tab, M, dtype, seed=nr * 10 + M, triton=False)
+    kds, tab = _tables([SPECS["q4g32"], SPECS["bitdelta"], SPECS["q2row"], SPECS["dc1"]], 130, 1032, "cuda", seed=11)
+    for jb in (1, 5, 32):
+        monkeypatch.setenv(kcuda.ENV_SHRINK_ROWS, str(jb))
+        for dtype in DTYPES:
+            for M in (1, 16):
+                check(kds, tab, M, dtype, seed=nr * 10 + M)
+                check(kds, tab, M, dtype, seed=nr * 10 + M, fused=True)
 
 
 @gpu
@@ -236,14 +276,15 @@ def test_through_the_op(built):
 
 @gpu
 def test_out_of_scope_falls_back_to_triton(built):
-    """Low-rank tables, segment groups and more than 16 rows: handles() is False and the ``cuda``
-    backend (and cuda.delta_apply itself) still gives the reference result, through Triton."""
+    """Raw low-rank factors, segment groups and more than 16 rows: handles() is False and the
+    ``cuda`` backend (and cuda.delta_apply itself) still gives the reference result, through
+    Triton."""
     dev, dtype = "cuda", torch.float16
     g = torch.Generator().manual_seed(13)
     lr_kds, lr_tab = _tables([("lowrank", 2.0, {}), ("delta-come", 1.0, {"group": 32})], 72, 200, dev, seed=13)
     dn_kds, dn_tab = _tables([SPECS["q4g32"], SPECS["bitdelta"]], 72, 200, dev, seed=14)
     cases = [
-        (lr_kds, lr_tab, torch.tensor([0, 1, -1, 0]), "row"),  # low-rank parts
+        (lr_kds, lr_tab, torch.tensor([0, 1, -1, 0]), "row"),  # raw f16 low-rank factors
         (dn_kds, dn_tab, torch.tensor([0, 0, 1, -1, 1]), "seg"),  # max_len > 1
         (dn_kds, dn_tab, torch.randint(0, 2, (17,), generator=g), "row"),  # 17 rows
     ]

@@ -1,12 +1,21 @@
-"""CUDA decode kernel (csrc/delta_decode.cu) and its loader: built on first use where a GPU and
-nvcc exist, with :func:`torch.utils.cpp_extension.load`, into
+"""CUDA decode kernels (csrc/delta_decode.cu) and their loader: built on first use where a GPU
+and nvcc exist, with :func:`torch.utils.cpp_extension.load`, into
 ``~/.cache/deltapack/cuda/<hash of the sources, torch version and GPU archs>``.
 
 Scope: decode batches (at most :data:`MAX_ROWS` rows, one row per group: ``groups.max_len ==
-1``) whose deltas are all dense packed parts (BitDelta ``q1``, RTN ``q2``/``q4``/``q8``) with
-power-of-two scale groups that hold whole 32-bit words. :func:`handles` says whether a batch is
-in scope; everything else goes to the Triton path. A build failure is logged once and leaves
-:func:`available` False (the error is kept: :func:`build_error`).
+1``) whose deltas are made of
+
+- dense packed parts (BitDelta ``q1``, RTN ``q{1,2,3,4,8}``) whose scale groups hold whole
+  32-code chunks, and
+- low-rank blocks with packed ``Vt`` / ``Ut`` (Delta-CoMe: 8/3/2-bit, f16 singular values,
+  optional act-order permutation) whose ``Ut`` scale groups along the output are multiples of
+  32 (an apply block's 8–32 outputs share one group, so Ut's scale and zero fold into ``t``);
+
+not 2:4 sparse parts (DeltaZip) and not raw f16 factors (plain low-rank): those batches go to
+the Triton path. Two launches per call (shrink for the low-rank parts, then apply), or one
+without low-rank parts; with ``base`` the apply launch also computes the base GEMV. A build
+failure is logged once and leaves :func:`available` False (the error is kept:
+:func:`build_error`).
 
 :func:`preferred` (whether the ``auto`` backend uses this path) reads ``DELTAPACK_CUDA_DECODE``:
 ``1`` on, ``0`` or unset off.
@@ -26,32 +35,38 @@ import torch
 
 from .packed import (
     A_BITS,
-    A_CODES,
-    A_GROUP,
-    A_SCALES,
-    A_SROW,
-    A_STRIDE,
-    A_ZCONST,
-    A_ZEROS,
+    B_BITS,
     F_KIND,
+    F_PERM,
+    F_RANK,
+    F_ROFF,
+    F_S,
     KIND_DENSE,
+    KIND_LOWRANK,
     NF,
     DeltaTable,
     DensePart,
+    LowRankPart,
+    Operand,
     RowGroups,
 )
 
 log = logging.getLogger(__name__)
 
 MAX_ROWS = 16
-BITS = (1, 2, 4, 8)
+MAX_PARTS = 16  # parts per slot (csrc kMaxParts)
+BITS = (1, 2, 3, 4, 8)
+APPLY_WARPS = 8  # csrc kApplyWarps: an apply block holds APPLY_WARPS × rows_per_warp outputs
 DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 SOURCES = ("delta_decode.cu",)
 CFLAGS = ("-O3", "-lineinfo")
 ENV_DECODE = "DELTAPACK_CUDA_DECODE"
 ENV_ROWS_PER_WARP = "DELTAPACK_CUDA_ROWS_PER_WARP"  # 1, 2 or 4: overrides the heuristic (benchmarks)
-# The table's layout as the kernel reads it (csrc/delta_decode.cu struct Fields, in this order).
-FIELDS = (NF, F_KIND, A_BITS, A_CODES, A_STRIDE, A_SCALES, A_SROW, A_GROUP, A_ZEROS, A_ZCONST, KIND_DENSE)
+ENV_SHRINK_ROWS = "DELTAPACK_CUDA_SHRINK_ROWS"  # rank rows per shrink block (benchmarks)
+SHRINK_ROWS = 8
+# The table's layout as the kernel reads it (csrc/delta_decode.cu struct Fields, in this order;
+# each operand's 8 fields follow A_BITS / B_BITS in packed.py's order).
+FIELDS = (NF, F_KIND, F_RANK, F_ROFF, F_PERM, F_S, A_BITS, B_BITS, KIND_LOWRANK, KIND_DENSE)
 
 _lock = threading.Lock()
 _tried = False
@@ -151,38 +166,76 @@ def preferred() -> bool:
     return available()
 
 
-def _part_supported(p, out_f: int, in_f: int, device: torch.device) -> bool:
-    if not isinstance(p, DensePart):
-        return False
-    w = p.w
-    if w.sparse24 or w.bits not in BITS or (w.rows, w.cols) != (out_f, in_f):
-        return False
-    g, cpw = int(w.group), 32 // w.bits
+def _operand_ok(o: Operand, device: torch.device, along: int) -> bool:
+    """A packed operand the kernels decode: 1/2/3/4/8-bit int32 words on ``device``, f16 scales,
+    u8 or constant zeros, and scale groups (along a row of ``along`` codes) that hold whole
+    32-code chunks."""
+    g = int(o.group)
     return (
-        w.codes.dtype == torch.int32
-        and w.codes.device == device
-        and w.stride * cpw >= w.cols
-        and w.scales is not None
-        and w.scales.dtype == torch.float16
-        and w.scales.device == device
-        and (w.zeros is None or (w.zeros.dtype == torch.uint8 and w.zeros.device == device))
+        not o.sparse24
+        and o.bits in BITS
+        and o.codes.dtype == torch.int32
+        and o.codes.device == device
+        and o.stride * 32 >= o.cols * o.bits
+        and o.scales is not None
+        and o.scales.dtype == torch.float16
+        and o.scales.device == device
+        and (o.zeros is None or (o.zeros.dtype == torch.uint8 and o.zeros.device == device))
         and g > 0
-        and g & (g - 1) == 0
-        and g % cpw == 0
+        and (g % 32 == 0 or g >= along)
+    )
+
+
+def _part_supported(p, out_f: int, in_f: int, device: torch.device) -> bool:
+    if isinstance(p, DensePart):
+        return (p.w.rows, p.w.cols) == (out_f, in_f) and _operand_ok(p.w, device, in_f)
+    if not isinstance(p, LowRankPart):
+        return False
+    vt, ut, u = p.vt, p.ut, p.u_codes
+    ut_group = int(ut.group)
+    return (
+        (vt.rows, vt.cols, ut.rows, ut.cols) == (p.rank, in_f, p.rank, out_f)
+        and _operand_ok(vt, device, in_f)
+        and ut.bits in BITS
+        and ut.scales is not None
+        and ut.scales.dtype == torch.float16
+        and ut.scales.device == device
+        and (ut.zeros is None or (ut.zeros.dtype == torch.uint8 and ut.zeros.device == device))
+        # an apply block's outputs (at most 32, aligned) share one scale group of Ut
+        and (ut_group % 32 == 0 or ut_group >= out_f)
+        and u is not None
+        and u.dtype == torch.int32
+        and u.device == device
+        and u.shape[0] == out_f
+        and u.shape[1] * 32 >= p.rank * ut.bits
+        and (p.s is None or (p.s.dtype == torch.float16 and p.s.device == device))
+        and (p.perm is None or (p.perm.dtype == torch.int32 and p.perm.device == device and p.perm.numel() == in_f))
     )
 
 
 def table_supported(tab: DeltaTable) -> bool:
-    """Every part of every delta dense (not 2:4), 1/2/4/8-bit, with fp16 scales, u8 or constant
-    zeros and a power-of-two scale group of whole packed words (one scale per word), on the
-    table's device. Read from the host-side parts (no device sync) and cached on the table."""
+    """Every part of every delta in the kernels' scope (see the module doc), at most
+    :data:`MAX_PARTS` parts per slot, on the table's device. Read from the host-side parts (no
+    device sync) and cached on the table."""
     ok = getattr(tab, "_cuda_decode_ok", None)
     if ok is None:
         t = tab.table
-        ok = t.dim() == 3 and t.shape[-1] == NF and t.dtype == torch.int64 and t.is_contiguous()
+        ok = t.dim() == 3 and t.shape[-1] == NF and t.dtype == torch.int64 and t.is_contiguous() and tab.max_parts <= MAX_PARTS
         ok = ok and all(_part_supported(p, tab.out_features, tab.in_features, t.device) for d in tab.deltas for p in d.parts)
         object.__setattr__(tab, "_cuda_decode_ok", bool(ok))
     return ok
+
+
+def _shape_info(tab: DeltaTable) -> tuple[int, bool]:
+    """(wlen: the largest Σ over a slot's low-rank parts of the rank rounded up to 32 — the
+    apply kernel's shared buffer of folded activations; whether some slot has a dense part)."""
+    info = getattr(tab, "_cuda_shape_info", None)
+    if info is None:
+        wlen = max((sum(-(-p.rank // 32) * 32 for p in d.parts if isinstance(p, LowRankPart)) for d in tab.deltas), default=0)
+        dense = any(isinstance(p, DensePart) for d in tab.deltas for p in d.parts)
+        info = (wlen, dense)
+        object.__setattr__(tab, "_cuda_shape_info", info)
+    return info
 
 
 def eligible(x: torch.Tensor, tab: DeltaTable, groups: RowGroups) -> bool:
@@ -200,8 +253,9 @@ def eligible(x: torch.Tensor, tab: DeltaTable, groups: RowGroups) -> bool:
 
 
 def handles(x: torch.Tensor, tab: DeltaTable, groups: RowGroups) -> bool:
-    """Whether this kernel serves the batch: a CUDA ``x`` of at most 16 rows in gather mode
-    (``groups.max_len == 1``), a table of dense 1/2/4/8-bit parts only, and a built extension."""
+    """Whether these kernels serve the batch: a CUDA ``x`` of at most 16 rows in gather mode
+    (``groups.max_len == 1``), a table in their scope (:func:`table_supported`), and a built
+    extension."""
     return x.is_cuda and tab.table.device == x.device and eligible(x, tab, groups) and available()
 
 
@@ -211,45 +265,77 @@ def _sm_count(index: int) -> int:
 
 
 def rows_per_warp(x: torch.Tensor, n_groups: int, n_out: int) -> int:
-    """Outputs per warp: 4 (activations reused for 4 rows of W) when that still gives about 32
-    warps per SM, else 2, else 1 (more warps in flight for small batches)."""
+    """Outputs per warp of the apply launch: 4 (activations read once for 4 rows) while that
+    still gives about 2 blocks per SM, else 2, else 1."""
     env = os.environ.get(ENV_ROWS_PER_WARP)
     if env:
         return int(env)
     idx = x.device.index if x.device.index is not None else torch.cuda.current_device()
-    target = 32 * _sm_count(idx)
+    target = 2 * _sm_count(idx)
     for nr in (4, 2):
-        if n_groups * -(-n_out // nr) >= target:
+        if n_groups * -(-n_out // (APPLY_WARPS * nr)) >= target:
             return nr
     return 1
 
 
-def delta_apply(x: torch.Tensor, y: torch.Tensor, tab: DeltaTable, groups: RowGroups, t: torch.Tensor | None = None) -> torch.Tensor:
-    """``y[row] += Δ_{slot(row)} · x[row]`` in place (one launch); returns ``y``. Batches outside
-    the kernel's scope (see :func:`handles`; also ``y`` of another dtype or with strided
-    features) go to the Triton path. ``t`` is unused (no low-rank parts here)."""
+def shrink_rows() -> int:
+    env = os.environ.get(ENV_SHRINK_ROWS)
+    return int(env) if env else SHRINK_ROWS
+
+
+def delta_apply(
+    x: torch.Tensor,
+    y: torch.Tensor,
+    tab: DeltaTable,
+    groups: RowGroups,
+    t: torch.Tensor | None = None,
+    base: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """``y[row] += Δ_{slot(row)} · x[row]`` in place; returns ``y``. With ``base`` (the base
+    weight [out, in], x's dtype) ``y = x·baseᵀ + Δx`` instead, inside the apply launch when
+    every row is its own group (:func:`deltapack.kernels.triton.fusable`), else after a cuBLAS
+    GEMM. ``t``: an optional fp32 [M, ≥ tab.max_rank] scratch for the low-rank intermediate.
+    Batches outside the kernels' scope (see :func:`handles`; also ``y`` of another dtype or with
+    strided features) go to the Triton path."""
     M, K = x.shape
     N = y.shape[1]
     if K != tab.in_features or N != tab.out_features or y.shape[0] != M:
         raise ValueError(f"x {tuple(x.shape)} / y {tuple(y.shape)} do not match the table's {tab.out_features}×{tab.in_features}")
+    if base is not None and (base.shape != (N, K) or base.dtype != x.dtype or base.stride(1) != 1 or base.device != x.device):
+        raise ValueError(f"base weight {tuple(base.shape)} {base.dtype} does not match {N}×{K} {x.dtype} with unit stride along the input")
     if not handles(x, tab, groups) or y.dtype != x.dtype or y.device != x.device or y.stride(1) != 1:
         from .triton import delta_apply as triton_apply
 
-        return triton_apply(x, y, tab, groups, t=t)
-    if groups.n_groups == 0 or M == 0:
+        return triton_apply(x, y, tab, groups, t=t, base=base)
+    fuse = base is not None and groups.n_groups == M
+    if base is not None and not fuse:
+        torch.matmul(x, base.T, out=y)
+    if M == 0 or (groups.n_groups == 0 and not fuse):
         return y
+    wlen, dense = _shape_info(tab)
+    if tab.has_lowrank:
+        if t is None or t.shape[0] != M or t.shape[1] < tab.max_rank or t.dtype != torch.float32 or t.stride(1) != 1 or t.device != x.device:
+            t = torch.empty((M, tab.max_rank), device=x.device, dtype=torch.float32)
+        t = t[:, : tab.max_rank]
+    else:
+        t = x  # never read
     mod = load()
     assert mod is not None
     mod.delta_decode(
         x,
         y,
+        t,
+        base if fuse else None,
         tab.table,
         tab.max_parts,
         groups.row_idx.contiguous(),
         groups.start.contiguous(),
-        groups.length.contiguous(),
         groups.slot.contiguous(),
         FIELDS,
+        wlen,
+        tab.has_lowrank,
+        dense,
         rows_per_warp(x, groups.n_groups, N),
+        shrink_rows(),
     )
     return y

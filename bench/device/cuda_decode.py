@@ -1,0 +1,104 @@
+"""CUDA vs Triton decode kernels (H100): per call times inside CUDA graphs (no host overhead),
+L2 flushed between repetitions, against cuBLAS alone and the byte floor, plus a sweep of the
+CUDA launch knobs (outputs per warp, rank rows per shrink block).
+
+    python bench/device/cuda_decode.py [--quick] > $OUT/cuda_decode.log
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import tempfile
+from pathlib import Path
+
+import torch
+from triton.testing import do_bench
+
+from deltapack.kernels import cuda as kcuda
+from deltapack.kernels.packed import DeltaTable, KernelDelta, RowGroups
+from deltapack.kernels.synthetic import write_synthetic
+from deltapack.kernels.triton import delta_apply as triton_apply
+
+CASES = [  # (out, in), method, bits/param, rows B (= distinct deltas D, or D = 1 with "same")
+    ((4096, 4096), "delta-come", 1.0, 1),
+    ((11008, 4096), "delta-come", 1.0, 1),
+    ((4096, 11008), "delta-come", 1.0, 1),
+    ((4096, 4096), "delta-come", 0.5, 1),
+    ((4096, 4096), "bitdelta", 1.0, 1),
+    ((14336, 4096), "bitdelta", 1.0, 1),
+    ((4096, 4096), "delta-come", 1.0, 4),
+    ((4096, 4096), "delta-come", 1.0, 16),
+    ((4096, 4096), "bitdelta", 1.0, 16),
+]
+
+
+def graph_us(fn) -> float:
+    fn()
+    torch.cuda.synchronize()
+    g = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(g):
+        fn()
+    return do_bench(g.replay, warmup=20, rep=200) * 1e3
+
+
+def copy_bw() -> float:
+    a = torch.empty(1 << 28, dtype=torch.uint8, device="cuda")
+    b = torch.empty_like(a)
+    ms = do_bench(lambda: b.copy_(a), rep=50)
+    return 2 * a.numel() / (ms * 1e-3)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--quick", action="store_true")
+    ap.add_argument("--no-triton", action="store_true")
+    a = ap.parse_args()
+    assert kcuda.available(), kcuda.build_error()
+    bw = copy_bw()
+    print(f"{torch.cuda.get_device_name()}  copy bandwidth {bw / 1e9:.0f} GB/s; times in µs per call (CUDA graph, L2 flushed)")
+    dtype = torch.bfloat16
+    cases = CASES[:3] if a.quick else CASES
+    with tempfile.TemporaryDirectory() as tmp:
+        for ci, ((out, inp), method, bpp, B) in enumerate(cases):
+            kds = []
+            for d in range(B):
+                f = write_synthetic(Path(tmp) / f"c{ci}_{d}.dpk", [("l", out, inp, method, bpp)], seed=ci * 100 + d)
+                kds.append(KernelDelta.from_entry(f, f.manifest["deltas"][0], (out, inp), device="cuda"))
+            tab = DeltaTable.build(kds)
+            groups = RowGroups.per_row(torch.arange(B, device="cuda"))
+            x = torch.randn(B, inp, device="cuda", dtype=dtype)
+            y = torch.empty(B, out, device="cuda", dtype=dtype)
+            W = torch.randn(out, inp, device="cuda", dtype=dtype) / inp**0.5
+            t = torch.empty(B, max(1, tab.max_rank), device="cuda")
+            assert kcuda.handles(x, tab, groups)
+            dbytes = tab.nbytes()
+            floor = (W.numel() * 2 + dbytes) / bw * 1e6
+            res = {"cublas": graph_us(lambda: torch.matmul(x, W.T, out=y))}
+            res["cuda_delta"] = graph_us(lambda: kcuda.delta_apply(x, y, tab, groups, t=t))
+            res["cuda_unfused"] = graph_us(lambda: (torch.matmul(x, W.T, out=y), kcuda.delta_apply(x, y, tab, groups, t=t)))
+            res["cuda_fused"] = graph_us(lambda: kcuda.delta_apply(x, y, tab, groups, t=t, base=W))
+            if not a.no_triton:
+                res["triton_delta"] = graph_us(lambda: triton_apply(x, y, tab, groups, t=t))
+                res["triton_fused"] = graph_us(lambda: triton_apply(x, y, tab, groups, t=t, base=W))
+            best = min(res["cuda_unfused"], res["cuda_fused"])
+            print(
+                f"{out}x{inp} {method}@{bpp} B=D={B}: delta {dbytes / 1e6:.2f} MB, floor {floor:.1f}; "
+                + "  ".join(f"{k} {v:.1f}" for k, v in res.items())
+                + f"  | best/cublas {best / res['cublas']:.3f}  best/floor {best / floor:.2f}"
+            )
+            # knobs: outputs per warp (apply) and rank rows per shrink block
+            sweep = []
+            for nr in ("1", "2", "4"):
+                for jb in ("4", "8", "16"):
+                    os.environ[kcuda.ENV_ROWS_PER_WARP], os.environ[kcuda.ENV_SHRINK_ROWS] = nr, jb
+                    sweep.append(f"nr{nr}/jb{jb}: {graph_us(lambda: kcuda.delta_apply(x, y, tab, groups, t=t)):.1f}/{graph_us(lambda: kcuda.delta_apply(x, y, tab, groups, t=t, base=W)):.1f}")
+            os.environ.pop(kcuda.ENV_ROWS_PER_WARP)
+            os.environ.pop(kcuda.ENV_SHRINK_ROWS)
+            print("    delta/fused by knob: " + "  ".join(sweep))
+            del tab, kds
+            torch.cuda.empty_cache()
+
+
+if __name__ == "__main__":
+    main()
