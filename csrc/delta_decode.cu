@@ -99,6 +99,10 @@ struct F32 {
     v[2] = __uint_as_float(q.z);
     v[3] = __uint_as_float(q.w);
   }
+  static __device__ __forceinline__ void load8(const E* p, float (&v)[8]) {  // p 16-byte aligned
+    const float4 a = __ldg(reinterpret_cast<const float4*>(p)), b = __ldg(reinterpret_cast<const float4*>(p) + 1);
+    v[0] = a.x, v[1] = a.y, v[2] = a.z, v[3] = a.w, v[4] = b.x, v[5] = b.y, v[6] = b.z, v[7] = b.w;
+  }
 };
 
 template <class Derived>
@@ -116,6 +120,7 @@ struct Half16 {
     pair(q.z, v[4], v[5]);
     pair(q.w, v[6], v[7]);
   }
+  static __device__ __forceinline__ void load8(const E* p, float (&v)[8]) { unpack(__ldg(reinterpret_cast<const uint4*>(p)), v); }  // p 16-byte aligned
 };
 
 struct F16 : Half16<F16> {
@@ -144,9 +149,10 @@ __device__ __forceinline__ int swz(int k) { return (k & ~31) | ((((k >> 2) & 7) 
 __device__ __forceinline__ float4 load4(const float* __restrict__ a, int k) { return *reinterpret_cast<const float4*>(a + swz(k)); }
 
 // Σ_i q_i · a[i] over chunk c of 32 B-bit codes held in w[0..B) (code i at bits [B i, B i + B)
-// of the chunk's little-endian bit stream); a: a swizzled fp32 vector in shared memory.
+// of the chunk's little-endian bit stream; w a register array once inlined); a: a swizzled fp32
+// vector in shared memory.
 template <int B>
-__device__ __forceinline__ float chunk_dot(const uint32_t (&w)[B], const float* __restrict__ a, int c) {
+__device__ __forceinline__ float chunk_dot(const uint32_t* w, const float* __restrict__ a, int c) {
   float av[32];
   const float4* a4 = reinterpret_cast<const float4*>(a) + 8 * c;
 #pragma unroll
@@ -202,6 +208,25 @@ __device__ __forceinline__ float chunk_dot(const uint32_t (&w)[B], const float* 
     }
   }
   return d0 + d1;
+}
+
+// chunk_dot for a bit width known at run time (the lanes of a warp may hold chunks of different
+// low-rank parts); q holds the chunk's words (at most 8).
+__device__ __forceinline__ float chunk_dot_rt(int bits, const uint32_t (&q)[8], const float* __restrict__ a, int c) {
+  switch (bits) {
+    case 1:
+      return chunk_dot<1>(q, a, c);
+    case 2:
+      return chunk_dot<2>(q, a, c);
+    case 3:
+      return chunk_dot<3>(q, a, c);
+    case 4:
+      return chunk_dot<4>(q, a, c);
+    case 8:
+      return chunk_dot<8>(q, a, c);
+    default:
+      return 0.f;
+  }
 }
 
 // One lane's share of Σ_k W[row, k] a[k] over a packed row of ``nchunks`` 32-code chunks:
@@ -264,16 +289,58 @@ __device__ __forceinline__ float row_dot_bits(const Operand& op, int64_t r, int 
 }
 
 // a (swizzled) [k] = x[perm ? perm[k] : k] as fp32 for k < K, 0 up to kp (a multiple of 32),
-// and asum[c] = Σ a[32c .. 32c + 32). Every thread of the block calls it (it synchronizes);
-// blockDim is a multiple of 32, so each warp stages whole chunks.
+// and asum[c] = Σ a[32c .. 32c + 32). Every thread of the block calls it (it synchronizes).
+// A thread stages groups of 8 consecutive k, kStageGroups groups per pass with all their loads
+// issued before the first store (the permuted reads are gathers: their latency, not their
+// bytes, is what a decode call waits for); the 4 lanes holding one chunk sum it by shuffles.
+// ``x_vec``: rows of x start on 16-byte boundaries (vector loads where there is no perm).
+constexpr int kStageGroups = 4;
+
 template <class D>
-__device__ __forceinline__ void stage_x(const typename D::E* __restrict__ xr, const int* __restrict__ perm, int K, int kp, float* a, float* asum) {
-  for (int k = threadIdx.x; k < kp; k += blockDim.x) {
-    float v = 0.f;
-    if (k < K) v = D::load1(xr + (perm != nullptr ? __ldg(perm + k) : k));
-    a[swz(k)] = v;
-    v = warp_sum(v);
-    if ((k & 31) == 0) asum[k >> 5] = v;
+__device__ __forceinline__ void stage_x(const typename D::E* __restrict__ xr, const int* __restrict__ perm, int K, int kp, bool x_vec, float* a,
+                                        float* asum) {
+  const int lane = threadIdx.x & 31;
+  const int ng = kp / 8;  // a multiple of 4: a chunk's 4 groups are 4 neighbouring lanes
+  const bool perm_vec = perm != nullptr && (reinterpret_cast<uintptr_t>(perm) & 15) == 0;
+  for (int gb = threadIdx.x - lane; gb < ng; gb += blockDim.x * kStageGroups) {  // warp-uniform trip count
+    float v[kStageGroups][8];
+#pragma unroll
+    for (int u = 0; u < kStageGroups; ++u) {
+      const int k0 = (gb + lane + u * static_cast<int>(blockDim.x)) * 8;
+      const bool whole = k0 + 8 <= K;
+      if (perm != nullptr) {
+        int idx[8];
+        if (whole && perm_vec) {
+          const int4 p0 = __ldg(reinterpret_cast<const int4*>(perm + k0));
+          const int4 p1 = __ldg(reinterpret_cast<const int4*>(perm + k0) + 1);
+          idx[0] = p0.x, idx[1] = p0.y, idx[2] = p0.z, idx[3] = p0.w, idx[4] = p1.x, idx[5] = p1.y, idx[6] = p1.z, idx[7] = p1.w;
+        } else {
+#pragma unroll
+          for (int i = 0; i < 8; ++i) idx[i] = k0 + i < K ? __ldg(perm + k0 + i) : -1;
+        }
+#pragma unroll
+        for (int i = 0; i < 8; ++i) v[u][i] = idx[i] >= 0 ? D::load1(xr + idx[i]) : 0.f;
+      } else if (whole && x_vec) {
+        D::load8(xr + k0, v[u]);
+      } else {
+#pragma unroll
+        for (int i = 0; i < 8; ++i) v[u][i] = k0 + i < K ? D::load1(xr + k0 + i) : 0.f;
+      }
+    }
+#pragma unroll
+    for (int u = 0; u < kStageGroups; ++u) {
+      const int gi = gb + lane + u * static_cast<int>(blockDim.x);
+      float s = 0.f;
+#pragma unroll
+      for (int i = 0; i < 8; ++i) s += v[u][i];
+      s += __shfl_xor_sync(0xFFFFFFFFu, s, 1);
+      s += __shfl_xor_sync(0xFFFFFFFFu, s, 2);
+      if (gi < ng) {
+        *reinterpret_cast<float4*>(a + swz(8 * gi)) = make_float4(v[u][0], v[u][1], v[u][2], v[u][3]);
+        *reinterpret_cast<float4*>(a + swz(8 * gi + 4)) = make_float4(v[u][4], v[u][5], v[u][6], v[u][7]);
+        if ((lane & 3) == 0) asum[gi >> 2] = s;
+      }
+    }
   }
   __syncthreads();
 }
@@ -282,13 +349,72 @@ __device__ __forceinline__ void stage_x(const typename D::E* __restrict__ xr, co
 // padded to a 16-byte boundary.
 __host__ __device__ __forceinline__ int x_floats(int kp) { return kp + ((kp / 32 + 3) & ~3); }
 
+// The parts of one slot, read from the table by threads 0 .. max_parts − 1 in parallel and kept in
+// shared memory. Low-rank parts also get their offsets in the apply kernel's flat index spaces:
+// woff (folded activations, each part's rank padded to 32) and chunk0 (32-code chunks of a
+// rank-major Ut row).
+enum PartKind : int { kNone = 0, kLowRank = 1, kDense = 2 };
+
+struct PartDesc {
+  Operand a;  // Vt (low-rank) or W (dense)
+  Operand b;  // Ut, rank-major codes
+  const __half* s;
+  const int* perm;
+  int kind, rank, roff, woff, chunk0;
+};
+
+struct SlotParts {
+  PartDesc p[kMaxParts];
+  float c[kMaxParts];  // apply: Σ_j zu(j, G) w_j per low-rank part
+  int n_chunks;        // 32-code chunks of a rank-major Ut row, all low-rank parts
+  int w_total;         // folded activations, all low-rank parts (multiple of 32)
+  int any_dense;
+};
+
+// Fill sp from the slot's table rows (threads 0 .. max_parts − 1), then thread 0 lays out the
+// flat index spaces. Ends synchronized.
+__device__ __forceinline__ void load_parts(const int64_t* __restrict__ base, int max_parts, const Fields& f, SlotParts& sp) {
+  const int p = threadIdx.x;
+  if (p < max_parts) {
+    const int64_t* e = base + static_cast<int64_t>(p) * f.nf;
+    const int64_t kind = __ldg(e + f.kind);
+    PartDesc& d = sp.p[p];
+    d.kind = kind == f.kind_lowrank ? kLowRank : (kind == f.kind_dense ? kDense : kNone);
+    d.a = read_operand(e, f.a_bits);
+    d.b = read_operand(e, f.b_bits);
+    d.s = reinterpret_cast<const __half*>(static_cast<uintptr_t>(__ldg(e + f.s)));
+    d.perm = reinterpret_cast<const int*>(static_cast<uintptr_t>(__ldg(e + f.perm)));
+    d.rank = static_cast<int>(__ldg(e + f.rank));
+    d.roff = static_cast<int>(__ldg(e + f.roff));
+    sp.c[p] = 0.f;
+  }
+  __syncthreads();
+  if (threadIdx.x == 0) {
+    int woff = 0, ch = 0, dense = 0;
+    for (int q = 0; q < max_parts; ++q) {
+      PartDesc& d = sp.p[q];
+      dense |= d.kind == kDense;
+      if (d.kind != kLowRank) continue;
+      d.woff = woff;
+      d.chunk0 = ch;
+      woff += (d.rank + 31) & ~31;
+      ch += (d.rank + 31) / 32;
+    }
+    sp.n_chunks = ch;
+    sp.w_total = woff;
+    sp.any_dense = dense;
+  }
+  __syncthreads();
+}
+
 // ---- launch 1: shrink -----------------------------------------------------------------------------
 // Dynamic shared memory: x_floats(kp) floats (a, asum).
 template <class D>
 __global__ void __launch_bounds__(kShrinkWarps * 32)
     shrink_kernel(const typename D::E* __restrict__ x, int64_t sx, float* __restrict__ t, int64_t st, const int64_t* __restrict__ tab, int max_parts,
-                  const int* __restrict__ row_idx, const int* __restrict__ gstart, const int* __restrict__ gslot, int K, int jb, Fields f) {
+                  const int* __restrict__ row_idx, const int* __restrict__ gstart, const int* __restrict__ gslot, int K, int jb, bool x_vec, Fields f) {
   extern __shared__ float smem[];
+  __shared__ SlotParts sp;
   const int g = blockIdx.x;
   const int slot = gslot[g];
   if (slot < 0) return;
@@ -299,23 +425,21 @@ __global__ void __launch_bounds__(kShrinkWarps * 32)
   const int j0 = static_cast<int>(blockIdx.y) * jb, j1 = j0 + jb;
   const int row = row_idx[gstart[g]];
   const typename D::E* xr = x + static_cast<int64_t>(row) * sx;
-  const int64_t* base = tab + static_cast<int64_t>(slot) * max_parts * f.nf;
+  load_parts(tab + static_cast<int64_t>(slot) * max_parts * f.nf, max_parts, f, sp);
   const int* staged = reinterpret_cast<const int*>(uintptr_t{1});  // nothing staged yet (never a real pointer)
   for (int p = 0; p < max_parts; ++p) {
-    const int64_t* e = base + static_cast<int64_t>(p) * f.nf;
-    if (__ldg(e + f.kind) != f.kind_lowrank) continue;
-    const int rank = static_cast<int>(__ldg(e + f.rank)), roff = static_cast<int>(__ldg(e + f.roff));
-    const int lo = max(j0, roff), hi = min(j1, roff + rank);
+    const PartDesc& d = sp.p[p];
+    if (d.kind != kLowRank) continue;
+    const int lo = max(j0, d.roff), hi = min(j1, d.roff + d.rank);
     if (lo >= hi) continue;  // block-uniform
-    const int* perm = reinterpret_cast<const int*>(static_cast<uintptr_t>(__ldg(e + f.perm)));
-    if (perm != staged) {  // block-uniform; the blocks of one delta share one permutation
+    if (d.perm != staged) {  // block-uniform; the blocks of one delta share one permutation
       __syncthreads();
-      stage_x<D>(xr, perm, K, kp, a, asum);
-      staged = perm;
+      stage_x<D>(xr, d.perm, K, kp, x_vec, a, asum);
+      staged = d.perm;
     }
-    const Operand vt = read_operand(e, f.a_bits);
+    const Operand vt = d.a;
     for (int j = lo + warp; j < hi; j += kShrinkWarps) {
-      const float acc = warp_sum(row_dot_bits<true>(vt, j - roff, kp / 32, a, asum, lane));
+      const float acc = warp_sum(row_dot_bits<true>(vt, j - d.roff, kp / 32, a, asum, lane));
       if (lane == 0) t[static_cast<int64_t>(row) * st + j] = acc;
     }
   }
@@ -323,75 +447,78 @@ __global__ void __launch_bounds__(kShrinkWarps * 32)
 
 // ---- launch 2: apply ------------------------------------------------------------------------------
 // Dynamic shared memory: [x: x_floats(kp) floats (a, asum), when fused or with dense parts]
-// w [wlen] floats (each low-rank part's folded activations, padded to 32) + c [kMaxParts].
+// then w [wlen] floats (each low-rank part's folded activations, padded to 32).
 template <class D, int NR, bool FUSE>
 __global__ void __launch_bounds__(kApplyWarps * 32)
     apply_kernel(const typename D::E* __restrict__ x, int64_t sx, typename D::E* __restrict__ y, int64_t sy, const float* __restrict__ t, int64_t st,
                  const typename D::E* __restrict__ wb, int64_t swb, const int64_t* __restrict__ tab, int max_parts, const int* __restrict__ row_idx,
-                 const int* __restrict__ gstart, const int* __restrict__ gslot, int N, int K, bool stage_dense, bool base_vec, Fields f) {
+                 const int* __restrict__ gstart, const int* __restrict__ gslot, int N, int K, bool stage_dense, bool base_vec, bool x_vec, Fields f) {
   extern __shared__ float smem[];
+  __shared__ SlotParts sp;
   constexpr int NB = kApplyWarps * NR;
+  constexpr int kU = 4;  // folded activations a thread loads before its first store
   const int g = blockIdx.y;
   const int slot = gslot[g];
   if (!FUSE && slot < 0) return;  // rows without a delta are never touched
   const int kp = (K + 31) & ~31;
-  const bool has_x = FUSE || stage_dense;
   float* a = smem;
   float* asum = smem + kp;
-  float* wsm = has_x ? smem + x_floats(kp) : smem;
+  float* wsm = (FUSE || stage_dense) ? smem + x_floats(kp) : smem;
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
   const int n0 = static_cast<int>(blockIdx.x) * NB;
   const int row = row_idx[gstart[g]];
   const typename D::E* xr = x + static_cast<int64_t>(row) * sx;
-  const int64_t* base = slot >= 0 ? tab + static_cast<int64_t>(slot) * max_parts * f.nf : nullptr;
+  const bool has_delta = slot >= 0;
+  if (has_delta) {
+    load_parts(tab + static_cast<int64_t>(slot) * max_parts * f.nf, max_parts, f, sp);
+  } else if (threadIdx.x == 0) {
+    sp.n_chunks = sp.w_total = sp.any_dense = 0;
+  }
+  if (FUSE || (has_delta && sp.any_dense)) stage_x<D>(xr, nullptr, K, kp, x_vec, a, asum);  // block-uniform; synchronizes
 
-  // stage x, fold Ut's scales / zeros and s into t (block-wide; every branch block-uniform)
-  bool dense = false;
-  int wlen = 0;
-  float* csm = nullptr;
-  if (base != nullptr) {
-    for (int p = 0; p < max_parts; ++p) {
-      const int64_t kind = __ldg(base + static_cast<int64_t>(p) * f.nf + f.kind);
-      dense |= kind == f.kind_dense;
-      if (kind == f.kind_lowrank) wlen += (static_cast<int>(__ldg(base + static_cast<int64_t>(p) * f.nf + f.rank)) + 31) & ~31;
-    }
-    csm = wsm + wlen;
-    if (threadIdx.x < kMaxParts) csm[threadIdx.x] = 0.f;
-  }
-  if (has_x && (FUSE || dense)) {
-    stage_x<D>(xr, nullptr, K, kp, a, asum);  // synchronizes: csm zeroed before the atomics below
-  } else {
-    __syncthreads();
-  }
-  if (base != nullptr && wlen > 0) {
-    int woff = 0;
-    for (int p = 0; p < max_parts; ++p) {
-      const int64_t* e = base + static_cast<int64_t>(p) * f.nf;
-      if (__ldg(e + f.kind) != f.kind_lowrank) continue;
-      const int rank = static_cast<int>(__ldg(e + f.rank)), roff = static_cast<int>(__ldg(e + f.roff));
-      const Operand ut = read_operand(e, f.b_bits);
-      const __half* s = reinterpret_cast<const __half*>(static_cast<uintptr_t>(__ldg(e + f.s)));
-      const int64_t G = static_cast<int64_t>(n0) / ut.group;  // the block's outputs share one group (loader-checked)
-      const int rp = (rank + 31) & ~31;
-      float cz = 0.f;
-      for (int j = threadIdx.x; j < rp; j += blockDim.x) {
-        float v = 0.f;
-        if (j < rank) {
-          const int64_t si = static_cast<int64_t>(j) * ut.srow + G;
+  // fold Ut's scale and zero and s into t: w[woff_p + j] = su(j, G) s_j t_j, c_p = Σ_j zu(j, G) w_j;
+  // one flat index space over all low-rank parts, whole warps per step (shuffles below)
+  const int w_total = has_delta ? sp.w_total : 0;
+  for (int ib = threadIdx.x - lane; ib < w_total; ib += blockDim.x * kU) {
+    float v[kU], z[kU];
+    int pi[kU], jj[kU];
+#pragma unroll
+    for (int u = 0; u < kU; ++u) {
+      const int i = ib + lane + u * static_cast<int>(blockDim.x);
+      v[u] = z[u] = 0.f;
+      pi[u] = -1;
+      jj[u] = 0;
+      if (i < w_total) {
+        int p = 0;
+        while (sp.p[p].kind != kLowRank || i >= sp.p[p].woff + ((sp.p[p].rank + 31) & ~31)) ++p;
+        const PartDesc& d = sp.p[p];
+        const int j = i - d.woff;
+        pi[u] = p;
+        jj[u] = j;
+        if (j < d.rank) {
+          const Operand& ut = d.b;
+          const int64_t si = static_cast<int64_t>(j) * ut.srow + static_cast<int64_t>(n0) / ut.group;  // one group per block (loader-checked)
           const float su = __half2float(__ldg(ut.scales + si));
-          const float zu = ut.zeros != nullptr ? static_cast<float>(__ldg(ut.zeros + si)) : ut.zc;
-          const float sj = s != nullptr ? __half2float(__ldg(s + j)) : 1.f;
-          v = su * sj * __ldg(t + static_cast<int64_t>(row) * st + roff + j);
-          cz = fmaf(zu, v, cz);
+          z[u] = ut.zeros != nullptr ? static_cast<float>(__ldg(ut.zeros + si)) : ut.zc;
+          const float sj = d.s != nullptr ? __half2float(__ldg(d.s + j)) : 1.f;
+          v[u] = su * sj * __ldg(t + static_cast<int64_t>(row) * st + d.roff + j);
         }
-        wsm[woff + swz(j)] = v;
       }
-      cz = warp_sum(cz);
-      if (lane == 0) atomicAdd(csm + p, cz);
-      woff += rp;
     }
-    __syncthreads();
+#pragma unroll
+    for (int u = 0; u < kU; ++u) {
+      if (pi[u] >= 0) wsm[sp.p[pi[u]].woff + swz(jj[u])] = v[u];
+      const float cz = z[u] * v[u];
+      unsigned todo = __ballot_sync(0xFFFFFFFFu, pi[u] >= 0);
+      while (todo) {  // one warp sum per part present in the warp (usually one)
+        const int pl = __shfl_sync(0xFFFFFFFFu, pi[u], __ffs(todo) - 1);
+        const float sum = warp_sum(pi[u] == pl ? cz : 0.f);
+        if (lane == 0) atomicAdd(&sp.c[pl], sum);
+        todo &= ~__ballot_sync(0xFFFFFFFFu, pi[u] == pl);
+      }
+    }
   }
+  __syncthreads();
 
   float acc[NR];
 #pragma unroll
@@ -448,26 +575,53 @@ __global__ void __launch_bounds__(kApplyWarps * 32)
     }
   }
 
-  if (base != nullptr) {
-    int woff = 0;
-    for (int p = 0; p < max_parts; ++p) {
-      const int64_t* e = base + static_cast<int64_t>(p) * f.nf;
-      const int64_t kind = __ldg(e + f.kind);
-      if (kind == f.kind_lowrank) {
-        const int rank = static_cast<int>(__ldg(e + f.rank));
-        const Operand ut = read_operand(e, f.b_bits);
-        const float c = csm[p];
+  if (has_delta) {
+    // low-rank parts: Σ_j q_nj w_j − c over one flat chunk space (all parts' chunks of a Ut row,
+    // one chunk per lane per step, loads of all NR rows issued first)
+    const int nch = sp.n_chunks;
+    for (int cb = 0; cb < nch; cb += 32) {
+      const int c = cb + lane;
+      int p = -1, lc = 0, bits = 0;
+      if (c < nch) {
+        p = 0;
+        while (sp.p[p].kind != kLowRank || c >= sp.p[p].chunk0 + (sp.p[p].rank + 31) / 32) ++p;
+        lc = c - sp.p[p].chunk0;
+        bits = sp.p[p].b.bits;
+      }
+      uint32_t q[NR][8];
+#pragma unroll
+      for (int r = 0; r < NR; ++r) {
+#pragma unroll
+        for (int i = 0; i < 8; ++i) q[r][i] = 0u;
+      }
+      if (p >= 0) {
+        const Operand& ut = sp.p[p].b;
 #pragma unroll
         for (int r = 0; r < NR; ++r) {
-          acc[r] += row_dot_bits<false>(ut, nrow[r], (rank + 31) / 32, wsm + woff, nullptr, lane);
-          if (lane == 0) acc[r] -= c;
-        }
-        woff += (rank + 31) & ~31;
-      } else if (kind == f.kind_dense) {
-        const Operand w = read_operand(e, f.a_bits);
+          const uint32_t* urow = ut.codes + static_cast<int64_t>(nrow[r]) * ut.stride;
 #pragma unroll
-        for (int r = 0; r < NR; ++r) acc[r] += row_dot_bits<true>(w, nrow[r], kp / 32, a, asum, lane);
+          for (int i = 0; i < 8; ++i) {
+            const int64_t wi = static_cast<int64_t>(lc) * bits + i;
+            if (i < bits && wi < ut.stride) q[r][i] = __ldg(urow + wi);
+          }
+        }
+        const float* wp = wsm + sp.p[p].woff;
+#pragma unroll
+        for (int r = 0; r < NR; ++r) acc[r] += chunk_dot_rt(bits, q[r], wp, lc);
       }
+    }
+    if (lane == 0) {
+      float ctot = 0.f;
+      for (int q = 0; q < max_parts; ++q) ctot += sp.p[q].kind == kLowRank ? sp.c[q] : 0.f;
+#pragma unroll
+      for (int r = 0; r < NR; ++r) acc[r] -= ctot;
+    }
+    // dense parts: whole packed rows against x
+    for (int q = 0; q < max_parts; ++q) {
+      if (sp.p[q].kind != kDense) continue;
+      const Operand w = sp.p[q].a;
+#pragma unroll
+      for (int r = 0; r < NR; ++r) acc[r] += row_dot_bits<true>(w, nrow[r], kp / 32, a, asum, lane);
     }
   }
 
@@ -483,9 +637,12 @@ __global__ void __launch_bounds__(kApplyWarps * 32)
 }
 
 // ---- host -----------------------------------------------------------------------------------------
+// Dynamic shared memory beyond the default 48 KB (static included: SlotParts) needs an opt-in.
 template <class K>
 void set_smem(K kernel, int64_t bytes) {
-  if (bytes > 48 * 1024) C10_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(bytes)));
+  if (bytes + static_cast<int64_t>(sizeof(SlotParts)) > 48 * 1024) {
+    C10_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(bytes)));
+  }
 }
 
 struct Batch {
@@ -501,6 +658,7 @@ struct Batch {
   int64_t wlen;
   bool lowrank, dense;
   int jb;
+  bool x_vec;  // rows of x start on 16-byte boundaries
   Fields f;
 };
 
@@ -512,7 +670,7 @@ void launch_apply(const Batch& b, cudaStream_t stream) {
   const int K = static_cast<int>(b.x.size(1));
   const int64_t kp = (K + 31) / 32 * 32;
   const bool stage_dense = b.dense;
-  const int64_t smem = ((FUSE || stage_dense) ? x_floats(static_cast<int>(kp)) : 0) + b.wlen + kMaxParts;
+  const int64_t smem = ((FUSE || stage_dense) ? x_floats(static_cast<int>(kp)) : 0) + b.wlen;
   constexpr int NB = kApplyWarps * NR;
   const int64_t tiles = (N + NB - 1) / NB;
   TORCH_CHECK(groups <= 65535, "deltapack_cuda: at most 65535 row groups");
@@ -525,7 +683,7 @@ void launch_apply(const Batch& b, cudaStream_t stream) {
   const int64_t st = b.lowrank ? b.t.stride(0) : 0;
   kernel<<<dim3(static_cast<unsigned>(tiles), static_cast<unsigned>(groups)), kApplyWarps * 32, smem * 4, stream>>>(
       reinterpret_cast<const E*>(b.x.data_ptr()), b.x.stride(0), reinterpret_cast<E*>(b.y.data_ptr()), b.y.stride(0), tp, st, wb, swb,
-      b.table.data_ptr<int64_t>(), b.max_parts, b.row_idx.data_ptr<int>(), b.start.data_ptr<int>(), b.slot.data_ptr<int>(), N, K, stage_dense, base_vec, b.f);
+      b.table.data_ptr<int64_t>(), b.max_parts, b.row_idx.data_ptr<int>(), b.start.data_ptr<int>(), b.slot.data_ptr<int>(), N, K, stage_dense, base_vec, b.x_vec, b.f);
   C10_CUDA_KERNEL_LAUNCH_CHECK();
 }
 
@@ -545,7 +703,7 @@ void launch(const Batch& b, int nr, bool fuse) {
     set_smem(kernel, smem);
     kernel<<<dim3(static_cast<unsigned>(groups), static_cast<unsigned>(tiles)), kShrinkWarps * 32, smem, stream>>>(
         reinterpret_cast<const E*>(b.x.data_ptr()), b.x.stride(0), b.t.data_ptr<float>(), b.t.stride(0), b.table.data_ptr<int64_t>(), b.max_parts,
-        b.row_idx.data_ptr<int>(), b.start.data_ptr<int>(), b.slot.data_ptr<int>(), K, b.jb, b.f);
+        b.row_idx.data_ptr<int>(), b.start.data_ptr<int>(), b.slot.data_ptr<int>(), K, b.jb, b.x_vec, b.f);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   }
 #define DP_APPLY(NR_)                                    \
@@ -619,7 +777,9 @@ void delta_decode(const at::Tensor& x, at::Tensor y, const at::Tensor& t, const 
   if (slot.numel() == 0 || x.size(0) == 0 || y.size(1) == 0) return;
 
   const c10::cuda::CUDAGuard guard(dev);
-  const Batch b{x, y, t, w, table, static_cast<int>(max_parts), row_idx, start, slot, wlen, lowrank, dense, static_cast<int>(shrink_rows), f};
+  const int64_t row_bytes = x.stride(0) * static_cast<int64_t>(x.element_size());
+  const bool x_vec = reinterpret_cast<uintptr_t>(x.data_ptr()) % 16 == 0 && (x.size(0) <= 1 || row_bytes % 16 == 0);
+  const Batch b{x, y, t, w, table, static_cast<int>(max_parts), row_idx, start, slot, wlen, lowrank, dense, static_cast<int>(shrink_rows), x_vec, f};
   const int nr = static_cast<int>(rows_per_warp);
   switch (x.scalar_type()) {
     case at::kFloat:

@@ -29,7 +29,7 @@ SPECS |= {
     "dc1": ("delta-come", 1.0, {}),
     "dc1_g32": ("delta-come", 1.0, {"group": 32}),
     "dc05_noperm": ("delta-come", 0.5, {"act_order": False}),
-    "dc1_perm": ("delta-come", 1.0, {"act_order": True}),
+    "dc2_perm": ("delta-come", 2.0, {"act_order": True}),
     "dc2_row": ("delta-come", 2.0, {"granularity": "row"}),
 }
 DTYPES = [torch.float32, torch.float16, torch.bfloat16]

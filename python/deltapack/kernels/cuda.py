@@ -266,12 +266,12 @@ def _sm_count(index: int) -> int:
 
 def rows_per_warp(x: torch.Tensor, n_groups: int, n_out: int) -> int:
     """Outputs per warp of the apply launch: 4 (activations read once for 4 rows) while that
-    still gives about 2 blocks per SM, else 2, else 1."""
+    still gives a block per SM, else 2, else 1 (H100: bench/results/kernels_h100_s4/)."""
     env = os.environ.get(ENV_ROWS_PER_WARP)
     if env:
         return int(env)
     idx = x.device.index if x.device.index is not None else torch.cuda.current_device()
-    target = 2 * _sm_count(idx)
+    target = _sm_count(idx)
     for nr in (4, 2):
         if n_groups * -(-n_out // (APPLY_WARPS * nr)) >= target:
             return nr
