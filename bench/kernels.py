@@ -281,14 +281,15 @@ def main(argv: list[str] | None = None) -> None:
     print(f"{gpu}: copy bandwidth {bw / 1e9:.0f} GB/s")
     rows: list[dict] = []
     steps: list[dict] = []
-    batches = [int(b) for b in a.batches.split(",")]
+    batches = [int(b) for b in a.batches.split(",") if b.strip()]
     pools: dict[str, DeltaPool] = {}
     with tempfile.TemporaryDirectory() as tmp:
         for si, sh in enumerate(a.shapes.split(",")):
             for mi, label in enumerate(a.methods.split(",")):
                 method, bpp, kw = METHODS[label]
                 pool = DeltaPool(SHAPES[sh], method, bpp, kw, Path(tmp), seed=1000 * si + 10 * mi)
-                run_layer(SHAPES[sh], label, pool, batches, bw, dtype, delta_apply, fused_apply, rows)
+                if batches:  # --batches '': only the decode step
+                    run_layer(SHAPES[sh], label, pool, batches, bw, dtype, delta_apply, fused_apply, rows)
                 if label == "delta-come@1":
                     pools[sh] = pool
                 else:

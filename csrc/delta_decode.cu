@@ -139,6 +139,13 @@ __device__ __forceinline__ float warp_sum(float v) {
   return v;
 }
 
+// Pull [p, p + bytes) into L2 ahead of use (a hint: skipped unless 16-byte aligned; the size is
+// rounded down to whole 16 bytes). One instruction per row: the TMA unit walks it.
+__device__ __forceinline__ void prefetch_l2(const void* p, int64_t bytes) {
+  const uint32_t n = static_cast<uint32_t>(min(bytes, int64_t{1} << 30)) & ~15u;
+  if ((reinterpret_cast<uintptr_t>(p) & 15) == 0 && n > 0) asm volatile("cp.async.bulk.prefetch.L2.global [%0], %1;" ::"l"(p), "r"(n) : "memory");
+}
+
 // Activations in shared memory are swizzled by 16-byte slot: element k of a vector lives in
 // slot 8·c + (i ^ (c & 7)) (c = k / 32 its chunk, i = k % 32 / 4), at k % 4 within the slot. The
 // lanes of a warp read consecutive chunks (lane l: chunk c0 + l), so without the swizzle the 8
@@ -291,17 +298,35 @@ __device__ __forceinline__ float row_dot_bits(const Operand& op, int64_t r, int 
 // a (swizzled) [k] = x[perm ? perm[k] : k] as fp32 for k < K, 0 up to kp (a multiple of 32),
 // and asum[c] = Σ a[32c .. 32c + 32). Every thread of the block calls it (it synchronizes).
 // A thread stages groups of 8 consecutive k, kStageGroups groups per pass with all their loads
-// issued before the first store (the permuted reads are gathers: their latency, not their
-// bytes, is what a decode call waits for); the 4 lanes holding one chunk sum it by shuffles.
-// ``x_vec``: rows of x start on 16-byte boundaries (vector loads where there is no perm).
+// issued before the first store; the 4 lanes holding one chunk sum it by shuffles. With a
+// permutation, x is first copied as is into ``raw`` (kp floats of shared memory, coalesced
+// 16-byte loads) and the permuted gather reads shared memory: every block of a shrink gathers
+// the whole of x, and gathers from L2 cost a 32-byte sector per element.
+// ``x_vec``: rows of x start on 16-byte boundaries.
 constexpr int kStageGroups = 4;
 
 template <class D>
 __device__ __forceinline__ void stage_x(const typename D::E* __restrict__ xr, const int* __restrict__ perm, int K, int kp, bool x_vec, float* a,
-                                        float* asum) {
+                                        float* asum, float* raw) {
   const int lane = threadIdx.x & 31;
   const int ng = kp / 8;  // a multiple of 4: a chunk's 4 groups are 4 neighbouring lanes
   const bool perm_vec = perm != nullptr && (reinterpret_cast<uintptr_t>(perm) & 15) == 0;
+  if (perm != nullptr) {
+#pragma unroll 4
+    for (int gi = threadIdx.x; gi < ng; gi += blockDim.x) {
+      const int k0 = 8 * gi;
+      float v[8];
+      if (k0 + 8 <= K && x_vec) {
+        D::load8(xr + k0, v);
+      } else {
+#pragma unroll
+        for (int i = 0; i < 8; ++i) v[i] = k0 + i < K ? D::load1(xr + k0 + i) : 0.f;
+      }
+      *reinterpret_cast<float4*>(raw + k0) = make_float4(v[0], v[1], v[2], v[3]);
+      *reinterpret_cast<float4*>(raw + k0 + 4) = make_float4(v[4], v[5], v[6], v[7]);
+    }
+    __syncthreads();
+  }
   for (int gb = threadIdx.x - lane; gb < ng; gb += blockDim.x * kStageGroups) {  // warp-uniform trip count
     float v[kStageGroups][8];
 #pragma unroll
@@ -319,7 +344,7 @@ __device__ __forceinline__ void stage_x(const typename D::E* __restrict__ xr, co
           for (int i = 0; i < 8; ++i) idx[i] = k0 + i < K ? __ldg(perm + k0 + i) : -1;
         }
 #pragma unroll
-        for (int i = 0; i < 8; ++i) v[u][i] = idx[i] >= 0 ? D::load1(xr + idx[i]) : 0.f;
+        for (int i = 0; i < 8; ++i) v[u][i] = idx[i] >= 0 ? raw[idx[i]] : 0.f;
       } else if (whole && x_vec) {
         D::load8(xr + k0, v[u]);
       } else {
@@ -408,7 +433,8 @@ __device__ __forceinline__ void load_parts(const int64_t* __restrict__ base, int
 }
 
 // ---- launch 1: shrink -----------------------------------------------------------------------------
-// Dynamic shared memory: x_floats(kp) floats (a, asum).
+// Dynamic shared memory: x_floats(kp) floats (a, asum), then kp floats (raw x for the permuted
+// gather).
 template <class D>
 __global__ void __launch_bounds__(kShrinkWarps * 32)
     shrink_kernel(const typename D::E* __restrict__ x, int64_t sx, float* __restrict__ t, int64_t st, const int64_t* __restrict__ tab, int max_parts,
@@ -426,6 +452,14 @@ __global__ void __launch_bounds__(kShrinkWarps * 32)
   const int row = row_idx[gstart[g]];
   const typename D::E* xr = x + static_cast<int64_t>(row) * sx;
   load_parts(tab + static_cast<int64_t>(slot) * max_parts * f.nf, max_parts, f, sp);
+  // this block's rows of Vt into L2 while x is staged (lane 0 of each warp, the rows it walks)
+  if (lane == 0) {
+    for (int p = 0; p < max_parts; ++p) {
+      const PartDesc& d = sp.p[p];
+      if (d.kind != kLowRank) continue;
+      for (int j = max(j0, d.roff) + warp; j < min(j1, d.roff + d.rank); j += kShrinkWarps) prefetch_l2(d.a.codes + static_cast<int64_t>(j - d.roff) * d.a.stride, d.a.stride * 4);
+    }
+  }
   const int* staged = reinterpret_cast<const int*>(uintptr_t{1});  // nothing staged yet (never a real pointer)
   for (int p = 0; p < max_parts; ++p) {
     const PartDesc& d = sp.p[p];
@@ -434,7 +468,7 @@ __global__ void __launch_bounds__(kShrinkWarps * 32)
     if (lo >= hi) continue;  // block-uniform
     if (d.perm != staged) {  // block-uniform; the blocks of one delta share one permutation
       __syncthreads();
-      stage_x<D>(xr, d.perm, K, kp, x_vec, a, asum);
+      stage_x<D>(xr, d.perm, K, kp, x_vec, a, asum, smem + x_floats(kp));
       staged = d.perm;
     }
     const Operand vt = d.a;
@@ -466,15 +500,24 @@ __global__ void __launch_bounds__(kApplyWarps * 32)
   float* wsm = (FUSE || stage_dense) ? smem + x_floats(kp) : smem;
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
   const int n0 = static_cast<int>(blockIdx.x) * NB;
+  if (FUSE && lane < NR && n0 + warp * NR + lane < N) {  // this warp's base rows into L2 during the prologue
+    prefetch_l2(wb + static_cast<int64_t>(n0 + warp * NR + lane) * swb, static_cast<int64_t>(K) * sizeof(typename D::E));
+  }
   const int row = row_idx[gstart[g]];
   const typename D::E* xr = x + static_cast<int64_t>(row) * sx;
   const bool has_delta = slot >= 0;
   if (has_delta) {
     load_parts(tab + static_cast<int64_t>(slot) * max_parts * f.nf, max_parts, f, sp);
+    // this block's rank-major Ut rows into L2 while t is folded (a thread per (part, output))
+    for (int i = threadIdx.x; i < max_parts * NB; i += blockDim.x) {
+      const PartDesc& d = sp.p[i / NB];
+      const int n = n0 + i % NB;
+      if (d.kind == kLowRank && n < N) prefetch_l2(d.b.codes + static_cast<int64_t>(n) * d.b.stride, d.b.stride * 4);
+    }
   } else if (threadIdx.x == 0) {
     sp.n_chunks = sp.w_total = sp.any_dense = 0;
   }
-  if (FUSE || (has_delta && sp.any_dense)) stage_x<D>(xr, nullptr, K, kp, x_vec, a, asum);  // block-uniform; synchronizes
+  if (FUSE || (has_delta && sp.any_dense)) stage_x<D>(xr, nullptr, K, kp, x_vec, a, asum, nullptr);  // block-uniform; synchronizes
 
   // fold Ut's scale and zero and s into t: w[woff_p + j] = su(j, G) s_j t_j, c_p = Σ_j zu(j, G) w_j;
   // one flat index space over all low-rank parts, whole warps per step (shuffles below)
@@ -698,7 +741,7 @@ void launch(const Batch& b, int nr, bool fuse) {
     const int64_t max_rank = b.t.size(1);
     const int64_t tiles = (max_rank + b.jb - 1) / b.jb;
     TORCH_CHECK(tiles <= 65535, "deltapack_cuda: rank ", max_rank, " needs too many shrink tiles");
-    const int64_t smem = static_cast<int64_t>(x_floats(static_cast<int>(kp))) * 4;
+    const int64_t smem = (static_cast<int64_t>(x_floats(static_cast<int>(kp))) + kp) * 4;
     auto kernel = shrink_kernel<D>;
     set_smem(kernel, smem);
     kernel<<<dim3(static_cast<unsigned>(groups), static_cast<unsigned>(tiles)), kShrinkWarps * 32, smem, stream>>>(

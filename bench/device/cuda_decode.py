@@ -42,6 +42,23 @@ def graph_us(fn) -> float:
     return do_bench(g.replay, warmup=20, rep=200) * 1e3
 
 
+def kernel_us(fn, n: int = 20) -> dict[str, float]:
+    """Mean GPU time per call of each kernel ``fn`` launches (torch.profiler: no launch gaps)."""
+    fn()
+    torch.cuda.synchronize()
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA]) as prof:
+        for _ in range(n):
+            fn()
+        torch.cuda.synchronize()
+    out = {}
+    for e in prof.key_averages():
+        us = getattr(e, "device_time_total", None) or getattr(e, "cuda_time_total", 0)
+        if us and e.count >= n:
+            name = "shrink" if "shrink" in e.key else "apply" if "apply" in e.key else e.key[:24]
+            out[name] = out.get(name, 0.0) + us / n
+    return out
+
+
 def copy_bw() -> float:
     a = torch.empty(1 << 28, dtype=torch.uint8, device="cuda")
     b = torch.empty_like(a)
@@ -81,16 +98,19 @@ def main() -> None:
             if not a.no_triton:
                 res["triton_delta"] = graph_us(lambda: triton_apply(x, y, tab, groups, t=t))
                 res["triton_fused"] = graph_us(lambda: triton_apply(x, y, tab, groups, t=t, base=W))
+            ks = kernel_us(lambda: kcuda.delta_apply(x, y, tab, groups, t=t))
+            kf = kernel_us(lambda: kcuda.delta_apply(x, y, tab, groups, t=t, base=W))
             best = min(res["cuda_unfused"], res["cuda_fused"])
             print(
                 f"{out}x{inp} {method}@{bpp} B=D={B}: delta {dbytes / 1e6:.2f} MB, floor {floor:.1f}; "
                 + "  ".join(f"{k} {v:.1f}" for k, v in res.items())
                 + f"  | best/cublas {best / res['cublas']:.3f}  best/floor {best / floor:.2f}"
             )
+            print("    kernels (profiler, µs): delta " + " ".join(f"{k} {v:.1f}" for k, v in ks.items()) + " | fused " + " ".join(f"{k} {v:.1f}" for k, v in kf.items()))
             # knobs: outputs per warp (apply) and rank rows per shrink block
             sweep = []
             for nr in ("1", "2", "4"):
-                for jb in ("4", "8", "16"):
+                for jb in ("2", "4", "8"):
                     os.environ[kcuda.ENV_ROWS_PER_WARP], os.environ[kcuda.ENV_SHRINK_ROWS] = nr, jb
                     sweep.append(f"nr{nr}/jb{jb}: {graph_us(lambda: kcuda.delta_apply(x, y, tab, groups, t=t)):.1f}/{graph_us(lambda: kcuda.delta_apply(x, y, tab, groups, t=t, base=W)):.1f}")
             os.environ.pop(kcuda.ENV_ROWS_PER_WARP)
