@@ -305,7 +305,8 @@ def main(argv: list[str] | None = None) -> None:
     (out / f"kernels_{tag}.csv").write_text("\n".join([",".join(keys)] + [",".join(str(r.get(k, "")) for k in keys) for r in rows]) + "\n")
     md = summarize(rows, steps, meta)
     (out / f"kernels_{tag}.md").write_text(md)
-    plot(rows, out / f"kernels_{tag}.png")
+    if rows:
+        plot(rows, out / f"kernels_{tag}.png")
     print(md)
 
 

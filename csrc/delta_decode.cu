@@ -441,6 +441,9 @@ __global__ void __launch_bounds__(kShrinkWarps * 32)
                   const int* __restrict__ row_idx, const int* __restrict__ gstart, const int* __restrict__ gslot, int K, int jb, bool x_vec, Fields f) {
   extern __shared__ float smem[];
   __shared__ SlotParts sp;
+  // the apply grid may start now (programmatic dependent launch): its blocks stage x, read their
+  // table rows and run the base GEMV, and wait for this grid only before they read t
+  asm volatile("griddepcontrol.launch_dependents;" ::: "memory");
   const int g = blockIdx.x;
   const int slot = gslot[g];
   if (slot < 0) return;
@@ -519,64 +522,23 @@ __global__ void __launch_bounds__(kApplyWarps * 32)
   }
   if (FUSE || (has_delta && sp.any_dense)) stage_x<D>(xr, nullptr, K, kp, x_vec, a, asum, nullptr);  // block-uniform; synchronizes
 
-  // fold Ut's scale and zero and s into t: w[woff_p + j] = su(j, G) s_j t_j, c_p = Σ_j zu(j, G) w_j;
-  // one flat index space over all low-rank parts, whole warps per step (shuffles below)
-  const int w_total = has_delta ? sp.w_total : 0;
-  for (int ib = threadIdx.x - lane; ib < w_total; ib += blockDim.x * kU) {
-    float v[kU], z[kU];
-    int pi[kU], jj[kU];
-#pragma unroll
-    for (int u = 0; u < kU; ++u) {
-      const int i = ib + lane + u * static_cast<int>(blockDim.x);
-      v[u] = z[u] = 0.f;
-      pi[u] = -1;
-      jj[u] = 0;
-      if (i < w_total) {
-        int p = 0;
-        while (sp.p[p].kind != kLowRank || i >= sp.p[p].woff + ((sp.p[p].rank + 31) & ~31)) ++p;
-        const PartDesc& d = sp.p[p];
-        const int j = i - d.woff;
-        pi[u] = p;
-        jj[u] = j;
-        if (j < d.rank) {
-          const Operand& ut = d.b;
-          const int64_t si = static_cast<int64_t>(j) * ut.srow + static_cast<int64_t>(n0) / ut.group;  // one group per block (loader-checked)
-          const float su = __half2float(__ldg(ut.scales + si));
-          z[u] = ut.zeros != nullptr ? static_cast<float>(__ldg(ut.zeros + si)) : ut.zc;
-          const float sj = d.s != nullptr ? __half2float(__ldg(d.s + j)) : 1.f;
-          v[u] = su * sj * __ldg(t + static_cast<int64_t>(row) * st + d.roff + j);
-        }
-      }
-    }
-#pragma unroll
-    for (int u = 0; u < kU; ++u) {
-      if (pi[u] >= 0) wsm[sp.p[pi[u]].woff + swz(jj[u])] = v[u];
-      const float cz = z[u] * v[u];
-      unsigned todo = __ballot_sync(0xFFFFFFFFu, pi[u] >= 0);
-      while (todo) {  // one warp sum per part present in the warp (usually one)
-        const int pl = __shfl_sync(0xFFFFFFFFu, pi[u], __ffs(todo) - 1);
-        const float sum = warp_sum(pi[u] == pl ? cz : 0.f);
-        if (lane == 0) atomicAdd(&sp.c[pl], sum);
-        todo &= ~__ballot_sync(0xFFFFFFFFu, pi[u] == pl);
-      }
-    }
-  }
-  __syncthreads();
-
   float acc[NR];
 #pragma unroll
   for (int r = 0; r < NR; ++r) acc[r] = 0.f;
   const int nw = n0 + warp * NR;  // this warp's first output
-  if (nw >= N) return;            // after the last __syncthreads: whole warps leave
+  const bool active = nw < N;
   int nrow[NR];
 #pragma unroll
   for (int r = 0; r < NR; ++r) nrow[r] = min(nw + r, N - 1);  // clamped rows are read, not written
 
   if constexpr (FUSE) {
-    // base GEMV: 16-byte loads of NR rows of the base weight, kChunksInFlight loads ahead per row
+    // base GEMV first: it does not need t, so with a programmatic dependent launch it runs while
+    // the shrink launch is still computing t (16-byte loads of NR rows of the base weight,
+    // kChunksInFlight loads ahead per row)
     using E = typename D::E;
     constexpr int V = D::kVec;
-    if (base_vec) {
+    if (!active) {
+    } else if (base_vec) {
       const int nv = K / V;
       for (int v0 = lane; v0 < nv; v0 += 32 * kChunksInFlight) {
         uint4 q[NR][kChunksInFlight];
@@ -617,6 +579,56 @@ __global__ void __launch_bounds__(kApplyWarps * 32)
       }
     }
   }
+
+  // t comes from the shrink launch: wait for it to complete (griddepcontrol.wait returns at once
+  // when this grid was not launched as a programmatic dependent)
+  asm volatile("griddepcontrol.wait;" ::: "memory");
+
+  // fold Ut's scale and zero and s into t: w[woff_p + j] = su(j, G) s_j t_j, c_p = Σ_j zu(j, G) w_j;
+  // one flat index space over all low-rank parts, whole warps per step (shuffles below)
+  const int w_total = has_delta ? sp.w_total : 0;
+  for (int ib = threadIdx.x - lane; ib < w_total; ib += blockDim.x * kU) {
+    float v[kU], z[kU];
+    int pi[kU], jj[kU];
+#pragma unroll
+    for (int u = 0; u < kU; ++u) {
+      const int i = ib + lane + u * static_cast<int>(blockDim.x);
+      v[u] = z[u] = 0.f;
+      pi[u] = -1;
+      jj[u] = 0;
+      if (i < w_total) {
+        int p = 0;
+        while (sp.p[p].kind != kLowRank || i >= sp.p[p].woff + ((sp.p[p].rank + 31) & ~31)) ++p;
+        const PartDesc& d = sp.p[p];
+        const int j = i - d.woff;
+        pi[u] = p;
+        jj[u] = j;
+        if (j < d.rank) {
+          const Operand& ut = d.b;
+          const int64_t si = static_cast<int64_t>(j) * ut.srow + static_cast<int64_t>(n0) / ut.group;  // one group per block (loader-checked)
+          const float su = __half2float(__ldg(ut.scales + si));
+          z[u] = ut.zeros != nullptr ? static_cast<float>(__ldg(ut.zeros + si)) : ut.zc;
+          const float sj = d.s != nullptr ? __half2float(__ldg(d.s + j)) : 1.f;
+          v[u] = su * sj * __ldcg(t + static_cast<int64_t>(row) * st + d.roff + j);  // L2: written by the shrink grid
+        }
+      }
+    }
+#pragma unroll
+    for (int u = 0; u < kU; ++u) {
+      if (pi[u] >= 0) wsm[sp.p[pi[u]].woff + swz(jj[u])] = v[u];
+      const float cz = z[u] * v[u];
+      unsigned todo = __ballot_sync(0xFFFFFFFFu, pi[u] >= 0);
+      while (todo) {  // one warp sum per part present in the warp (usually one)
+        const int pl = __shfl_sync(0xFFFFFFFFu, pi[u], __ffs(todo) - 1);
+        const float sum = warp_sum(pi[u] == pl ? cz : 0.f);
+        if (lane == 0) atomicAdd(&sp.c[pl], sum);
+        todo &= ~__ballot_sync(0xFFFFFFFFu, pi[u] == pl);
+      }
+    }
+  }
+  __syncthreads();
+
+  if (!active) return;  // after the last __syncthreads: whole warps leave
 
   if (has_delta) {
     // low-rank parts: Σ_j q_nj w_j − c over one flat chunk space (all parts' chunks of a Ut row,
@@ -702,6 +714,7 @@ struct Batch {
   bool lowrank, dense;
   int jb;
   bool x_vec;  // rows of x start on 16-byte boundaries
+  bool pdl;    // launch apply as a programmatic dependent of the shrink
   Fields f;
 };
 
@@ -724,10 +737,22 @@ void launch_apply(const Batch& b, cudaStream_t stream) {
   set_smem(kernel, smem * 4);
   const float* tp = b.lowrank ? b.t.data_ptr<float>() : nullptr;
   const int64_t st = b.lowrank ? b.t.stride(0) : 0;
-  kernel<<<dim3(static_cast<unsigned>(tiles), static_cast<unsigned>(groups)), kApplyWarps * 32, smem * 4, stream>>>(
-      reinterpret_cast<const E*>(b.x.data_ptr()), b.x.stride(0), reinterpret_cast<E*>(b.y.data_ptr()), b.y.stride(0), tp, st, wb, swb,
-      b.table.data_ptr<int64_t>(), b.max_parts, b.row_idx.data_ptr<int>(), b.start.data_ptr<int>(), b.slot.data_ptr<int>(), N, K, stage_dense, base_vec, b.x_vec, b.f);
-  C10_CUDA_KERNEL_LAUNCH_CHECK();
+  // after a shrink launch: a programmatic dependent launch (Hopper), so that the apply blocks start
+  // while the shrink runs (they wait for it before reading t: griddepcontrol.wait)
+  cudaLaunchConfig_t cfg = {};
+  cfg.gridDim = dim3(static_cast<unsigned>(tiles), static_cast<unsigned>(groups));
+  cfg.blockDim = dim3(kApplyWarps * 32);
+  cfg.dynamicSmemBytes = static_cast<size_t>(smem * 4);
+  cfg.stream = stream;
+  cudaLaunchAttribute attr[1];
+  attr[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
+  attr[0].val.programmaticStreamSerializationAllowed = 1;
+  cfg.attrs = attr;
+  cfg.numAttrs = b.lowrank && b.pdl ? 1 : 0;
+  C10_CUDA_CHECK(cudaLaunchKernelEx(&cfg, kernel, reinterpret_cast<const E*>(b.x.data_ptr()), b.x.stride(0), reinterpret_cast<E*>(b.y.data_ptr()),
+                                    b.y.stride(0), tp, st, wb, swb, static_cast<const int64_t*>(b.table.data_ptr<int64_t>()), b.max_parts,
+                                    static_cast<const int*>(b.row_idx.data_ptr<int>()), static_cast<const int*>(b.start.data_ptr<int>()),
+                                    static_cast<const int*>(b.slot.data_ptr<int>()), N, K, stage_dense, base_vec, b.x_vec, b.f));
 }
 
 template <class D>
@@ -778,7 +803,7 @@ void check_index(const at::Tensor& t, const char* name, const at::Device& dev) {
 // KIND_DENSE. ``wlen``: the largest Σ over a slot's low-rank parts of the rank rounded up to 32.
 void delta_decode(const at::Tensor& x, at::Tensor y, const at::Tensor& t, const c10::optional<at::Tensor>& base, const at::Tensor& table,
                   int64_t max_parts, const at::Tensor& row_idx, const at::Tensor& start, const at::Tensor& slot, const std::vector<int64_t>& fields,
-                  int64_t wlen, bool lowrank, bool dense, int64_t rows_per_warp, int64_t shrink_rows) {
+                  int64_t wlen, bool lowrank, bool dense, int64_t rows_per_warp, int64_t shrink_rows, bool pdl) {
   TORCH_CHECK(x.is_cuda(), "deltapack_cuda: x must be a CUDA tensor");
   const at::Device dev = x.device();
   TORCH_CHECK(y.device() == dev && table.device() == dev, "deltapack_cuda: x, y and the table must be on one device");
@@ -822,7 +847,7 @@ void delta_decode(const at::Tensor& x, at::Tensor y, const at::Tensor& t, const 
   const c10::cuda::CUDAGuard guard(dev);
   const int64_t row_bytes = x.stride(0) * static_cast<int64_t>(x.element_size());
   const bool x_vec = reinterpret_cast<uintptr_t>(x.data_ptr()) % 16 == 0 && (x.size(0) <= 1 || row_bytes % 16 == 0);
-  const Batch b{x, y, t, w, table, static_cast<int>(max_parts), row_idx, start, slot, wlen, lowrank, dense, static_cast<int>(shrink_rows), x_vec, f};
+  const Batch b{x, y, t, w, table, static_cast<int>(max_parts), row_idx, start, slot, wlen, lowrank, dense, static_cast<int>(shrink_rows), x_vec, pdl, f};
   const int nr = static_cast<int>(rows_per_warp);
   switch (x.scalar_type()) {
     case at::kFloat:
@@ -846,7 +871,7 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("delta_decode", &delta_decode, "y[rows] += Δ_slot · x[rows] in place (or y = x·baseᵀ + Δx)", pybind11::arg("x"), pybind11::arg("y"),
         pybind11::arg("t"), pybind11::arg("base"), pybind11::arg("table"), pybind11::arg("max_parts"), pybind11::arg("row_idx"), pybind11::arg("start"),
         pybind11::arg("slot"), pybind11::arg("fields"), pybind11::arg("wlen"), pybind11::arg("lowrank"), pybind11::arg("dense"),
-        pybind11::arg("rows_per_warp"), pybind11::arg("shrink_rows"));
+        pybind11::arg("rows_per_warp"), pybind11::arg("shrink_rows"), pybind11::arg("pdl") = true);
   m.attr("APPLY_WARPS") = kApplyWarps;
   m.attr("SHRINK_WARPS") = kShrinkWarps;
   m.attr("MAX_PARTS") = kMaxParts;

@@ -95,6 +95,11 @@ def main() -> None:
             res["cuda_delta"] = graph_us(lambda: kcuda.delta_apply(x, y, tab, groups, t=t))
             res["cuda_unfused"] = graph_us(lambda: (torch.matmul(x, W.T, out=y), kcuda.delta_apply(x, y, tab, groups, t=t)))
             res["cuda_fused"] = graph_us(lambda: kcuda.delta_apply(x, y, tab, groups, t=t, base=W))
+            if tab.has_lowrank:  # the apply launch without the programmatic dependent launch
+                os.environ[kcuda.ENV_PDL] = "0"
+                res["cuda_delta_nopdl"] = graph_us(lambda: kcuda.delta_apply(x, y, tab, groups, t=t))
+                res["cuda_fused_nopdl"] = graph_us(lambda: kcuda.delta_apply(x, y, tab, groups, t=t, base=W))
+                os.environ.pop(kcuda.ENV_PDL)
             if not a.no_triton:
                 res["triton_delta"] = graph_us(lambda: triton_apply(x, y, tab, groups, t=t))
                 res["triton_fused"] = graph_us(lambda: triton_apply(x, y, tab, groups, t=t, base=W))
@@ -110,7 +115,7 @@ def main() -> None:
             # knobs: outputs per warp (apply) and rank rows per shrink block
             sweep = []
             for nr in ("1", "2", "4"):
-                for jb in ("2", "4", "8"):
+                for jb in ("4", "8"):
                     os.environ[kcuda.ENV_ROWS_PER_WARP], os.environ[kcuda.ENV_SHRINK_ROWS] = nr, jb
                     sweep.append(f"nr{nr}/jb{jb}: {graph_us(lambda: kcuda.delta_apply(x, y, tab, groups, t=t)):.1f}/{graph_us(lambda: kcuda.delta_apply(x, y, tab, groups, t=t, base=W)):.1f}")
             os.environ.pop(kcuda.ENV_ROWS_PER_WARP)

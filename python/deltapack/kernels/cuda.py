@@ -13,7 +13,10 @@ Scope: decode batches (at most :data:`MAX_ROWS` rows, one row per group: ``group
 
 not 2:4 sparse parts (DeltaZip) and not raw f16 factors (plain low-rank): those batches go to
 the Triton path. Two launches per call (shrink for the low-rank parts, then apply), or one
-without low-rank parts; with ``base`` the apply launch also computes the base GEMV. A build
+without low-rank parts; with ``base`` the apply launch also computes the base GEMV. The apply
+launch is a programmatic dependent of the shrink (Hopper): its blocks start while the shrink
+runs, stage x and compute the base GEMV, and wait for t only before the low-rank products
+(``DELTAPACK_CUDA_PDL=0`` turns this off). A build
 failure is logged once and leaves :func:`available` False (the error is kept:
 :func:`build_error`).
 
@@ -63,6 +66,7 @@ CFLAGS = ("-O3", "-lineinfo")
 ENV_DECODE = "DELTAPACK_CUDA_DECODE"
 ENV_ROWS_PER_WARP = "DELTAPACK_CUDA_ROWS_PER_WARP"  # 1, 2 or 4: overrides the heuristic (benchmarks)
 ENV_SHRINK_ROWS = "DELTAPACK_CUDA_SHRINK_ROWS"  # rank rows per shrink block (benchmarks)
+ENV_PDL = "DELTAPACK_CUDA_PDL"  # 0: launch apply after the shrink completes (no programmatic dependent launch)
 SHRINK_ROWS = 8
 # The table's layout as the kernel reads it (csrc/delta_decode.cu struct Fields, in this order;
 # each operand's 8 fields follow A_BITS / B_BITS in packed.py's order).
@@ -337,5 +341,6 @@ def delta_apply(
         dense,
         rows_per_warp(x, groups.n_groups, N),
         shrink_rows(),
+        os.environ.get(ENV_PDL, "1").strip() != "0",
     )
     return y
