@@ -1,0 +1,93 @@
+"""Registers, spills and shared memory of the CUDA decode kernels (csrc/delta_decode.cu) for an
+sm_90 target, compiled on a machine without a GPU, to screen changes before spending GPU time.
+
+It needs an nvcc. The CPU box has none, but the CUDA wheels on PyPI hold one. Merge them with the
+torch wheel's CUDA headers and libraries into one folder and point CUDA_HOME at it:
+
+    pip download --no-deps "nvidia-cuda-nvcc==13.2.*" "nvidia-nvvm==13.2.*" "nvidia-cuda-crt==13.2.*" -d /tmp/w
+    # unpack each wheel; copy nvidia/cu13/{bin,include} of nvcc, nvidia/cu13/nvvm of nvvm and
+    # nvidia/cu13/include of crt, plus site-packages/nvidia/cu13/{include,lib} of the torch
+    # wheel, into /opt/cuda/{bin,include,nvvm,lib64}
+    CUDA_HOME=/opt/cuda python bench/cuda_resources.py
+
+(notes: docs/notes/2026-11-22-kernels-s4.md). The local torch's headers may need a newer C++
+standard than the device's (torch 2.15: C++20; the device's torch 2.11 builds with C++17).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import shutil
+import subprocess
+import sys
+import sysconfig
+import tempfile
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+_ENTRY = re.compile(r"Compiling entry function '(\S+)' for '(sm_\w+)'")
+_SPILL = re.compile(r"(\d+) bytes stack frame, (\d+) bytes spill stores, (\d+) bytes spill loads")
+_USED = re.compile(r"Used (\d+) registers(?:.*?(\d+) bytes smem)?")
+
+
+def demangle(name: str) -> str:
+    """A short readable name: the kernel and its template arguments (F16/BF16/F32, rows per
+    warp, fused) from an Itanium-mangled symbol."""
+    m = re.search(r"(shrink_kernel|apply_kernel)I(.*?)EEv", name)
+    if not m:
+        return name
+    kernel, args = m.groups()
+    dtype = next((d for d in ("BF16", "F16", "F32") if d in args), "?")
+    ints = re.findall(r"Li(\d+)E", args)
+    bools = re.findall(r"Lb([01])E", args)
+    parts = [dtype] + [f"NR={i}" for i in ints] + [("fused" if b == "1" else "unfused") for b in bools]
+    return f"{kernel}<{', '.join(parts)}>"
+
+
+def parse_ptxas(log: str) -> list[dict]:
+    """One record per kernel from ``nvcc -Xptxas -v`` output: name, arch, registers, stack
+    frame, spill stores / loads and static shared memory (bytes)."""
+    rows: list[dict] = []
+    for line in log.splitlines():
+        if m := _ENTRY.search(line):
+            rows.append({"kernel": demangle(m.group(1)), "arch": m.group(2), "registers": 0, "stack": 0, "spill_stores": 0, "spill_loads": 0, "smem": 0})
+        elif rows and (m := _SPILL.search(line)):
+            rows[-1].update(stack=int(m.group(1)), spill_stores=int(m.group(2)), spill_loads=int(m.group(3)))
+        elif rows and (m := _USED.search(line)):
+            rows[-1]["registers"] = int(m.group(1))
+            if m.group(2):
+                rows[-1]["smem"] = int(m.group(2))
+    return rows
+
+
+def compile_log(nvcc: str, arch: str, std: str) -> str:
+    from torch.utils import cpp_extension
+
+    inc = [f"-I{p}" for p in cpp_extension.include_paths()] + [f"-I{sysconfig.get_paths()['include']}"]
+    with tempfile.TemporaryDirectory() as tmp:
+        cmd = [nvcc, f"-arch={arch}", "-cubin", "-O3", f"-std={std}", "-Xptxas", "-v", "-o", str(Path(tmp) / "k.cubin"), *inc, str(ROOT / "csrc" / "delta_decode.cu")]
+        r = subprocess.run(cmd, capture_output=True, text=True)
+    if r.returncode:
+        sys.exit(f"nvcc failed ({r.returncode}):\n{r.stderr[-4000:]}")
+    return r.stdout + r.stderr
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--arch", default="sm_90")
+    ap.add_argument("--std", default="c++20")
+    a = ap.parse_args(argv)
+    home = os.environ.get("CUDA_HOME")
+    nvcc = str(Path(home) / "bin" / "nvcc") if home else shutil.which("nvcc")
+    if not nvcc or not Path(nvcc).exists():
+        sys.exit("no nvcc: set CUDA_HOME (see this script's docstring for a CPU-only setup)")
+    rows = parse_ptxas(compile_log(nvcc, a.arch, a.std))
+    print(f"{'kernel':<36} {'regs':>5} {'stack':>6} {'spill st/ld':>12} {'smem':>6}")
+    for r in sorted(rows, key=lambda r: r["kernel"]):
+        print(f"{r['kernel']:<36} {r['registers']:>5} {r['stack']:>6} {r['spill_stores']:>5}/{r['spill_loads']:<6} {r['smem']:>6}")
+
+
+if __name__ == "__main__":
+    main()
