@@ -517,8 +517,6 @@ __global__ void __launch_bounds__(kApplyWarps * 32)
       const int n = n0 + i % NB;
       if (d.kind == kLowRank && n < N) prefetch_l2(d.b.codes + static_cast<int64_t>(n) * d.b.stride, d.b.stride * 4);
     }
-  } else if (threadIdx.x == 0) {
-    sp.n_chunks = sp.w_total = sp.any_dense = 0;
   }
   if (FUSE || (has_delta && sp.any_dense)) stage_x<D>(xr, nullptr, K, kp, x_vec, a, asum, nullptr);  // block-uniform; synchronizes
 
@@ -537,8 +535,7 @@ __global__ void __launch_bounds__(kApplyWarps * 32)
     // kChunksInFlight loads ahead per row)
     using E = typename D::E;
     constexpr int V = D::kVec;
-    if (!active) {
-    } else if (base_vec) {
+    if (active && base_vec) {
       const int nv = K / V;
       for (int v0 = lane; v0 < nv; v0 += 32 * kChunksInFlight) {
         uint4 q[NR][kChunksInFlight];
@@ -571,7 +568,7 @@ __global__ void __launch_bounds__(kApplyWarps * 32)
           }
         }
       }
-    } else {  // rows of the base weight not 16-byte aligned: element by element
+    } else if (active) {  // rows of the base weight not 16-byte aligned: element by element
       for (int k = lane; k < K; k += 32) {
         const float xv = a[swz(k)];
 #pragma unroll

@@ -19,6 +19,7 @@ from deltapack.kernels import cuda as kcuda
 from deltapack.kernels.packed import DeltaTable, KernelDelta, RowGroups
 from deltapack.kernels.synthetic import write_synthetic
 from deltapack.kernels.triton import delta_apply as triton_apply
+from tune_decode import kernel_times  # bench/device/, the script's folder
 
 CASES = [  # (out, in), method, bits/param, rows B (= distinct deltas D, or D = 1 with "same")
     ((4096, 4096), "delta-come", 1.0, 1),
@@ -43,20 +44,8 @@ def graph_us(fn) -> float:
 
 
 def kernel_us(fn, n: int = 20) -> dict[str, float]:
-    """Mean GPU time per call of each kernel ``fn`` launches (torch.profiler: no launch gaps)."""
-    fn()
-    torch.cuda.synchronize()
-    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA]) as prof:
-        for _ in range(n):
-            fn()
-        torch.cuda.synchronize()
-    out = {}
-    for e in prof.key_averages():
-        us = getattr(e, "device_time_total", None) or getattr(e, "cuda_time_total", 0)
-        if us and e.count >= n:
-            name = "shrink" if "shrink" in e.key else "apply" if "apply" in e.key else e.key[:24]
-            out[name] = out.get(name, 0.0) + us / n
-    return out
+    """Per-kernel GPU time per call of ``fn``: shrink / apply (and anything else it launches)."""
+    return kernel_times(fn, n, label=lambda k: "shrink" if "shrink" in k else "apply" if "apply" in k else k[:24], min_count=n)
 
 
 def copy_bw() -> float:

@@ -49,7 +49,13 @@ VARIANTS = [
 ]
 
 
-def kernel_times(fn, n=20):
+def _tune_label(key: str) -> str:
+    return "fill/copy" if "elementwise" in key or "fill" in key.lower() or "Memset" in key else key.split("_kernel")[0]
+
+
+def kernel_times(fn, n: int = 20, label=_tune_label, min_count: int = 0) -> dict[str, float]:
+    """Mean GPU time per call of the kernels ``fn`` launches, summed by ``label(kernel name)``
+    (torch.profiler: no launch gaps); events seen fewer than ``min_count`` times are dropped."""
     fn()
     torch.cuda.synchronize()
     with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA]) as prof:
@@ -58,8 +64,10 @@ def kernel_times(fn, n=20):
         torch.cuda.synchronize()
     out = {}
     for e in prof.key_averages():
+        if e.count < min_count:
+            continue
         t = e.device_time_total if hasattr(e, "device_time_total") else e.cuda_time_total
-        name = "fill/copy" if "elementwise" in e.key or "fill" in e.key.lower() or "Memset" in e.key else e.key.split("_kernel")[0]
+        name = label(e.key)
         out[name] = out.get(name, 0.0) + t / n
     return out
 
