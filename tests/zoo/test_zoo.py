@@ -16,6 +16,7 @@ pytest.importorskip("tokenizers")
 from deltapack.zoo import (  # noqa: E402
     PRESETS,
     TASKS,
+    Preset,
     Example,
     build_base,
     build_finetune,
@@ -23,6 +24,7 @@ from deltapack.zoo import (  # noqa: E402
     evaluate,
     extract_answer,
     is_correct,
+    read_stamp,
     score,
     split_of,
 )
@@ -361,3 +363,15 @@ def test_next_token_kl_pads_batches_like_single_sequences(zoo):
     assert batched == pytest.approx(tot, rel=1e-4)
     assert batched > 0.01
     assert next_token_kl(ft, ft, seqs, batch_size=4) == pytest.approx(0.0, abs=1e-6)
+
+
+def test_per_task_finetune_settings(tmp_path):
+    micro = replace(PRESETS["tiny"], name="micro_ft", base_steps=2, ft_steps=2, ft_batch=2, corpus_chars=50_000, ft_task={"code": {"ft_steps": 3, "ft_lr": 1e-3}})
+    assert micro.ft_settings("code") == (3, 2, 1e-3)
+    assert micro.ft_settings("arith") == (2, 2, micro.ft_lr)
+    assert Preset.from_dict(micro.to_dict()) == micro
+    b = build_base(tmp_path, micro, seed=0, quiet=True)
+    examples = {t: read_stamp(build_finetune(b, tmp_path, t, micro, seed=0, quiet=True))["train_examples"] for t in ("code", "arith")}
+    assert examples == {"code": 6, "arith": 4}
+    with pytest.raises(ValueError, match="unknown fine-tune override"):
+        replace(micro, ft_task={"code": {"steps": 3}}).ft_settings("code")

@@ -379,11 +379,12 @@ def build_finetune(
     with _threads(threads):
         tok = AutoTokenizer.from_pretrained(base_dir)
         model = LlamaForCausalLM.from_pretrained(base_dir, dtype=torch.float32).to(device)
-        n = p.ft_steps * p.ft_batch
+        steps, batch, lr = p.ft_settings(t.name)
+        n = steps * batch
         train = t.examples(n, seed=seed, split="train", eval_frac=p.eval_frac, **p.difficulty.get(t.name, {}))
         encoded = [encode_example(tok, ex) for ex in train]
         g = torch.Generator().manual_seed(seed)
-        order = torch.randperm(n, generator=g).view(p.ft_steps, p.ft_batch)
+        order = torch.randperm(n, generator=g).view(steps, batch)
         pad = tok.pad_token_id
 
         def batches(step: int):
@@ -397,7 +398,7 @@ def build_finetune(
             return x, y
 
         torch.manual_seed(seed)
-        losses, train_s = _train(model, batches, p.ft_steps, p.ft_lr, p, device, f"{t.name}[{p.name}]", quiet)
+        losses, train_s = _train(model, batches, steps, lr, p, device, f"{t.name}[{p.name}]", quiet)
 
         tmp = _prepare_target(final)
         meta = {
