@@ -12,22 +12,26 @@
 //   (same codes, same bit width), b ∈ {1, 2, 3, 4, 8}; f16 singular values s; an optional
 //   act-order permutation of x.
 //
-// Two launches:
-// 1. shrink (low-rank parts only): t[row, roff + j] = Σ_k Vt[j, k] · x[row, perm(k)].
-//    Grid (row group, tile of JB rank rows); a block stages x[row] (permuted) as fp32 in shared
-//    memory with the sum of every 32-code chunk, then each warp walks whole rows of Vt.
-// 2. apply: y[row, n] (+)= Σ_p Σ_j U_p[n, j] · s_j · t[row, j] + Σ_dense W[n, :] · x[row]
-//    (+ base[n, :] · x[row] when fused: y is then overwritten). Grid (output tile of NB rows,
-//    row group). A block's outputs lie in one scale group of every Ut, so Ut's scale, zero
-//    and s fold into the activations once per block:
-//        w_j = su(j, G) · s_j · t_j,   c = Σ_j zu(j, G) · w_j,   Σ_j (q_nj − zu) su s_j t_j = Σ_j q_nj w_j − c,
-//    which leaves a plain integer-code GEMV over rank-major rows (no per-code scale load).
+// Launches:
+// - shrink (low-rank parts only): t[row, roff + j] = Σ_k Vt[j, k] · x[row, perm(k)].
+//   Grid (row group, tile of JB rank rows); a block stages x[row] (permuted) as fp32 in shared
+//   memory with the sum of every 32-code chunk, then each warp walks whole rows of Vt.
+// - apply: y[row, n] (+)= Σ_p Σ_j U_p[n, j] · s_j · t[row, j] + Σ_dense W[n, :] · x[row]
+//   (+ base[n, :] · x[row] when fused: y is then overwritten). Grid (output tile of NB rows,
+//   row group). A block's outputs lie in one scale group of every Ut, so Ut's scale, zero
+//   and s fold into the activations once per block:
+//       w_j = su(j, G) · s_j · t_j,   c = Σ_j zu(j, G) · w_j,   Σ_j (q_nj − zu) su s_j t_j = Σ_j q_nj w_j − c,
+//   which leaves a plain integer-code GEMV over rank-major rows (no per-code scale load).
+//   After a shrink it is a programmatic dependent launch: it starts while the shrink runs.
+// - one pass (fused with low-rank parts): the shrink's items and the fused apply's in one grid;
+//   apply blocks run their base GEMV while shrink items compute t beside them, and wait for
+//   their row's t (device-wide counters) only before the low-rank products (onepass_kernel).
 //
 // Code decoding: a lane takes one 32-code chunk (b consecutive words) at a time; codes become
 // floats by the 2^23 exponent trick (OR into 0x4B000000, subtract 2^23: exact). Per chunk with
 // scale s and zero z: Σ_i (q_i − z) s a_i = s (Σ_i q_i a_i − z Σ_i a_i), Σ a_i from shared memory.
-// fp32 accumulation, warp shuffle reductions, one owner per output (no atomics), no host sync
-// and no allocation: safe to capture in a CUDA graph.
+// fp32 accumulation, warp shuffle reductions, one owner per output (no atomics on outputs), no
+// host sync and no allocation: safe to capture in a CUDA graph.
 
 #include <torch/extension.h>
 #include <pybind11/stl.h>
@@ -39,6 +43,7 @@
 #include <cuda_fp16.h>
 
 #include <cstdint>
+#include <algorithm>
 #include <vector>
 
 namespace {
@@ -432,27 +437,17 @@ __device__ __forceinline__ void load_parts(const int64_t* __restrict__ base, int
   __syncthreads();
 }
 
-// ---- launch 1: shrink -----------------------------------------------------------------------------
+// ---- shrink: t[row, j0 .. j0 + jb) for one row -------------------------------------------------------
 // Dynamic shared memory: x_floats(kp) floats (a, asum), then kp floats (raw x for the permuted
-// gather).
+// gather). Every thread of the block calls it; the warps of the block walk the rank rows.
 template <class D>
-__global__ void __launch_bounds__(kShrinkWarps * 32)
-    shrink_kernel(const typename D::E* __restrict__ x, int64_t sx, float* __restrict__ t, int64_t st, const int64_t* __restrict__ tab, int max_parts,
-                  const int* __restrict__ row_idx, const int* __restrict__ gstart, const int* __restrict__ gslot, int K, int jb, bool x_vec, Fields f) {
-  extern __shared__ float smem[];
-  __shared__ SlotParts sp;
-  // the apply grid may start now (programmatic dependent launch): its blocks stage x, read their
-  // table rows and run the base GEMV, and wait for this grid only before they read t
-  asm volatile("griddepcontrol.launch_dependents;" ::: "memory");
-  const int g = blockIdx.x;
-  const int slot = gslot[g];
-  if (slot < 0) return;
+__device__ __forceinline__ void shrink_item(const typename D::E* __restrict__ x, int64_t sx, float* __restrict__ t, int64_t st, const int64_t* __restrict__ tab,
+                                            int max_parts, int row, int slot, int K, int j0, int jb, bool x_vec, const Fields& f, float* smem, SlotParts& sp) {
   const int kp = (K + 31) & ~31;
   float* a = smem;
   float* asum = smem + kp;
-  const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
-  const int j0 = static_cast<int>(blockIdx.y) * jb, j1 = j0 + jb;
-  const int row = row_idx[gstart[g]];
+  const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, nwarps = blockDim.x >> 5;
+  const int j1 = j0 + jb;
   const typename D::E* xr = x + static_cast<int64_t>(row) * sx;
   load_parts(tab + static_cast<int64_t>(slot) * max_parts * f.nf, max_parts, f, sp);
   // this block's rows of Vt into L2 while x is staged (lane 0 of each warp, the rows it walks)
@@ -460,7 +455,7 @@ __global__ void __launch_bounds__(kShrinkWarps * 32)
     for (int p = 0; p < max_parts; ++p) {
       const PartDesc& d = sp.p[p];
       if (d.kind != kLowRank) continue;
-      for (int j = max(j0, d.roff) + warp; j < min(j1, d.roff + d.rank); j += kShrinkWarps) prefetch_l2(d.a.codes + static_cast<int64_t>(j - d.roff) * d.a.stride, d.a.stride * 4);
+      for (int j = max(j0, d.roff) + warp; j < min(j1, d.roff + d.rank); j += nwarps) prefetch_l2(d.a.codes + static_cast<int64_t>(j - d.roff) * d.a.stride, d.a.stride * 4);
     }
   }
   const int* staged = reinterpret_cast<const int*>(uintptr_t{1});  // nothing staged yet (never a real pointer)
@@ -475,47 +470,107 @@ __global__ void __launch_bounds__(kShrinkWarps * 32)
       staged = d.perm;
     }
     const Operand vt = d.a;
-    for (int j = lo + warp; j < hi; j += kShrinkWarps) {
+    for (int j = lo + warp; j < hi; j += nwarps) {
       const float acc = warp_sum(row_dot_bits<true>(vt, j - d.roff, kp / 32, a, asum, lane));
       if (lane == 0) t[static_cast<int64_t>(row) * st + j] = acc;
     }
   }
 }
 
-// ---- launch 2: apply ------------------------------------------------------------------------------
-// Dynamic shared memory: [x: x_floats(kp) floats (a, asum), when fused or with dense parts]
-// then w [wlen] floats (each low-rank part's folded activations, padded to 32).
-template <class D, int NR, bool FUSE>
-__global__ void __launch_bounds__(kApplyWarps * 32)
-    apply_kernel(const typename D::E* __restrict__ x, int64_t sx, typename D::E* __restrict__ y, int64_t sy, const float* __restrict__ t, int64_t st,
-                 const typename D::E* __restrict__ wb, int64_t swb, const int64_t* __restrict__ tab, int max_parts, const int* __restrict__ row_idx,
-                 const int* __restrict__ gstart, const int* __restrict__ gslot, int N, int K, bool stage_dense, bool base_vec, bool x_vec, Fields f) {
+// launch 1 of the two-launch path. Grid (row group, tile of jb rank rows).
+template <class D>
+__global__ void __launch_bounds__(kShrinkWarps * 32)
+    shrink_kernel(const typename D::E* __restrict__ x, int64_t sx, float* __restrict__ t, int64_t st, const int64_t* __restrict__ tab, int max_parts,
+                  const int* __restrict__ row_idx, const int* __restrict__ gstart, const int* __restrict__ gslot, int K, int jb, bool x_vec, Fields f) {
   extern __shared__ float smem[];
   __shared__ SlotParts sp;
-  constexpr int NB = kApplyWarps * NR;
-  constexpr int kU = 4;  // folded activations a thread loads before its first store
-  const int g = blockIdx.y;
+  // the apply grid may start now (programmatic dependent launch): its blocks stage x, read their
+  // table rows and run the base GEMV, and wait for this grid only before they read t
+  asm volatile("griddepcontrol.launch_dependents;" ::: "memory");
+  const int g = blockIdx.x;
   const int slot = gslot[g];
-  if (!FUSE && slot < 0) return;  // rows without a delta are never touched
+  if (slot < 0) return;
+  shrink_item<D>(x, sx, t, st, tab, max_parts, row_idx[gstart[g]], slot, K, static_cast<int>(blockIdx.y) * jb, jb, x_vec, f, smem, sp);
+}
+
+// ---- apply: y[row, n0 .. n0 + NB) ---------------------------------------------------------------
+// How an apply item waits for t. Two launches: griddepcontrol.wait (returns at once when the grid
+// was not launched as a programmatic dependent). One pass (done != nullptr): thread 0 waits until
+// done[g] reaches a_tiles (every shrink item of the group has stored its t and counted itself),
+// then counts the block in passed[g]; the group's last block past the wait zeroes both counters,
+// so they are zero again for the next call.
+struct TWait {
+  int* done;
+  int* passed;
+  int a_tiles;  // shrink items per group
+  int b_tiles;  // apply items per group
+};
+
+__device__ __forceinline__ int ld_acquire(const int* p) {
+  int v;
+  asm volatile("ld.acquire.gpu.global.b32 %0, [%1];" : "=r"(v) : "l"(p) : "memory");
+  return v;
+}
+
+__device__ __forceinline__ void wait_for_t(const TWait& tw, int g) {
+  if (tw.done == nullptr) {
+    asm volatile("griddepcontrol.wait;" ::: "memory");
+    return;
+  }
+  if (threadIdx.x == 0) {
+    while (ld_acquire(tw.done + g) < tw.a_tiles) __nanosleep(32);
+    if (atomicAdd(tw.passed + g, 1) == tw.b_tiles - 1) {
+      tw.done[g] = 0;
+      tw.passed[g] = 0;
+    }
+  }
+  __syncthreads();
+}
+
+// The NB rows of the base weight an apply block reads, into L2 (a warp's first NR lanes: its rows).
+template <class D, int NR>
+__device__ __forceinline__ void prefetch_base(const typename D::E* __restrict__ wb, int64_t swb, int n0, int N, int K) {
+  const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+  if (lane < NR && n0 + warp * NR + lane < N) prefetch_l2(wb + static_cast<int64_t>(n0 + warp * NR + lane) * swb, static_cast<int64_t>(K) * sizeof(typename D::E));
+}
+
+__device__ __forceinline__ void prefetch_line(const void* p) { asm volatile("prefetch.global.L2 [%0];" ::"l"(p)); }
+
+// Dynamic shared memory: [x: x_floats(kp) floats (a, asum), when fused or with dense parts]
+// then w [wlen] floats (each low-rank part's folded activations, padded to 32). Every thread of
+// the block calls it; with FUSE, y[row] is overwritten (base GEMV + delta), else added to.
+template <class D, int NR, bool FUSE>
+__device__ __forceinline__ void apply_item(const typename D::E* __restrict__ x, int64_t sx, typename D::E* __restrict__ y, int64_t sy, const float* __restrict__ t,
+                                           int64_t st, const typename D::E* __restrict__ wb, int64_t swb, const int64_t* __restrict__ tab, int max_parts,
+                                           int g, int row, int slot, int n0, int N, int K, bool stage_dense, bool base_vec, bool x_vec, const Fields& f,
+                                           float* smem, SlotParts& sp, const TWait& tw) {
+  constexpr int kU = 4;  // folded activations a thread loads before its first store
+  constexpr int NB = kApplyWarps * NR;
   const int kp = (K + 31) & ~31;
   float* a = smem;
   float* asum = smem + kp;
   float* wsm = (FUSE || stage_dense) ? smem + x_floats(kp) : smem;
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
-  const int n0 = static_cast<int>(blockIdx.x) * NB;
-  if (FUSE && lane < NR && n0 + warp * NR + lane < N) {  // this warp's base rows into L2 during the prologue
-    prefetch_l2(wb + static_cast<int64_t>(n0 + warp * NR + lane) * swb, static_cast<int64_t>(K) * sizeof(typename D::E));
-  }
-  const int row = row_idx[gstart[g]];
   const typename D::E* xr = x + static_cast<int64_t>(row) * sx;
   const bool has_delta = slot >= 0;
   if (has_delta) {
     load_parts(tab + static_cast<int64_t>(slot) * max_parts * f.nf, max_parts, f, sp);
-    // this block's rank-major Ut rows into L2 while t is folded (a thread per (part, output))
+    // this block's rank-major Ut rows into L2 while t is computed (a thread per (part, output)),
+    // and the lines of Ut's scales and zeros and of s that the fold reads (a thread per rank)
     for (int i = threadIdx.x; i < max_parts * NB; i += blockDim.x) {
       const PartDesc& d = sp.p[i / NB];
       const int n = n0 + i % NB;
       if (d.kind == kLowRank && n < N) prefetch_l2(d.b.codes + static_cast<int64_t>(n) * d.b.stride, d.b.stride * 4);
+    }
+    for (int p = 0; p < max_parts; ++p) {
+      const PartDesc& d = sp.p[p];
+      if (d.kind != kLowRank) continue;
+      for (int j = threadIdx.x; j < d.rank; j += blockDim.x) {
+        const int64_t si = static_cast<int64_t>(j) * d.b.srow + static_cast<int64_t>(n0) / d.b.group;
+        prefetch_line(d.b.scales + si);
+        if (d.b.zeros != nullptr) prefetch_line(d.b.zeros + si);
+        if (d.s != nullptr && (j & 63) == 0) prefetch_line(d.s + j);
+      }
     }
   }
   if (FUSE || (has_delta && sp.any_dense)) stage_x<D>(xr, nullptr, K, kp, x_vec, a, asum, nullptr);  // block-uniform; synchronizes
@@ -577,9 +632,8 @@ __global__ void __launch_bounds__(kApplyWarps * 32)
     }
   }
 
-  // t comes from the shrink launch: wait for it to complete (griddepcontrol.wait returns at once
-  // when this grid was not launched as a programmatic dependent)
-  asm volatile("griddepcontrol.wait;" ::: "memory");
+  // t comes from the shrink (launch or items): wait for it
+  if (has_delta) wait_for_t(tw, g);
 
   // fold Ut's scale and zero and s into t: w[woff_p + j] = su(j, G) s_j t_j, c_p = Σ_j zu(j, G) w_j;
   // one flat index space over all low-rank parts, whole warps per step (shuffles below)
@@ -688,6 +742,78 @@ __global__ void __launch_bounds__(kApplyWarps * 32)
   }
 }
 
+// launch 2 of the two-launch path. Grid (output tile of NB rows, row group).
+template <class D, int NR, bool FUSE>
+__global__ void __launch_bounds__(kApplyWarps * 32)
+    apply_kernel(const typename D::E* __restrict__ x, int64_t sx, typename D::E* __restrict__ y, int64_t sy, const float* __restrict__ t, int64_t st,
+                 const typename D::E* __restrict__ wb, int64_t swb, const int64_t* __restrict__ tab, int max_parts, const int* __restrict__ row_idx,
+                 const int* __restrict__ gstart, const int* __restrict__ gslot, int N, int K, bool stage_dense, bool base_vec, bool x_vec, Fields f) {
+  extern __shared__ float smem[];
+  __shared__ SlotParts sp;
+  constexpr int NB = kApplyWarps * NR;
+  const int g = blockIdx.y;
+  const int slot = gslot[g];
+  if (!FUSE && slot < 0) return;  // rows without a delta are never touched
+  const int n0 = static_cast<int>(blockIdx.x) * NB;
+  if (FUSE) prefetch_base<D, NR>(wb, swb, n0, N, K);  // this warp's base rows into L2 during the prologue
+  const TWait tw{nullptr, nullptr, 0, 0};
+  apply_item<D, NR, FUSE>(x, sx, y, sy, t, st, wb, swb, tab, max_parts, g, row_idx[gstart[g]], slot, n0, N, K, stage_dense, base_vec, x_vec, f, smem, sp, tw);
+}
+
+// ---- one pass: shrink and fused apply in one launch ----------------------------------------------------
+// The two-launch path pays for the shrink's whole chain of dependent loads before the apply can
+// finish, and for the gap between the grids. Here one grid does both: the apply blocks (one per
+// output tile and row group) start their base GEMV at once, and the shrink items (rank tiles)
+// run beside them, so their latency hides behind the base weight's stream; an apply block waits
+// for its group's t only after its base GEMV (wait_for_t).
+//
+// Shrink items are claimed from a ticket counter, never assigned by block index: blocks
+// [0, a_blocks) claim until the tickets run out and then leave; apply blocks claim too (usually
+// getting none) before their own item. A block that waits has claimed until the counter ran dry,
+// so every shrink item is held by a block that is running and finishes it without waiting:
+// no deadlock however many blocks are resident. Every block makes exactly one failing claim, so
+// the block that draws ticket n_a + gridDim.x − 1 is the last and zeroes the counter.
+// Scratch (``sync``, int32, zero between calls): [0] tickets, [1, 1 + G) done, [1 + G, 1 + 2G) passed.
+template <class D, int NR>
+__global__ void __launch_bounds__(kApplyWarps * 32)
+    onepass_kernel(const typename D::E* __restrict__ x, int64_t sx, typename D::E* __restrict__ y, int64_t sy, float* __restrict__ t, int64_t st,
+                   const typename D::E* __restrict__ wb, int64_t swb, const int64_t* __restrict__ tab, int max_parts, const int* __restrict__ row_idx,
+                   const int* __restrict__ gstart, const int* __restrict__ gslot, int N, int K, int jb, bool stage_dense, bool base_vec, bool x_vec, Fields f,
+                   int* __restrict__ sync, int groups, int a_tiles, int a_blocks, int b_tiles) {
+  extern __shared__ float smem[];
+  __shared__ SlotParts sp;
+  __shared__ int ticket;
+  constexpr int NB = kApplyWarps * NR;
+  const bool apply_block = static_cast<int>(blockIdx.x) >= a_blocks;
+  const int bi = static_cast<int>(blockIdx.x) - a_blocks;
+  const int n0 = apply_block ? (bi % b_tiles) * NB : 0;
+  if (apply_block) prefetch_base<D, NR>(wb, swb, n0, N, K);  // in flight while the tickets are drawn
+  const int n_a = groups * a_tiles;
+  for (;;) {
+    __syncthreads();  // sp, ticket and the staged x are free again
+    if (threadIdx.x == 0) ticket = atomicAdd(sync, 1);
+    __syncthreads();
+    const int a = ticket;
+    if (a >= n_a) {
+      if (threadIdx.x == 0 && a == n_a + static_cast<int>(gridDim.x) - 1) sync[0] = 0;
+      break;
+    }
+    const int ag = a / a_tiles;
+    const int aslot = gslot[ag];
+    if (aslot < 0) continue;  // block-uniform; apply blocks of such a group do not wait
+    shrink_item<D>(x, sx, t, st, tab, max_parts, row_idx[gstart[ag]], aslot, K, (a % a_tiles) * jb, jb, x_vec, f, smem, sp);
+    __syncthreads();  // every warp's t stores are done
+    if (threadIdx.x == 0) {
+      __threadfence();  // ... and visible device-wide before the count
+      atomicAdd(sync + 1 + ag, 1);
+    }
+  }
+  if (!apply_block) return;
+  const int g = bi / b_tiles;
+  const TWait tw{sync + 1, sync + 1 + groups, a_tiles, b_tiles};
+  apply_item<D, NR, true>(x, sx, y, sy, t, st, wb, swb, tab, max_parts, g, row_idx[gstart[g]], gslot[g], n0, N, K, stage_dense, base_vec, x_vec, f, smem, sp, tw);
+}
+
 // ---- host -----------------------------------------------------------------------------------------
 // Dynamic shared memory beyond the default 48 KB (static included: SlotParts) needs an opt-in.
 template <class K>
@@ -713,6 +839,8 @@ struct Batch {
   bool x_vec;  // rows of x start on 16-byte boundaries
   bool pdl;    // launch apply as a programmatic dependent of the shrink
   Fields f;
+  int* sync;   // one-pass scratch (int32, zero), or nullptr for two launches
+  int sms;     // multiprocessors of the device
 };
 
 template <class D, int NR, bool FUSE>
@@ -752,6 +880,33 @@ void launch_apply(const Batch& b, cudaStream_t stream) {
                                     static_cast<const int*>(b.slot.data_ptr<int>()), N, K, stage_dense, base_vec, b.x_vec, b.f));
 }
 
+template <class D, int NR>
+void launch_onepass(const Batch& b, cudaStream_t stream) {
+  using E = typename D::E;
+  const int groups = static_cast<int>(b.slot.numel());
+  const int N = static_cast<int>(b.y.size(1));
+  const int K = static_cast<int>(b.x.size(1));
+  const int kp = (K + 31) / 32 * 32;
+  constexpr int NB = kApplyWarps * NR;
+  const int64_t a_tiles = (b.t.size(1) + b.jb - 1) / b.jb;
+  const int64_t b_tiles = (N + NB - 1) / NB;
+  const int64_t n_a = groups * a_tiles;
+  const int64_t a_blocks = std::min<int64_t>(n_a, b.sms);
+  const int64_t grid = a_blocks + groups * b_tiles;
+  TORCH_CHECK(n_a + grid < (int64_t{1} << 31), "deltapack_cuda: too many blocks for one pass");
+  const int64_t smem = (static_cast<int64_t>(x_floats(kp)) + std::max<int64_t>(kp, b.wlen)) * 4;
+  const E* wb = reinterpret_cast<const E*>(b.base.data_ptr());
+  const int64_t swb = b.base.stride(0);
+  const bool base_vec = K % D::kVec == 0 && reinterpret_cast<uintptr_t>(wb) % 16 == 0 && (swb * static_cast<int64_t>(sizeof(E))) % 16 == 0;
+  auto kernel = onepass_kernel<D, NR>;
+  set_smem(kernel, smem);
+  kernel<<<static_cast<unsigned>(grid), kApplyWarps * 32, smem, stream>>>(
+      reinterpret_cast<const E*>(b.x.data_ptr()), b.x.stride(0), reinterpret_cast<E*>(b.y.data_ptr()), b.y.stride(0), b.t.data_ptr<float>(), b.t.stride(0),
+      wb, swb, b.table.data_ptr<int64_t>(), b.max_parts, b.row_idx.data_ptr<int>(), b.start.data_ptr<int>(), b.slot.data_ptr<int>(), N, K, b.jb, b.dense,
+      base_vec, b.x_vec, b.f, b.sync, groups, static_cast<int>(a_tiles), static_cast<int>(a_blocks), static_cast<int>(b_tiles));
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+}
+
 template <class D>
 void launch(const Batch& b, int nr, bool fuse) {
   using E = typename D::E;
@@ -759,6 +914,18 @@ void launch(const Batch& b, int nr, bool fuse) {
   const int64_t groups = b.slot.numel();
   const int K = static_cast<int>(b.x.size(1));
   const int64_t kp = (K + 31) / 32 * 32;
+  if (fuse && b.lowrank && b.sync != nullptr) {
+    switch (nr) {
+      case 1:
+        return launch_onepass<D, 1>(b, stream);
+      case 2:
+        return launch_onepass<D, 2>(b, stream);
+      case 4:
+        return launch_onepass<D, 4>(b, stream);
+      default:
+        TORCH_CHECK(false, "deltapack_cuda: rows_per_warp must be 1, 2 or 4, not ", nr);
+    }
+  }
   if (b.lowrank) {
     const int64_t max_rank = b.t.size(1);
     const int64_t tiles = (max_rank + b.jb - 1) / b.jb;
@@ -800,7 +967,7 @@ void check_index(const at::Tensor& t, const char* name, const at::Device& dev) {
 // KIND_DENSE. ``wlen``: the largest Σ over a slot's low-rank parts of the rank rounded up to 32.
 void delta_decode(const at::Tensor& x, at::Tensor y, const at::Tensor& t, const c10::optional<at::Tensor>& base, const at::Tensor& table,
                   int64_t max_parts, const at::Tensor& row_idx, const at::Tensor& start, const at::Tensor& slot, const std::vector<int64_t>& fields,
-                  int64_t wlen, bool lowrank, bool dense, int64_t rows_per_warp, int64_t shrink_rows, bool pdl) {
+                  int64_t wlen, bool lowrank, bool dense, int64_t rows_per_warp, int64_t shrink_rows, bool pdl, const c10::optional<at::Tensor>& sync) {
   TORCH_CHECK(x.is_cuda(), "deltapack_cuda: x must be a CUDA tensor");
   const at::Device dev = x.device();
   TORCH_CHECK(y.device() == dev && table.device() == dev, "deltapack_cuda: x, y and the table must be on one device");
@@ -839,12 +1006,19 @@ void delta_decode(const at::Tensor& x, at::Tensor y, const at::Tensor& t, const 
   check_index(start, "start", dev);
   check_index(slot, "slot", dev);
   TORCH_CHECK(start.numel() == slot.numel(), "deltapack_cuda: start and slot differ in size");
+  int* sync_ptr = nullptr;
+  if (sync.has_value() && sync->defined() && fuse && lowrank) {
+    TORCH_CHECK(sync->device() == dev && sync->scalar_type() == at::kInt && sync->is_contiguous() && sync->numel() >= 1 + 2 * slot.numel(),
+                "deltapack_cuda: sync must be a contiguous int32 tensor of at least 1 + 2 × groups elements on x's device");
+    sync_ptr = sync->data_ptr<int>();
+  }
   if (slot.numel() == 0 || x.size(0) == 0 || y.size(1) == 0) return;
 
   const c10::cuda::CUDAGuard guard(dev);
   const int64_t row_bytes = x.stride(0) * static_cast<int64_t>(x.element_size());
   const bool x_vec = reinterpret_cast<uintptr_t>(x.data_ptr()) % 16 == 0 && (x.size(0) <= 1 || row_bytes % 16 == 0);
-  const Batch b{x, y, t, w, table, static_cast<int>(max_parts), row_idx, start, slot, wlen, lowrank, dense, static_cast<int>(shrink_rows), x_vec, pdl, f};
+  const int sms = at::cuda::getDeviceProperties(dev.index())->multiProcessorCount;
+  const Batch b{x, y, t, w, table, static_cast<int>(max_parts), row_idx, start, slot, wlen, lowrank, dense, static_cast<int>(shrink_rows), x_vec, pdl, f, sync_ptr, sms};
   const int nr = static_cast<int>(rows_per_warp);
   switch (x.scalar_type()) {
     case at::kFloat:
@@ -868,7 +1042,7 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("delta_decode", &delta_decode, "y[rows] += Δ_slot · x[rows] in place (or y = x·baseᵀ + Δx)", pybind11::arg("x"), pybind11::arg("y"),
         pybind11::arg("t"), pybind11::arg("base"), pybind11::arg("table"), pybind11::arg("max_parts"), pybind11::arg("row_idx"), pybind11::arg("start"),
         pybind11::arg("slot"), pybind11::arg("fields"), pybind11::arg("wlen"), pybind11::arg("lowrank"), pybind11::arg("dense"),
-        pybind11::arg("rows_per_warp"), pybind11::arg("shrink_rows"), pybind11::arg("pdl") = true);
+        pybind11::arg("rows_per_warp"), pybind11::arg("shrink_rows"), pybind11::arg("pdl") = true, pybind11::arg("sync") = pybind11::none());
   m.attr("APPLY_WARPS") = kApplyWarps;
   m.attr("SHRINK_WARPS") = kShrinkWarps;
   m.attr("MAX_PARTS") = kMaxParts;

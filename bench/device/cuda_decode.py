@@ -1,6 +1,8 @@
 """CUDA vs Triton decode kernels (H100): per call times inside CUDA graphs (no host overhead),
 L2 flushed between repetitions, against cuBLAS alone and the byte floor, plus a sweep of the
-CUDA launch knobs (outputs per warp, rank rows per shrink block).
+CUDA launch knobs (outputs per warp, rank rows per shrink block or item). ``cuda_fused`` is the
+one-pass launch where the delta has low-rank parts, ``cuda_fused_2launch`` the shrink + apply
+launches it replaces.
 
     python bench/device/cuda_decode.py [--quick] > $OUT/cuda_decode.log
 """
@@ -45,7 +47,7 @@ def graph_us(fn) -> float:
 
 def kernel_us(fn, n: int = 20) -> dict[str, float]:
     """Per-kernel GPU time per call of ``fn``: shrink / apply (and anything else it launches)."""
-    return kernel_times(fn, n, label=lambda k: "shrink" if "shrink" in k else "apply" if "apply" in k else k[:24], min_count=n)
+    return kernel_times(fn, n, label=lambda k: next((n for n in ("shrink", "apply", "onepass") if n in k), k[:24]), min_count=n)
 
 
 def copy_bw() -> float:
@@ -84,10 +86,12 @@ def main() -> None:
             res["cuda_delta"] = graph_us(lambda: kcuda.delta_apply(x, y, tab, groups, t=t))
             res["cuda_unfused"] = graph_us(lambda: (torch.matmul(x, W.T, out=y), kcuda.delta_apply(x, y, tab, groups, t=t)))
             res["cuda_fused"] = graph_us(lambda: kcuda.delta_apply(x, y, tab, groups, t=t, base=W))
-            if tab.has_lowrank:  # the apply launch without the programmatic dependent launch
+            if tab.has_lowrank:  # fused in two launches (not one pass); without the programmatic dependent launch
+                os.environ[kcuda.ENV_ONEPASS] = "0"
+                res["cuda_fused_2launch"] = graph_us(lambda: kcuda.delta_apply(x, y, tab, groups, t=t, base=W))
+                os.environ.pop(kcuda.ENV_ONEPASS)
                 os.environ[kcuda.ENV_PDL] = "0"
                 res["cuda_delta_nopdl"] = graph_us(lambda: kcuda.delta_apply(x, y, tab, groups, t=t))
-                res["cuda_fused_nopdl"] = graph_us(lambda: kcuda.delta_apply(x, y, tab, groups, t=t, base=W))
                 os.environ.pop(kcuda.ENV_PDL)
             if not a.no_triton:
                 res["triton_delta"] = graph_us(lambda: triton_apply(x, y, tab, groups, t=t))
@@ -104,7 +108,7 @@ def main() -> None:
             # knobs: outputs per warp (apply) and rank rows per shrink block
             sweep = []
             for nr in ("1", "2", "4"):
-                for jb in ("4", "8"):
+                for jb in ("4", "8", "16"):
                     os.environ[kcuda.ENV_ROWS_PER_WARP], os.environ[kcuda.ENV_SHRINK_ROWS] = nr, jb
                     sweep.append(f"nr{nr}/jb{jb}: {graph_us(lambda: kcuda.delta_apply(x, y, tab, groups, t=t)):.1f}/{graph_us(lambda: kcuda.delta_apply(x, y, tab, groups, t=t, base=W)):.1f}")
             os.environ.pop(kcuda.ENV_ROWS_PER_WARP)

@@ -253,6 +253,38 @@ def test_rows_per_warp(built, nr, monkeypatch):
 
 
 @gpu
+@pytest.mark.parametrize("M", [1, 5, 16])
+def test_onepass(built, M, monkeypatch):
+    """The one-pass fused launch (shrink items beside the base GEMV, counters in the stream's
+    scratch) agrees with the two launches, leaves its counters at zero after every call (so the
+    next call waits again), and holds across repeated calls, rows without a delta included, with
+    more blocks than fit on the GPU at once (M = 16 at 4096x4096: over 4000 blocks)."""
+    dtype = torch.bfloat16
+    shapes = [(130, 1032, 3)] + ([(4096, 4096, 2)] if M == 16 else [])
+    for out, inp, calls in shapes:
+        kds, tab = _tables([SPECS["dc1"], SPECS["dc2_perm"], SPECS["bitdelta"]], out, inp, "cuda", seed=23 + M)
+        g = torch.Generator().manual_seed(M)
+        x = torch.randn(M, inp, generator=g).to("cuda", dtype)
+        W = (torch.randn(out, inp, generator=g) / inp**0.5).to("cuda", dtype)
+        slots = _slots(M, len(kds), g).to("cuda")
+        groups = RowGroups.per_row(slots)
+        results = {}
+        for mode in ("0", "1"):
+            monkeypatch.setenv(kcuda.ENV_ONEPASS, mode)
+            for _ in range(calls):
+                t = torch.full((M, tab.max_rank), float("nan"), device="cuda")
+                results[mode] = kcuda.delta_apply(x, torch.full((M, out), float("nan"), device="cuda", dtype=dtype), tab, groups, t=t, base=W)
+                assert torch.isfinite(results[mode]).all()
+            torch.cuda.synchronize()
+            assert not kcuda.sync_scratch(x.device).any(), "the one-pass counters were not left at zero"
+        y = x.float().matmul(W.float().T).to(dtype)
+        want = reference.delta_apply(x, y, [k.dense() for k in kds], slots)
+        for mode, got in results.items():
+            assert _rel_err(got, want, y) <= TOL[dtype], f"onepass={mode} {out}x{inp} M={M}"
+        assert _rel_err(results["1"], results["0"], y) <= 2 * TOL[dtype]
+
+
+@gpu
 @pytest.mark.parametrize("dtype", [torch.float16, torch.float32], ids=["float16", "float32"])
 def test_unaligned_activations(built, dtype):
     """x rows that do not start on 16-byte boundaries read activations element by element."""
@@ -327,3 +359,34 @@ def test_cuda_graph(built):
         want = reference.delta_apply(x, y0, dense, slots)
         assert torch.equal(y[slots < 0], y0[slots < 0])
         assert _rel_err(y, want, y0) <= TOL[dtype], f"replay {step}"
+
+
+@gpu
+def test_cuda_graph_fused_lowrank(built):
+    """The one-pass fused launch (Delta-CoMe, base inside) captures into a CUDA graph and replays:
+    its counters reset inside the kernel, so every replay waits for its own t."""
+    dev, dtype = "cuda", torch.bfloat16
+    kds, tab = _tables([SPECS["dc1"], SPECS["dc05_noperm"]], 130, 1032, dev, seed=19)
+    g = torch.Generator().manual_seed(19)
+    M = 4
+    slots = _slots(M, len(kds), g).to(dev)
+    groups = RowGroups.per_row(slots)
+    x = torch.randn(M, 1032, generator=g).to(dev, dtype)
+    W = (torch.randn(130, 1032, generator=g) / 1032**0.5).to(dev, dtype)
+    y = torch.empty(M, 130, device=dev, dtype=dtype)
+    t = torch.empty(M, tab.max_rank, device=dev)
+    kcuda.delta_apply(x, y, tab, groups, t=t, base=W)
+    torch.cuda.synchronize()
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        kcuda.delta_apply(x, y, tab, groups, t=t, base=W)
+    dense = [k.dense() for k in kds]
+    for step in range(3):
+        x.copy_(torch.randn(M, 1032, generator=g).to(dev, dtype))
+        t.fill_(float("nan"))
+        y.fill_(float("nan"))
+        graph.replay()
+        base = x.float().matmul(W.float().T).to(dtype)
+        want = reference.delta_apply(x, base, dense, slots)
+        assert torch.isfinite(y).all()
+        assert _rel_err(y, want, base) <= TOL[dtype], f"replay {step}"

@@ -12,10 +12,14 @@ Scope: decode batches (at most :data:`MAX_ROWS` rows, one row per group: ``group
   32 (an apply block's 8–32 outputs share one group, so Ut's scale and zero fold into ``t``);
 
 not 2:4 sparse parts (DeltaZip) and not raw f16 factors (plain low-rank): those batches go to
-the Triton path. Two launches per call (shrink for the low-rank parts, then apply), or one
-without low-rank parts; with ``base`` the apply launch also computes the base GEMV. The apply
-launch is a programmatic dependent of the shrink (Hopper): its blocks start while the shrink
-runs, stage x and compute the base GEMV, and wait for t only before the low-rank products
+the Triton path. With ``base`` (fused) and low-rank parts, one launch does everything: apply
+blocks start the base GEMV at once while shrink items (t = Vt·x) run beside them, and each
+apply block waits for its row's t only after its base GEMV (counters in a small per-stream
+scratch, :func:`sync_scratch`; ``DELTAPACK_CUDA_ONEPASS=0`` takes the two launches instead).
+Otherwise two launches (shrink for the low-rank parts, then apply), or one without low-rank
+parts; with ``base`` the apply launch also computes the base GEMV. The apply launch is a
+programmatic dependent of the shrink (Hopper): its blocks start while the shrink runs, stage x
+and compute the base GEMV, and wait for t only before the low-rank products
 (``DELTAPACK_CUDA_PDL=0`` turns this off). A build
 failure is logged once and leaves :func:`available` False (the error is kept:
 :func:`build_error`).
@@ -68,12 +72,14 @@ ENV_DECODE = "DELTAPACK_CUDA_DECODE"
 ENV_ROWS_PER_WARP = "DELTAPACK_CUDA_ROWS_PER_WARP"  # 1, 2 or 4: overrides the heuristic (benchmarks)
 ENV_SHRINK_ROWS = "DELTAPACK_CUDA_SHRINK_ROWS"  # rank rows per shrink block (benchmarks)
 ENV_PDL = "DELTAPACK_CUDA_PDL"  # 0: launch apply after the shrink completes (no programmatic dependent launch)
+ENV_ONEPASS = "DELTAPACK_CUDA_ONEPASS"  # 0: fused low-rank batches take the two launches (benchmarks)
 SHRINK_ROWS = 8
 # The table's layout as the kernel reads it (csrc/delta_decode.cu struct Fields, in this order;
 # each operand's 8 fields follow A_BITS / B_BITS in packed.py's order).
 FIELDS = (NF, F_KIND, F_RANK, F_ROFF, F_PERM, F_S, A_BITS, B_BITS, KIND_LOWRANK, KIND_DENSE)
 
 _lock = threading.Lock()
+_sync: dict[tuple[int, int], torch.Tensor] = {}
 _tried = False
 _module: ModuleType | None = None
 _error: str | None = None
@@ -289,6 +295,23 @@ def shrink_rows() -> int:
     return int(env) if env else SHRINK_ROWS
 
 
+def onepass() -> bool:
+    return os.environ.get(ENV_ONEPASS, "1").strip() != "0"
+
+
+def sync_scratch(device: torch.device) -> torch.Tensor:
+    """The one-pass kernel's counters for the current stream of ``device`` (int32, zero between
+    calls: the kernel zeroes what it counted). One per stream, so that launches on different
+    streams never share counters; made on first use (inside a CUDA graph capture too: the
+    tensor is kept, and the zero fill recorded in the graph only resets it again)."""
+    idx = device.index if device.index is not None else torch.cuda.current_device()
+    key = (idx, torch.cuda.current_stream(idx).cuda_stream)
+    buf = _sync.get(key)
+    if buf is None:
+        buf = _sync[key] = torch.zeros(1 + 2 * MAX_ROWS, dtype=torch.int32, device=torch.device("cuda", idx))
+    return buf
+
+
 def delta_apply(
     x: torch.Tensor,
     y: torch.Tensor,
@@ -344,5 +367,6 @@ def delta_apply(
         rows_per_warp(x, groups.n_groups, N),
         shrink_rows(),
         os.environ.get(ENV_PDL, "1").strip() != "0",
+        sync_scratch(x.device) if fuse and tab.has_lowrank and onepass() else None,
     )
     return y
