@@ -42,7 +42,7 @@ def demangle(name: str) -> str:
     dtype = next((d for d in ("BF16", "F16", "F32") if d in args), "?")
     ints = re.findall(r"Li(\d+)E", args)
     bools = re.findall(r"Lb([01])E", args)
-    parts = [dtype] + [f"NR={i}" for i in ints] + [("fused" if b == "1" else "unfused") for b in bools]
+    parts = [dtype] + [f"{n}={i}" for n, i in zip(("NR", "MINB"), ints)] + [("fused" if b == "1" else "unfused") for b in bools]
     return f"{kernel}<{', '.join(parts)}>"
 
 

@@ -506,6 +506,17 @@ struct TWait {
   int b_tiles;  // apply items per group
 };
 
+// Phase timestamps of the one-pass kernel (benchmarks: ``trace``), in ns of the global timer.
+enum TracePhase : int { kTrStart = 0, kTrClaimed = 1, kTrItems = 2, kTrGemv = 3, kTrWaited = 4, kTrEnd = 5, kTrSlots = 8 };
+
+__device__ __forceinline__ void trace_at(long long* tr, int phase) {
+  if (tr != nullptr && threadIdx.x == 0) {
+    long long v;
+    asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(v));
+    tr[phase] = v;
+  }
+}
+
 __device__ __forceinline__ int ld_acquire(const int* p) {
   int v;
   asm volatile("ld.acquire.gpu.global.b32 %0, [%1];" : "=r"(v) : "l"(p) : "memory");
@@ -543,7 +554,7 @@ template <class D, int NR, bool FUSE>
 __device__ __forceinline__ void apply_item(const typename D::E* __restrict__ x, int64_t sx, typename D::E* __restrict__ y, int64_t sy, const float* __restrict__ t,
                                            int64_t st, const typename D::E* __restrict__ wb, int64_t swb, const int64_t* __restrict__ tab, int max_parts,
                                            int g, int row, int slot, int n0, int N, int K, bool stage_dense, bool base_vec, bool x_vec, const Fields& f,
-                                           float* smem, SlotParts& sp, const TWait& tw) {
+                                           float* smem, SlotParts& sp, const TWait& tw, long long* tr = nullptr) {
   constexpr int kU = 4;  // folded activations a thread loads before its first store
   constexpr int NB = kApplyWarps * NR;
   const int kp = (K + 31) & ~31;
@@ -633,7 +644,9 @@ __device__ __forceinline__ void apply_item(const typename D::E* __restrict__ x, 
   }
 
   // t comes from the shrink (launch or items): wait for it
+  trace_at(tr, kTrGemv);
   if (has_delta) wait_for_t(tw, g);
+  trace_at(tr, kTrWaited);
 
   // fold Ut's scale and zero and s into t: w[woff_p + j] = su(j, G) s_j t_j, c_p = Σ_j zu(j, G) w_j;
   // one flat index space over all low-rank parts, whole warps per step (shuffles below)
@@ -733,6 +746,7 @@ __device__ __forceinline__ void apply_item(const typename D::E* __restrict__ x, 
 
 #pragma unroll
   for (int r = 0; r < NR; ++r) acc[r] = warp_sum(acc[r]);
+  trace_at(tr, kTrEnd);  // thread 0: warp 0 is active whenever any warp is
   if (lane == 0) {
     typename D::E* yr = y + static_cast<int64_t>(row) * sy;
 #pragma unroll
@@ -774,16 +788,19 @@ __global__ void __launch_bounds__(kApplyWarps * 32)
 // no deadlock however many blocks are resident. Every block makes exactly one failing claim, so
 // the block that draws ticket n_a + gridDim.x − 1 is the last and zeroes the counter.
 // Scratch (``sync``, int32, zero between calls): [0] tickets, [1, 1 + G) done, [1 + G, 1 + 2G) passed.
-template <class D, int NR>
-__global__ void __launch_bounds__(kApplyWarps * 32)
+template <class D, int NR, int MINB>
+__global__ void __launch_bounds__(kApplyWarps * 32, MINB)
     onepass_kernel(const typename D::E* __restrict__ x, int64_t sx, typename D::E* __restrict__ y, int64_t sy, float* __restrict__ t, int64_t st,
                    const typename D::E* __restrict__ wb, int64_t swb, const int64_t* __restrict__ tab, int max_parts, const int* __restrict__ row_idx,
                    const int* __restrict__ gstart, const int* __restrict__ gslot, int N, int K, int jb, bool stage_dense, bool base_vec, bool x_vec, Fields f,
-                   int* __restrict__ sync, int groups, int a_tiles, int a_blocks, int b_tiles) {
+                   int* __restrict__ sync, int groups, int a_tiles, int a_blocks, int b_tiles, long long* __restrict__ trace) {
   extern __shared__ float smem[];
   __shared__ SlotParts sp;
   __shared__ int ticket;
   constexpr int NB = kApplyWarps * NR;
+  long long* tr = trace != nullptr ? trace + static_cast<int64_t>(blockIdx.x) * kTrSlots : nullptr;
+  trace_at(tr, kTrStart);
+  int items = 0;
   const bool apply_block = static_cast<int>(blockIdx.x) >= a_blocks;
   const int bi = static_cast<int>(blockIdx.x) - a_blocks;
   const int n0 = apply_block ? (bi % b_tiles) * NB : 0;
@@ -807,11 +824,14 @@ __global__ void __launch_bounds__(kApplyWarps * 32)
       __threadfence();  // ... and visible device-wide before the count
       atomicAdd(sync + 1 + ag, 1);
     }
+    ++items;
   }
+  trace_at(tr, kTrClaimed);
+  if (tr != nullptr && threadIdx.x == 0) tr[kTrItems] = items;
   if (!apply_block) return;
   const int g = bi / b_tiles;
   const TWait tw{sync + 1, sync + 1 + groups, a_tiles, b_tiles};
-  apply_item<D, NR, true>(x, sx, y, sy, t, st, wb, swb, tab, max_parts, g, row_idx[gstart[g]], gslot[g], n0, N, K, stage_dense, base_vec, x_vec, f, smem, sp, tw);
+  apply_item<D, NR, true>(x, sx, y, sy, t, st, wb, swb, tab, max_parts, g, row_idx[gstart[g]], gslot[g], n0, N, K, stage_dense, base_vec, x_vec, f, smem, sp, tw, tr);
 }
 
 // ---- host -----------------------------------------------------------------------------------------
@@ -841,6 +861,10 @@ struct Batch {
   Fields f;
   int* sync;   // one-pass scratch (int32, zero), or nullptr for two launches
   int sms;     // multiprocessors of the device
+  int a_blocks;  // one pass: blocks that only run shrink items (0: min(items, SMs))
+  int minb;      // one pass: blocks per SM the compiler must fit (2: at most 128 registers, or 3: 80)
+  long long* trace;  // one pass: phase timestamps per block [grid, kTrSlots], or nullptr
+  int64_t trace_len;
 };
 
 template <class D, int NR, bool FUSE>
@@ -880,7 +904,7 @@ void launch_apply(const Batch& b, cudaStream_t stream) {
                                     static_cast<const int*>(b.slot.data_ptr<int>()), N, K, stage_dense, base_vec, b.x_vec, b.f));
 }
 
-template <class D, int NR>
+template <class D, int NR, int MINB>
 void launch_onepass(const Batch& b, cudaStream_t stream) {
   using E = typename D::E;
   const int groups = static_cast<int>(b.slot.numel());
@@ -891,19 +915,20 @@ void launch_onepass(const Batch& b, cudaStream_t stream) {
   const int64_t a_tiles = (b.t.size(1) + b.jb - 1) / b.jb;
   const int64_t b_tiles = (N + NB - 1) / NB;
   const int64_t n_a = groups * a_tiles;
-  const int64_t a_blocks = std::min<int64_t>(n_a, b.sms);
+  const int64_t a_blocks = std::min<int64_t>(n_a, b.a_blocks > 0 ? b.a_blocks : b.sms);
   const int64_t grid = a_blocks + groups * b_tiles;
   TORCH_CHECK(n_a + grid < (int64_t{1} << 31), "deltapack_cuda: too many blocks for one pass");
+  TORCH_CHECK(b.trace == nullptr || b.trace_len >= grid * kTrSlots, "deltapack_cuda: trace needs ", grid * kTrSlots, " elements");
   const int64_t smem = (static_cast<int64_t>(x_floats(kp)) + std::max<int64_t>(kp, b.wlen)) * 4;
   const E* wb = reinterpret_cast<const E*>(b.base.data_ptr());
   const int64_t swb = b.base.stride(0);
   const bool base_vec = K % D::kVec == 0 && reinterpret_cast<uintptr_t>(wb) % 16 == 0 && (swb * static_cast<int64_t>(sizeof(E))) % 16 == 0;
-  auto kernel = onepass_kernel<D, NR>;
+  auto kernel = onepass_kernel<D, NR, MINB>;
   set_smem(kernel, smem);
   kernel<<<static_cast<unsigned>(grid), kApplyWarps * 32, smem, stream>>>(
       reinterpret_cast<const E*>(b.x.data_ptr()), b.x.stride(0), reinterpret_cast<E*>(b.y.data_ptr()), b.y.stride(0), b.t.data_ptr<float>(), b.t.stride(0),
       wb, swb, b.table.data_ptr<int64_t>(), b.max_parts, b.row_idx.data_ptr<int>(), b.start.data_ptr<int>(), b.slot.data_ptr<int>(), N, K, b.jb, b.dense,
-      base_vec, b.x_vec, b.f, b.sync, groups, static_cast<int>(a_tiles), static_cast<int>(a_blocks), static_cast<int>(b_tiles));
+      base_vec, b.x_vec, b.f, b.sync, groups, static_cast<int>(a_tiles), static_cast<int>(a_blocks), static_cast<int>(b_tiles), b.trace);
   C10_CUDA_KERNEL_LAUNCH_CHECK();
 }
 
@@ -915,13 +940,15 @@ void launch(const Batch& b, int nr, bool fuse) {
   const int K = static_cast<int>(b.x.size(1));
   const int64_t kp = (K + 31) / 32 * 32;
   if (fuse && b.lowrank && b.sync != nullptr) {
+    TORCH_CHECK(b.minb == 2 || b.minb == 3, "deltapack_cuda: onepass_min_blocks must be 2 or 3, not ", b.minb);
+    const bool tight = b.minb == 3;
     switch (nr) {
       case 1:
-        return launch_onepass<D, 1>(b, stream);
+        return tight ? launch_onepass<D, 1, 3>(b, stream) : launch_onepass<D, 1, 2>(b, stream);
       case 2:
-        return launch_onepass<D, 2>(b, stream);
+        return tight ? launch_onepass<D, 2, 3>(b, stream) : launch_onepass<D, 2, 2>(b, stream);
       case 4:
-        return launch_onepass<D, 4>(b, stream);
+        return tight ? launch_onepass<D, 4, 3>(b, stream) : launch_onepass<D, 4, 2>(b, stream);
       default:
         TORCH_CHECK(false, "deltapack_cuda: rows_per_warp must be 1, 2 or 4, not ", nr);
     }
@@ -967,7 +994,8 @@ void check_index(const at::Tensor& t, const char* name, const at::Device& dev) {
 // KIND_DENSE. ``wlen``: the largest Σ over a slot's low-rank parts of the rank rounded up to 32.
 void delta_decode(const at::Tensor& x, at::Tensor y, const at::Tensor& t, const c10::optional<at::Tensor>& base, const at::Tensor& table,
                   int64_t max_parts, const at::Tensor& row_idx, const at::Tensor& start, const at::Tensor& slot, const std::vector<int64_t>& fields,
-                  int64_t wlen, bool lowrank, bool dense, int64_t rows_per_warp, int64_t shrink_rows, bool pdl, const c10::optional<at::Tensor>& sync) {
+                  int64_t wlen, bool lowrank, bool dense, int64_t rows_per_warp, int64_t shrink_rows, bool pdl, const c10::optional<at::Tensor>& sync,
+                  int64_t onepass_a_blocks, int64_t onepass_min_blocks, const c10::optional<at::Tensor>& trace) {
   TORCH_CHECK(x.is_cuda(), "deltapack_cuda: x must be a CUDA tensor");
   const at::Device dev = x.device();
   TORCH_CHECK(y.device() == dev && table.device() == dev, "deltapack_cuda: x, y and the table must be on one device");
@@ -1012,13 +1040,20 @@ void delta_decode(const at::Tensor& x, at::Tensor y, const at::Tensor& t, const 
                 "deltapack_cuda: sync must be a contiguous int32 tensor of at least 1 + 2 × groups elements on x's device");
     sync_ptr = sync->data_ptr<int>();
   }
+  long long* trace_ptr = nullptr;
+  if (trace.has_value() && trace->defined()) {
+    TORCH_CHECK(trace->device() == dev && trace->scalar_type() == at::kLong && trace->is_contiguous(), "deltapack_cuda: trace must be a contiguous int64 tensor on x's device");
+    trace_ptr = reinterpret_cast<long long*>(trace->data_ptr<int64_t>());  // the caller sizes it: [grid, 8] (grid ≤ SMs + groups × tiles)
+  }
   if (slot.numel() == 0 || x.size(0) == 0 || y.size(1) == 0) return;
 
   const c10::cuda::CUDAGuard guard(dev);
   const int64_t row_bytes = x.stride(0) * static_cast<int64_t>(x.element_size());
   const bool x_vec = reinterpret_cast<uintptr_t>(x.data_ptr()) % 16 == 0 && (x.size(0) <= 1 || row_bytes % 16 == 0);
   const int sms = at::cuda::getDeviceProperties(dev.index())->multiProcessorCount;
-  const Batch b{x, y, t, w, table, static_cast<int>(max_parts), row_idx, start, slot, wlen, lowrank, dense, static_cast<int>(shrink_rows), x_vec, pdl, f, sync_ptr, sms};
+  const Batch b{x, y, t, w, table, static_cast<int>(max_parts), row_idx, start, slot, wlen, lowrank, dense, static_cast<int>(shrink_rows), x_vec, pdl, f, sync_ptr, sms,
+                static_cast<int>(onepass_a_blocks), static_cast<int>(onepass_min_blocks), trace_ptr,
+                trace_ptr != nullptr ? trace->numel() : 0};
   const int nr = static_cast<int>(rows_per_warp);
   switch (x.scalar_type()) {
     case at::kFloat:
@@ -1042,7 +1077,9 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("delta_decode", &delta_decode, "y[rows] += Δ_slot · x[rows] in place (or y = x·baseᵀ + Δx)", pybind11::arg("x"), pybind11::arg("y"),
         pybind11::arg("t"), pybind11::arg("base"), pybind11::arg("table"), pybind11::arg("max_parts"), pybind11::arg("row_idx"), pybind11::arg("start"),
         pybind11::arg("slot"), pybind11::arg("fields"), pybind11::arg("wlen"), pybind11::arg("lowrank"), pybind11::arg("dense"),
-        pybind11::arg("rows_per_warp"), pybind11::arg("shrink_rows"), pybind11::arg("pdl") = true, pybind11::arg("sync") = pybind11::none());
+        pybind11::arg("rows_per_warp"), pybind11::arg("shrink_rows"), pybind11::arg("pdl") = true, pybind11::arg("sync") = pybind11::none(),
+        pybind11::arg("onepass_a_blocks") = 0, pybind11::arg("onepass_min_blocks") = 2, pybind11::arg("trace") = pybind11::none());
+  m.attr("TRACE_SLOTS") = static_cast<int>(kTrSlots);
   m.attr("APPLY_WARPS") = kApplyWarps;
   m.attr("SHRINK_WARPS") = kShrinkWarps;
   m.attr("MAX_PARTS") = kMaxParts;

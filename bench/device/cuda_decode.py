@@ -50,6 +50,36 @@ def kernel_us(fn, n: int = 20) -> dict[str, float]:
     return kernel_times(fn, n, label=lambda k: next((n for n in ("shrink", "apply", "onepass") if n in k), k[:24]), min_count=n)
 
 
+def flush_l2() -> None:
+    torch.empty(1 << 26, dtype=torch.int32, device="cuda").zero_()  # 256 MB
+
+
+def trace_summary(x, y, tab, groups, t, W, reps: int = 5) -> str:
+    """Phase times of a one-pass launch (µs after the first block started; median over ``reps``
+    calls, each with L2 flushed): shrink-only blocks (start, done), apply blocks (start, claims
+    done, base GEMV done, t waited, end), and how many apply blocks started late (> 2 µs)."""
+    rows = []
+    for _ in range(reps):
+        tr = torch.zeros(kcuda.trace_len(x, groups.n_groups, y.shape[1]), dtype=torch.int64, device="cuda")
+        flush_l2()
+        kcuda.delta_apply(x, y, tab, groups, t=t, base=W, trace=tr)
+        torch.cuda.synchronize()
+        tr = tr.view(-1, kcuda.TRACE_SLOTS).cpu()
+        tr = tr[tr[:, 0] != 0]
+        t0 = tr[:, 0].min()
+        us = (tr.double() - t0.double()) / 1e3
+        a = tr[:, 3] == 0  # shrink-only blocks never reach the GEMV phase
+        b = ~a
+        late = int((us[b, 0] > 2.0).sum())
+        rows.append([us[a, 0].median(), us[a, 1].max() if a.any() else 0.0, tr[a, 2].double().mean() if a.any() else 0.0,
+                     us[b, 0].median(), us[b, 0].max(), us[b, 1].median(), us[b, 3].median(), us[b, 3].max(), us[b, 4].max(), us[b, 5].max(),
+                     float(b.sum()), float(a.sum()), float(late), tr[b, 2].double().sum()])
+    m = torch.tensor(rows, dtype=torch.float64).median(dim=0).values.tolist()
+    return (f"shrink blocks {int(m[11])} (items/block {m[2]:.1f}): start {m[0]:.1f} done(max) {m[1]:.1f} | apply blocks {int(m[10])} "
+            f"(late {int(m[12])}, items {int(m[13])}): start med {m[3]:.1f} max {m[4]:.1f}, claims {m[5]:.1f}, gemv med {m[6]:.1f} max {m[7]:.1f}, "
+            f"waited(max) {m[8]:.1f}, end(max) {m[9]:.1f}")
+
+
 def copy_bw() -> float:
     a = torch.empty(1 << 28, dtype=torch.uint8, device="cuda")
     b = torch.empty_like(a)
@@ -61,12 +91,14 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--no-triton", action="store_true")
+    ap.add_argument("--cases", default=None, help="comma-separated indices into CASES (default: all)")
+    ap.add_argument("--trace", action="store_true", help="phase timelines of the one-pass launch (low-rank cases), instead of the knob sweep")
     a = ap.parse_args()
     assert kcuda.available(), kcuda.build_error()
     bw = copy_bw()
     print(f"{torch.cuda.get_device_name()}  copy bandwidth {bw / 1e9:.0f} GB/s; times in µs per call (CUDA graph, L2 flushed)")
     dtype = torch.bfloat16
-    cases = CASES[:3] if a.quick else CASES
+    cases = [CASES[int(i)] for i in a.cases.split(",")] if a.cases else CASES[:3] if a.quick else CASES
     with tempfile.TemporaryDirectory() as tmp:
         for ci, ((out, inp), method, bpp, B) in enumerate(cases):
             kds = []
@@ -96,6 +128,8 @@ def main() -> None:
             if not a.no_triton:
                 res["triton_delta"] = graph_us(lambda: triton_apply(x, y, tab, groups, t=t))
                 res["triton_fused"] = graph_us(lambda: triton_apply(x, y, tab, groups, t=t, base=W))
+            none = RowGroups.per_row(torch.full((B,), -1, device="cuda"))  # every row without a delta: the fused launch's base GEMV alone
+            res["cuda_fused_base_only"] = graph_us(lambda: kcuda.delta_apply(x, y, tab, none, t=t, base=W))
             ks = kernel_us(lambda: kcuda.delta_apply(x, y, tab, groups, t=t))
             kf = kernel_us(lambda: kcuda.delta_apply(x, y, tab, groups, t=t, base=W))
             best = min(res["cuda_unfused"], res["cuda_fused"])
@@ -105,6 +139,20 @@ def main() -> None:
                 + f"  | best/cublas {best / res['cublas']:.3f}  best/floor {best / floor:.2f}"
             )
             print("    kernels (profiler, µs): delta " + " ".join(f"{k} {v:.1f}" for k, v in ks.items()) + " | fused " + " ".join(f"{k} {v:.1f}" for k, v in kf.items()))
+            if a.trace:
+                if tab.has_lowrank:
+                    for label, env in (("default", {}), ("minb3", {kcuda.ENV_ONEPASS_MIN_BLOCKS: "3"}), ("a_blocks32", {kcuda.ENV_ONEPASS_A_BLOCKS: "32"}),
+                                       ("nr4", {kcuda.ENV_ROWS_PER_WARP: "4"}), ("nr4 minb3", {kcuda.ENV_ROWS_PER_WARP: "4", kcuda.ENV_ONEPASS_MIN_BLOCKS: "3"}),
+                                       ("jb16", {kcuda.ENV_SHRINK_ROWS: "16"})):
+                        os.environ.update(env)
+                        us = graph_us(lambda: kcuda.delta_apply(x, y, tab, groups, t=t, base=W))
+                        print(f"    trace {label}: {us:.1f} us/call; " + trace_summary(x, y, tab, groups, t, W))
+                        for k in env:
+                            os.environ.pop(k)
+                    print(f"    trace base-only rows: " + trace_summary(x, y, tab, none, t, W))
+                del tab, kds
+                torch.cuda.empty_cache()
+                continue
             # knobs: outputs per warp (apply) and rank rows per shrink block
             sweep = []
             for nr in ("1", "2", "4"):

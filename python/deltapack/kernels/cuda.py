@@ -73,7 +73,10 @@ ENV_ROWS_PER_WARP = "DELTAPACK_CUDA_ROWS_PER_WARP"  # 1, 2 or 4: overrides the h
 ENV_SHRINK_ROWS = "DELTAPACK_CUDA_SHRINK_ROWS"  # rank rows per shrink block (benchmarks)
 ENV_PDL = "DELTAPACK_CUDA_PDL"  # 0: launch apply after the shrink completes (no programmatic dependent launch)
 ENV_ONEPASS = "DELTAPACK_CUDA_ONEPASS"  # 0: fused low-rank batches take the two launches (benchmarks)
+ENV_ONEPASS_A_BLOCKS = "DELTAPACK_CUDA_ONEPASS_A_BLOCKS"  # one pass: blocks that only run shrink items (default: one per SM at most)
+ENV_ONEPASS_MIN_BLOCKS = "DELTAPACK_CUDA_ONEPASS_MIN_BLOCKS"  # one pass: 2 (default, at most 128 registers) or 3 blocks per SM (80)
 SHRINK_ROWS = 8
+TRACE_SLOTS = 8  # csrc kTrSlots: start, shrink items claimed, items done, base GEMV done, t waited, end
 # The table's layout as the kernel reads it (csrc/delta_decode.cu struct Fields, in this order;
 # each operand's 8 fields follow A_BITS / B_BITS in packed.py's order).
 FIELDS = (NF, F_KIND, F_RANK, F_ROFF, F_PERM, F_S, A_BITS, B_BITS, KIND_LOWRANK, KIND_DENSE)
@@ -319,13 +322,17 @@ def delta_apply(
     groups: RowGroups,
     t: torch.Tensor | None = None,
     base: torch.Tensor | None = None,
+    *,
+    trace: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """``y[row] += Δ_{slot(row)} · x[row]`` in place; returns ``y``. With ``base`` (the base
     weight [out, in], x's dtype) ``y = x·baseᵀ + Δx`` instead, inside the apply launch when
     every row is its own group (:func:`deltapack.kernels.triton.fusable`), else after a cuBLAS
     GEMM. ``t``: an optional fp32 [M, ≥ tab.max_rank] scratch for the low-rank intermediate.
     Batches outside the kernels' scope (see :func:`handles`; also ``y`` of another dtype or with
-    strided features) go to the Triton path."""
+    strided features) go to the Triton path. ``trace`` (benchmarks): an int64 CUDA tensor of at
+    least :func:`trace_len` elements that a one-pass launch fills with each block's phase times
+    (ns of the GPU's global timer; see bench/device/cuda_decode.py)."""
     M, K = x.shape
     N = y.shape[1]
     if K != tab.in_features or N != tab.out_features or y.shape[0] != M:
@@ -368,5 +375,14 @@ def delta_apply(
         shrink_rows(),
         os.environ.get(ENV_PDL, "1").strip() != "0",
         sync_scratch(x.device) if fuse and tab.has_lowrank and onepass() else None,
+        int(os.environ.get(ENV_ONEPASS_A_BLOCKS, "0")),
+        int(os.environ.get(ENV_ONEPASS_MIN_BLOCKS, "2")),
+        trace,
     )
     return y
+
+
+def trace_len(x: torch.Tensor, n_groups: int, n_out: int) -> int:
+    """Elements a ``trace`` tensor needs: TRACE_SLOTS per block of the largest one-pass grid."""
+    idx = x.device.index if x.device.index is not None else torch.cuda.current_device()
+    return TRACE_SLOTS * (_sm_count(idx) + n_groups * -(-n_out // APPLY_WARPS))
