@@ -300,38 +300,43 @@ __device__ __forceinline__ float row_dot_bits(const Operand& op, int64_t r, int 
   }
 }
 
+// raw[k] = x[k] as fp32 for k < K, 0 up to kp: coalesced 16-byte loads, no synchronization (the
+// caller's next __syncthreads publishes it). Issued first by the shrink, so that x is on its way
+// while the slot's table rows are read.
+template <class D>
+__device__ __forceinline__ void copy_x(const typename D::E* __restrict__ xr, int K, int kp, bool x_vec, float* raw) {
+  const int ng = kp / 8;
+#pragma unroll 4
+  for (int gi = threadIdx.x; gi < ng; gi += blockDim.x) {
+    const int k0 = 8 * gi;
+    float v[8];
+    if (k0 + 8 <= K && x_vec) {
+      D::load8(xr + k0, v);
+    } else {
+#pragma unroll
+      for (int i = 0; i < 8; ++i) v[i] = k0 + i < K ? D::load1(xr + k0 + i) : 0.f;
+    }
+    *reinterpret_cast<float4*>(raw + k0) = make_float4(v[0], v[1], v[2], v[3]);
+    *reinterpret_cast<float4*>(raw + k0 + 4) = make_float4(v[4], v[5], v[6], v[7]);
+  }
+}
+
 // a (swizzled) [k] = x[perm ? perm[k] : k] as fp32 for k < K, 0 up to kp (a multiple of 32),
 // and asum[c] = Σ a[32c .. 32c + 32). Every thread of the block calls it (it synchronizes).
 // A thread stages groups of 8 consecutive k, kStageGroups groups per pass with all their loads
-// issued before the first store; the 4 lanes holding one chunk sum it by shuffles. With a
-// permutation, x is first copied as is into ``raw`` (kp floats of shared memory, coalesced
-// 16-byte loads) and the permuted gather reads shared memory: every block of a shrink gathers
-// the whole of x, and gathers from L2 cost a 32-byte sector per element.
-// ``x_vec``: rows of x start on 16-byte boundaries.
+// issued before the first store; the 4 lanes holding one chunk sum it by shuffles. With ``raw``
+// (x already copied there by copy_x and published by a __syncthreads), x is read from shared
+// memory, and a permutation gathers from it: every block of a shrink gathers the whole of x,
+// and gathers from L2 cost a 32-byte sector per element. Without, x is read from global memory
+// (no permutation then). ``x_vec``: rows of x start on 16-byte boundaries.
 constexpr int kStageGroups = 4;
 
 template <class D>
 __device__ __forceinline__ void stage_x(const typename D::E* __restrict__ xr, const int* __restrict__ perm, int K, int kp, bool x_vec, float* a,
-                                        float* asum, float* raw) {
+                                        float* asum, const float* raw) {
   const int lane = threadIdx.x & 31;
   const int ng = kp / 8;  // a multiple of 4: a chunk's 4 groups are 4 neighbouring lanes
   const bool perm_vec = perm != nullptr && (reinterpret_cast<uintptr_t>(perm) & 15) == 0;
-  if (perm != nullptr) {
-#pragma unroll 4
-    for (int gi = threadIdx.x; gi < ng; gi += blockDim.x) {
-      const int k0 = 8 * gi;
-      float v[8];
-      if (k0 + 8 <= K && x_vec) {
-        D::load8(xr + k0, v);
-      } else {
-#pragma unroll
-        for (int i = 0; i < 8; ++i) v[i] = k0 + i < K ? D::load1(xr + k0 + i) : 0.f;
-      }
-      *reinterpret_cast<float4*>(raw + k0) = make_float4(v[0], v[1], v[2], v[3]);
-      *reinterpret_cast<float4*>(raw + k0 + 4) = make_float4(v[4], v[5], v[6], v[7]);
-    }
-    __syncthreads();
-  }
   for (int gb = threadIdx.x - lane; gb < ng; gb += blockDim.x * kStageGroups) {  // warp-uniform trip count
     float v[kStageGroups][8];
 #pragma unroll
@@ -350,6 +355,9 @@ __device__ __forceinline__ void stage_x(const typename D::E* __restrict__ xr, co
         }
 #pragma unroll
         for (int i = 0; i < 8; ++i) v[u][i] = idx[i] >= 0 ? raw[idx[i]] : 0.f;
+      } else if (raw != nullptr) {
+#pragma unroll
+        for (int i = 0; i < 8; ++i) v[u][i] = k0 + i < kp ? raw[k0 + i] : 0.f;
       } else if (whole && x_vec) {
         D::load8(xr + k0, v[u]);
       } else {
@@ -390,7 +398,7 @@ struct PartDesc {
   Operand b;  // Ut, rank-major codes
   const __half* s;
   const int* perm;
-  int kind, rank, roff, woff, chunk0;
+  int kind, rank, roff, woff, chunk0, uoff;
 };
 
 struct SlotParts {
@@ -398,6 +406,7 @@ struct SlotParts {
   float c[kMaxParts];  // apply: Σ_j zu(j, G) w_j per low-rank part
   int n_chunks;        // 32-code chunks of a rank-major Ut row, all low-rank parts
   int w_total;         // folded activations, all low-rank parts (multiple of 32)
+  int u_words;         // words of a rank-major Ut row, all low-rank parts
   int any_dense;
 };
 
@@ -420,18 +429,21 @@ __device__ __forceinline__ void load_parts(const int64_t* __restrict__ base, int
   }
   __syncthreads();
   if (threadIdx.x == 0) {
-    int woff = 0, ch = 0, dense = 0;
+    int woff = 0, ch = 0, dense = 0, uw = 0;
     for (int q = 0; q < max_parts; ++q) {
       PartDesc& d = sp.p[q];
       dense |= d.kind == kDense;
       if (d.kind != kLowRank) continue;
       d.woff = woff;
       d.chunk0 = ch;
+      d.uoff = uw;
       woff += (d.rank + 31) & ~31;
       ch += (d.rank + 31) / 32;
+      uw += static_cast<int>(d.b.stride);
     }
     sp.n_chunks = ch;
     sp.w_total = woff;
+    sp.u_words = uw;
     sp.any_dense = dense;
   }
   __syncthreads();
@@ -449,6 +461,8 @@ __device__ __forceinline__ void shrink_item(const typename D::E* __restrict__ x,
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, nwarps = blockDim.x >> 5;
   const int j1 = j0 + jb;
   const typename D::E* xr = x + static_cast<int64_t>(row) * sx;
+  float* raw = smem + x_floats(kp);
+  copy_x<D>(xr, K, kp, x_vec, raw);  // in flight while the table rows are read; published by load_parts' barrier
   load_parts(tab + static_cast<int64_t>(slot) * max_parts * f.nf, max_parts, f, sp);
   // this block's rows of Vt into L2 while x is staged (lane 0 of each warp, the rows it walks)
   if (lane == 0) {
@@ -466,7 +480,7 @@ __device__ __forceinline__ void shrink_item(const typename D::E* __restrict__ x,
     if (lo >= hi) continue;  // block-uniform
     if (d.perm != staged) {  // block-uniform; the blocks of one delta share one permutation
       __syncthreads();
-      stage_x<D>(xr, d.perm, K, kp, x_vec, a, asum, smem + x_floats(kp));
+      stage_x<D>(xr, d.perm, K, kp, x_vec, a, asum, raw);
       staged = d.perm;
     }
     const Operand vt = d.a;
@@ -481,7 +495,8 @@ __device__ __forceinline__ void shrink_item(const typename D::E* __restrict__ x,
 template <class D>
 __global__ void __launch_bounds__(kShrinkWarps * 32)
     shrink_kernel(const typename D::E* __restrict__ x, int64_t sx, float* __restrict__ t, int64_t st, const int64_t* __restrict__ tab, int max_parts,
-                  const int* __restrict__ row_idx, const int* __restrict__ gstart, const int* __restrict__ gslot, int K, int jb, bool x_vec, Fields f) {
+                  const int* __restrict__ row_idx, const int* __restrict__ gstart, const int* __restrict__ gslot, int K, int jb, bool x_vec, bool identity,
+                  Fields f) {
   extern __shared__ float smem[];
   __shared__ SlotParts sp;
   // the apply grid may start now (programmatic dependent launch): its blocks stage x, read their
@@ -490,15 +505,15 @@ __global__ void __launch_bounds__(kShrinkWarps * 32)
   const int g = blockIdx.x;
   const int slot = gslot[g];
   if (slot < 0) return;
-  shrink_item<D>(x, sx, t, st, tab, max_parts, row_idx[gstart[g]], slot, K, static_cast<int>(blockIdx.y) * jb, jb, x_vec, f, smem, sp);
+  shrink_item<D>(x, sx, t, st, tab, max_parts, identity ? g : row_idx[gstart[g]], slot, K, static_cast<int>(blockIdx.y) * jb, jb, x_vec, f, smem, sp);
 }
 
 // ---- apply: y[row, n0 .. n0 + NB) ---------------------------------------------------------------
 // How an apply item waits for t. Two launches: griddepcontrol.wait (returns at once when the grid
 // was not launched as a programmatic dependent). One pass (done != nullptr): thread 0 waits until
-// done[g] reaches a_tiles (every shrink item of the group has stored its t and counted itself),
-// then counts the block in passed[g]; the group's last block past the wait zeroes both counters,
-// so they are zero again for the next call.
+// done[g] reaches a_tiles (every shrink item of the group has stored its t and counted itself);
+// at its end the block counts itself in passed[g], and the group's last block zeroes both
+// counters, so they are zero again for the next call (release_counters).
 struct TWait {
   int* done;
   int* passed;
@@ -507,7 +522,7 @@ struct TWait {
 };
 
 // Phase timestamps of the one-pass kernel (benchmarks: ``trace``), in ns of the global timer.
-enum TracePhase : int { kTrStart = 0, kTrClaimed = 1, kTrItems = 2, kTrGemv = 3, kTrWaited = 4, kTrEnd = 5, kTrSlots = 8 };
+enum TracePhase : int { kTrStart = 0, kTrClaimed = 1, kTrItems = 2, kTrGemv = 3, kTrWaited = 4, kTrEnd = 5, kTrStaged = 6, kTrSlots = 8 };
 
 __device__ __forceinline__ void trace_at(long long* tr, int phase) {
   if (tr != nullptr && threadIdx.x == 0) {
@@ -530,12 +545,17 @@ __device__ __forceinline__ void wait_for_t(const TWait& tw, int g) {
   }
   if (threadIdx.x == 0) {
     while (ld_acquire(tw.done + g) < tw.a_tiles) __nanosleep(32);
-    if (atomicAdd(tw.passed + g, 1) == tw.b_tiles - 1) {
-      tw.done[g] = 0;
-      tw.passed[g] = 0;
-    }
   }
   __syncthreads();
+}
+
+// One pass, thread 0 at the end of an apply block that waited: count it in passed[g]; the
+// group's last block zeroes both counters (every block of the group is past its wait by then).
+__device__ __forceinline__ void release_counters(const TWait& tw, int g) {
+  if (tw.done != nullptr && threadIdx.x == 0 && atomicAdd(tw.passed + g, 1) == tw.b_tiles - 1) {
+    tw.done[g] = 0;
+    tw.passed[g] = 0;
+  }
 }
 
 // The NB rows of the base weight an apply block reads, into L2 (a warp's first NR lanes: its rows).
@@ -553,8 +573,8 @@ __device__ __forceinline__ void prefetch_line(const void* p) { asm volatile("pre
 template <class D, int NR, bool FUSE>
 __device__ __forceinline__ void apply_item(const typename D::E* __restrict__ x, int64_t sx, typename D::E* __restrict__ y, int64_t sy, const float* __restrict__ t,
                                            int64_t st, const typename D::E* __restrict__ wb, int64_t swb, const int64_t* __restrict__ tab, int max_parts,
-                                           int g, int row, int slot, int n0, int N, int K, bool stage_dense, bool base_vec, bool x_vec, const Fields& f,
-                                           float* smem, SlotParts& sp, const TWait& tw, long long* tr = nullptr) {
+                                           int g, int row, int slot, int n0, int N, int K, bool stage_dense, bool base_vec, bool x_vec, bool ucache_ok,
+                                           const Fields& f, float* smem, SlotParts& sp, const TWait& tw, long long* tr = nullptr) {
   constexpr int kU = 4;  // folded activations a thread loads before its first store
   constexpr int NB = kApplyWarps * NR;
   const int kp = (K + 31) & ~31;
@@ -643,21 +663,21 @@ __device__ __forceinline__ void apply_item(const typename D::E* __restrict__ x, 
     }
   }
 
-  // t comes from the shrink (launch or items): wait for it
   trace_at(tr, kTrGemv);
-  if (has_delta) wait_for_t(tw, g);
-  trace_at(tr, kTrWaited);
-
-  // fold Ut's scale and zero and s into t: w[woff_p + j] = su(j, G) s_j t_j, c_p = Σ_j zu(j, G) w_j;
-  // one flat index space over all low-rank parts, whole warps per step (shuffles below)
+  // Before waiting for t, everything of the low-rank products that does not depend on it comes
+  // into shared memory (while the shrink still runs, this is free): the fold's factors
+  // wsm[woff_p + swz(j)] = su(j, G) · s_j and zsm[i] = zu(j, G), and, when they fit (ucache), the
+  // block's rank-major Ut rows: ucache[nn · u_words + uoff_p + word] for its NB outputs nn.
   const int w_total = has_delta ? sp.w_total : 0;
+  float* zsm = wsm + w_total;
+  uint32_t* ucache = reinterpret_cast<uint32_t*>(zsm + w_total);
   for (int ib = threadIdx.x - lane; ib < w_total; ib += blockDim.x * kU) {
-    float v[kU], z[kU];
+    float sc[kU], z[kU];
     int pi[kU], jj[kU];
 #pragma unroll
     for (int u = 0; u < kU; ++u) {
       const int i = ib + lane + u * static_cast<int>(blockDim.x);
-      v[u] = z[u] = 0.f;
+      sc[u] = z[u] = 0.f;
       pi[u] = -1;
       jj[u] = 0;
       if (i < w_total) {
@@ -670,17 +690,77 @@ __device__ __forceinline__ void apply_item(const typename D::E* __restrict__ x, 
         if (j < d.rank) {
           const Operand& ut = d.b;
           const int64_t si = static_cast<int64_t>(j) * ut.srow + static_cast<int64_t>(n0) / ut.group;  // one group per block (loader-checked)
-          const float su = __half2float(__ldg(ut.scales + si));
           z[u] = ut.zeros != nullptr ? static_cast<float>(__ldg(ut.zeros + si)) : ut.zc;
-          const float sj = d.s != nullptr ? __half2float(__ldg(d.s + j)) : 1.f;
-          v[u] = su * sj * __ldcg(t + static_cast<int64_t>(row) * st + d.roff + j);  // L2: written by the shrink grid
+          sc[u] = __half2float(__ldg(ut.scales + si)) * (d.s != nullptr ? __half2float(__ldg(d.s + j)) : 1.f);
         }
       }
     }
 #pragma unroll
     for (int u = 0; u < kU; ++u) {
-      if (pi[u] >= 0) wsm[sp.p[pi[u]].woff + swz(jj[u])] = v[u];
-      const float cz = z[u] * v[u];
+      const int i = ib + lane + u * static_cast<int>(blockDim.x);
+      if (pi[u] >= 0) {
+        wsm[sp.p[pi[u]].woff + swz(jj[u])] = sc[u];
+        zsm[i] = z[u];
+      }
+    }
+  }
+  const int u_words = has_delta && ucache_ok ? sp.u_words : 0;
+  for (int ib = threadIdx.x; ib < NB * u_words; ib += blockDim.x * kU) {
+    uint32_t q[kU];
+#pragma unroll
+    for (int u = 0; u < kU; ++u) {
+      const int i = ib + u * static_cast<int>(blockDim.x);
+      q[u] = 0u;
+      if (i < NB * u_words) {
+        const int nn = i / u_words, w = i - nn * u_words;
+        int p = 0;
+        while (sp.p[p].kind != kLowRank || w >= sp.p[p].uoff + sp.p[p].b.stride) ++p;
+        const int n = min(n0 + nn, N - 1);
+        q[u] = __ldg(sp.p[p].b.codes + static_cast<int64_t>(n) * sp.p[p].b.stride + (w - sp.p[p].uoff));
+      }
+    }
+#pragma unroll
+    for (int u = 0; u < kU; ++u) {
+      const int i = ib + u * static_cast<int>(blockDim.x);
+      if (i < NB * u_words) ucache[i] = q[u];
+    }
+  }
+  trace_at(tr, kTrStaged);
+
+  // t comes from the shrink (launch or items): wait for it
+  if (has_delta) wait_for_t(tw, g);
+  trace_at(tr, kTrWaited);
+
+  // fold t in: w = (su s)_j t_j, c_p = Σ_j zu(j, G) w_j; one flat index space over all low-rank
+  // parts, whole warps per step (shuffles below)
+  for (int ib = threadIdx.x - lane; ib < w_total; ib += blockDim.x * kU) {
+    float tv[kU];
+    int pi[kU], jj[kU];
+#pragma unroll
+    for (int u = 0; u < kU; ++u) {
+      const int i = ib + lane + u * static_cast<int>(blockDim.x);
+      tv[u] = 0.f;
+      pi[u] = -1;
+      jj[u] = 0;
+      if (i < w_total) {
+        int p = 0;
+        while (sp.p[p].kind != kLowRank || i >= sp.p[p].woff + ((sp.p[p].rank + 31) & ~31)) ++p;
+        const PartDesc& d = sp.p[p];
+        const int j = i - d.woff;
+        pi[u] = p;
+        jj[u] = j;
+        if (j < d.rank) tv[u] = __ldcg(t + static_cast<int64_t>(row) * st + d.roff + j);  // L2: written by the shrink
+      }
+    }
+#pragma unroll
+    for (int u = 0; u < kU; ++u) {
+      const int i = ib + lane + u * static_cast<int>(blockDim.x);
+      float cz = 0.f;
+      if (pi[u] >= 0) {
+        float& w = wsm[sp.p[pi[u]].woff + swz(jj[u])];
+        w *= tv[u];
+        cz = zsm[i] * w;
+      }
       unsigned todo = __ballot_sync(0xFFFFFFFFu, pi[u] >= 0);
       while (todo) {  // one warp sum per part present in the warp (usually one)
         const int pl = __shfl_sync(0xFFFFFFFFu, pi[u], __ffs(todo) - 1);
@@ -718,10 +798,11 @@ __device__ __forceinline__ void apply_item(const typename D::E* __restrict__ x, 
 #pragma unroll
         for (int r = 0; r < NR; ++r) {
           const uint32_t* urow = ut.codes + static_cast<int64_t>(nrow[r]) * ut.stride;
+          const uint32_t* crow = ucache + (nrow[r] - n0) * u_words + sp.p[p].uoff;
 #pragma unroll
           for (int i = 0; i < 8; ++i) {
             const int64_t wi = static_cast<int64_t>(lc) * bits + i;
-            if (i < bits && wi < ut.stride) q[r][i] = __ldg(urow + wi);
+            if (i < bits && wi < ut.stride) q[r][i] = u_words > 0 ? crow[wi] : __ldg(urow + wi);
           }
         }
         const float* wp = wsm + sp.p[p].woff;
@@ -754,6 +835,7 @@ __device__ __forceinline__ void apply_item(const typename D::E* __restrict__ x, 
       if (nw + r < N) yr[nw + r] = FUSE ? D::from_float(acc[r]) : D::from_float(D::to_float(yr[nw + r]) + acc[r]);
     }
   }
+  if (has_delta) release_counters(tw, g);
 }
 
 // launch 2 of the two-launch path. Grid (output tile of NB rows, row group).
@@ -761,7 +843,8 @@ template <class D, int NR, bool FUSE>
 __global__ void __launch_bounds__(kApplyWarps * 32)
     apply_kernel(const typename D::E* __restrict__ x, int64_t sx, typename D::E* __restrict__ y, int64_t sy, const float* __restrict__ t, int64_t st,
                  const typename D::E* __restrict__ wb, int64_t swb, const int64_t* __restrict__ tab, int max_parts, const int* __restrict__ row_idx,
-                 const int* __restrict__ gstart, const int* __restrict__ gslot, int N, int K, bool stage_dense, bool base_vec, bool x_vec, Fields f) {
+                 const int* __restrict__ gstart, const int* __restrict__ gslot, int N, int K, bool stage_dense, bool base_vec, bool x_vec, bool identity,
+                 bool ucache_ok, Fields f) {
   extern __shared__ float smem[];
   __shared__ SlotParts sp;
   constexpr int NB = kApplyWarps * NR;
@@ -771,7 +854,8 @@ __global__ void __launch_bounds__(kApplyWarps * 32)
   const int n0 = static_cast<int>(blockIdx.x) * NB;
   if (FUSE) prefetch_base<D, NR>(wb, swb, n0, N, K);  // this warp's base rows into L2 during the prologue
   const TWait tw{nullptr, nullptr, 0, 0};
-  apply_item<D, NR, FUSE>(x, sx, y, sy, t, st, wb, swb, tab, max_parts, g, row_idx[gstart[g]], slot, n0, N, K, stage_dense, base_vec, x_vec, f, smem, sp, tw);
+  apply_item<D, NR, FUSE>(x, sx, y, sy, t, st, wb, swb, tab, max_parts, g, identity ? g : row_idx[gstart[g]], slot, n0, N, K, stage_dense, base_vec, x_vec,
+                          ucache_ok, f, smem, sp, tw);
 }
 
 // ---- one pass: shrink and fused apply in one launch ----------------------------------------------------
@@ -792,8 +876,8 @@ template <class D, int NR, int MINB>
 __global__ void __launch_bounds__(kApplyWarps * 32, MINB)
     onepass_kernel(const typename D::E* __restrict__ x, int64_t sx, typename D::E* __restrict__ y, int64_t sy, float* __restrict__ t, int64_t st,
                    const typename D::E* __restrict__ wb, int64_t swb, const int64_t* __restrict__ tab, int max_parts, const int* __restrict__ row_idx,
-                   const int* __restrict__ gstart, const int* __restrict__ gslot, int N, int K, int jb, bool stage_dense, bool base_vec, bool x_vec, Fields f,
-                   int* __restrict__ sync, int groups, int a_tiles, int a_blocks, int b_tiles, long long* __restrict__ trace) {
+                   const int* __restrict__ gstart, const int* __restrict__ gslot, int N, int K, int jb, bool stage_dense, bool base_vec, bool x_vec,
+                   bool identity, bool ucache_ok, Fields f, int* __restrict__ sync, int groups, int a_tiles, int a_blocks, int b_tiles, long long* __restrict__ trace) {
   extern __shared__ float smem[];
   __shared__ SlotParts sp;
   __shared__ int ticket;
@@ -818,7 +902,7 @@ __global__ void __launch_bounds__(kApplyWarps * 32, MINB)
     const int ag = a / a_tiles;
     const int aslot = gslot[ag];
     if (aslot < 0) continue;  // block-uniform; apply blocks of such a group do not wait
-    shrink_item<D>(x, sx, t, st, tab, max_parts, row_idx[gstart[ag]], aslot, K, (a % a_tiles) * jb, jb, x_vec, f, smem, sp);
+    shrink_item<D>(x, sx, t, st, tab, max_parts, identity ? ag : row_idx[gstart[ag]], aslot, K, (a % a_tiles) * jb, jb, x_vec, f, smem, sp);
     __syncthreads();  // every warp's t stores are done
     if (threadIdx.x == 0) {
       __threadfence();  // ... and visible device-wide before the count
@@ -831,7 +915,8 @@ __global__ void __launch_bounds__(kApplyWarps * 32, MINB)
   if (!apply_block) return;
   const int g = bi / b_tiles;
   const TWait tw{sync + 1, sync + 1 + groups, a_tiles, b_tiles};
-  apply_item<D, NR, true>(x, sx, y, sy, t, st, wb, swb, tab, max_parts, g, row_idx[gstart[g]], gslot[g], n0, N, K, stage_dense, base_vec, x_vec, f, smem, sp, tw, tr);
+  apply_item<D, NR, true>(x, sx, y, sy, t, st, wb, swb, tab, max_parts, g, identity ? g : row_idx[gstart[g]], gslot[g], n0, N, K, stage_dense, base_vec,
+                          x_vec, ucache_ok, f, smem, sp, tw, tr);
 }
 
 // ---- host -----------------------------------------------------------------------------------------
@@ -865,7 +950,15 @@ struct Batch {
   int minb;      // one pass: blocks per SM the compiler must fit (2: at most 128 registers, or 3: 80)
   long long* trace;  // one pass: phase timestamps per block [grid, kTrSlots], or nullptr
   int64_t trace_len;
+  bool identity;    // row g is group g (RowGroups.per_row): no row_idx / start reads
+  int64_t u_words;  // the largest Σ over a slot's low-rank parts of a rank-major Ut row's words
 };
+
+// Shared memory (floats) of an apply block past x: the fold's factors and zeros (2 · wlen), then
+// the block's Ut rows when they fit in kUcacheBytes (ucache_ok).
+constexpr int64_t kUcacheBytes = 48 * 1024;
+inline bool ucache_fits(const Batch& b, int nb) { return b.u_words > 0 && nb * b.u_words * 4 <= kUcacheBytes; }
+inline int64_t apply_extra_floats(const Batch& b, int nb) { return 2 * b.wlen + (ucache_fits(b, nb) ? nb * b.u_words : 0); }
 
 template <class D, int NR, bool FUSE>
 void launch_apply(const Batch& b, cudaStream_t stream) {
@@ -875,8 +968,8 @@ void launch_apply(const Batch& b, cudaStream_t stream) {
   const int K = static_cast<int>(b.x.size(1));
   const int64_t kp = (K + 31) / 32 * 32;
   const bool stage_dense = b.dense;
-  const int64_t smem = ((FUSE || stage_dense) ? x_floats(static_cast<int>(kp)) : 0) + b.wlen;
   constexpr int NB = kApplyWarps * NR;
+  const int64_t smem = ((FUSE || stage_dense) ? x_floats(static_cast<int>(kp)) : 0) + apply_extra_floats(b, NB);
   const int64_t tiles = (N + NB - 1) / NB;
   TORCH_CHECK(groups <= 65535, "deltapack_cuda: at most 65535 row groups");
   const E* wb = FUSE ? reinterpret_cast<const E*>(b.base.data_ptr()) : nullptr;
@@ -901,7 +994,8 @@ void launch_apply(const Batch& b, cudaStream_t stream) {
   C10_CUDA_CHECK(cudaLaunchKernelEx(&cfg, kernel, reinterpret_cast<const E*>(b.x.data_ptr()), b.x.stride(0), reinterpret_cast<E*>(b.y.data_ptr()),
                                     b.y.stride(0), tp, st, wb, swb, static_cast<const int64_t*>(b.table.data_ptr<int64_t>()), b.max_parts,
                                     static_cast<const int*>(b.row_idx.data_ptr<int>()), static_cast<const int*>(b.start.data_ptr<int>()),
-                                    static_cast<const int*>(b.slot.data_ptr<int>()), N, K, stage_dense, base_vec, b.x_vec, b.f));
+                                    static_cast<const int*>(b.slot.data_ptr<int>()), N, K, stage_dense, base_vec, b.x_vec, b.identity,
+                                    ucache_fits(b, NB), b.f));
 }
 
 template <class D, int NR, int MINB>
@@ -919,7 +1013,7 @@ void launch_onepass(const Batch& b, cudaStream_t stream) {
   const int64_t grid = a_blocks + groups * b_tiles;
   TORCH_CHECK(n_a + grid < (int64_t{1} << 31), "deltapack_cuda: too many blocks for one pass");
   TORCH_CHECK(b.trace == nullptr || b.trace_len >= grid * kTrSlots, "deltapack_cuda: trace needs ", grid * kTrSlots, " elements");
-  const int64_t smem = (static_cast<int64_t>(x_floats(kp)) + std::max<int64_t>(kp, b.wlen)) * 4;
+  const int64_t smem = (static_cast<int64_t>(x_floats(kp)) + std::max<int64_t>(kp, apply_extra_floats(b, NB))) * 4;
   const E* wb = reinterpret_cast<const E*>(b.base.data_ptr());
   const int64_t swb = b.base.stride(0);
   const bool base_vec = K % D::kVec == 0 && reinterpret_cast<uintptr_t>(wb) % 16 == 0 && (swb * static_cast<int64_t>(sizeof(E))) % 16 == 0;
@@ -928,7 +1022,7 @@ void launch_onepass(const Batch& b, cudaStream_t stream) {
   kernel<<<static_cast<unsigned>(grid), kApplyWarps * 32, smem, stream>>>(
       reinterpret_cast<const E*>(b.x.data_ptr()), b.x.stride(0), reinterpret_cast<E*>(b.y.data_ptr()), b.y.stride(0), b.t.data_ptr<float>(), b.t.stride(0),
       wb, swb, b.table.data_ptr<int64_t>(), b.max_parts, b.row_idx.data_ptr<int>(), b.start.data_ptr<int>(), b.slot.data_ptr<int>(), N, K, b.jb, b.dense,
-      base_vec, b.x_vec, b.f, b.sync, groups, static_cast<int>(a_tiles), static_cast<int>(a_blocks), static_cast<int>(b_tiles), b.trace);
+      base_vec, b.x_vec, b.identity, ucache_fits(b, NB), b.f, b.sync, groups, static_cast<int>(a_tiles), static_cast<int>(a_blocks), static_cast<int>(b_tiles), b.trace);
   C10_CUDA_KERNEL_LAUNCH_CHECK();
 }
 
@@ -962,7 +1056,7 @@ void launch(const Batch& b, int nr, bool fuse) {
     set_smem(kernel, smem);
     kernel<<<dim3(static_cast<unsigned>(groups), static_cast<unsigned>(tiles)), kShrinkWarps * 32, smem, stream>>>(
         reinterpret_cast<const E*>(b.x.data_ptr()), b.x.stride(0), b.t.data_ptr<float>(), b.t.stride(0), b.table.data_ptr<int64_t>(), b.max_parts,
-        b.row_idx.data_ptr<int>(), b.start.data_ptr<int>(), b.slot.data_ptr<int>(), K, b.jb, b.x_vec, b.f);
+        b.row_idx.data_ptr<int>(), b.start.data_ptr<int>(), b.slot.data_ptr<int>(), K, b.jb, b.x_vec, b.identity, b.f);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   }
 #define DP_APPLY(NR_)                                    \
@@ -995,7 +1089,7 @@ void check_index(const at::Tensor& t, const char* name, const at::Device& dev) {
 void delta_decode(const at::Tensor& x, at::Tensor y, const at::Tensor& t, const c10::optional<at::Tensor>& base, const at::Tensor& table,
                   int64_t max_parts, const at::Tensor& row_idx, const at::Tensor& start, const at::Tensor& slot, const std::vector<int64_t>& fields,
                   int64_t wlen, bool lowrank, bool dense, int64_t rows_per_warp, int64_t shrink_rows, bool pdl, const c10::optional<at::Tensor>& sync,
-                  int64_t onepass_a_blocks, int64_t onepass_min_blocks, const c10::optional<at::Tensor>& trace) {
+                  int64_t onepass_a_blocks, int64_t onepass_min_blocks, const c10::optional<at::Tensor>& trace, bool identity, int64_t u_words) {
   TORCH_CHECK(x.is_cuda(), "deltapack_cuda: x must be a CUDA tensor");
   const at::Device dev = x.device();
   TORCH_CHECK(y.device() == dev && table.device() == dev, "deltapack_cuda: x, y and the table must be on one device");
@@ -1034,6 +1128,8 @@ void delta_decode(const at::Tensor& x, at::Tensor y, const at::Tensor& t, const 
   check_index(start, "start", dev);
   check_index(slot, "slot", dev);
   TORCH_CHECK(start.numel() == slot.numel(), "deltapack_cuda: start and slot differ in size");
+  TORCH_CHECK(!identity || slot.numel() == x.size(0), "deltapack_cuda: identity groups need one group per row");
+  TORCH_CHECK(u_words >= 0, "deltapack_cuda: u_words must not be negative");
   int* sync_ptr = nullptr;
   if (sync.has_value() && sync->defined() && fuse && lowrank) {
     TORCH_CHECK(sync->device() == dev && sync->scalar_type() == at::kInt && sync->is_contiguous() && sync->numel() >= 1 + 2 * slot.numel(),
@@ -1053,7 +1149,7 @@ void delta_decode(const at::Tensor& x, at::Tensor y, const at::Tensor& t, const 
   const int sms = at::cuda::getDeviceProperties(dev.index())->multiProcessorCount;
   const Batch b{x, y, t, w, table, static_cast<int>(max_parts), row_idx, start, slot, wlen, lowrank, dense, static_cast<int>(shrink_rows), x_vec, pdl, f, sync_ptr, sms,
                 static_cast<int>(onepass_a_blocks), static_cast<int>(onepass_min_blocks), trace_ptr,
-                trace_ptr != nullptr ? trace->numel() : 0};
+                trace_ptr != nullptr ? trace->numel() : 0, identity, u_words};
   const int nr = static_cast<int>(rows_per_warp);
   switch (x.scalar_type()) {
     case at::kFloat:
@@ -1078,7 +1174,8 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
         pybind11::arg("t"), pybind11::arg("base"), pybind11::arg("table"), pybind11::arg("max_parts"), pybind11::arg("row_idx"), pybind11::arg("start"),
         pybind11::arg("slot"), pybind11::arg("fields"), pybind11::arg("wlen"), pybind11::arg("lowrank"), pybind11::arg("dense"),
         pybind11::arg("rows_per_warp"), pybind11::arg("shrink_rows"), pybind11::arg("pdl") = true, pybind11::arg("sync") = pybind11::none(),
-        pybind11::arg("onepass_a_blocks") = 0, pybind11::arg("onepass_min_blocks") = 2, pybind11::arg("trace") = pybind11::none());
+        pybind11::arg("onepass_a_blocks") = 0, pybind11::arg("onepass_min_blocks") = 2, pybind11::arg("trace") = pybind11::none(),
+        pybind11::arg("identity") = false, pybind11::arg("u_words") = 0);
   m.attr("TRACE_SLOTS") = static_cast<int>(kTrSlots);
   m.attr("APPLY_WARPS") = kApplyWarps;
   m.attr("SHRINK_WARPS") = kShrinkWarps;

@@ -57,7 +57,8 @@ def flush_l2() -> None:
 def trace_summary(x, y, tab, groups, t, W, reps: int = 5) -> str:
     """Phase times of a one-pass launch (µs after the first block started; median over ``reps``
     calls, each with L2 flushed): shrink-only blocks (start, done), apply blocks (start, claims
-    done, base GEMV done, t waited, end), and how many apply blocks started late (> 2 µs)."""
+    done, base GEMV done, t-independent operands staged, t waited, end; tail = end − waited),
+    and how many apply blocks started late (> 2 µs)."""
     rows = []
     for _ in range(reps):
         tr = torch.zeros(kcuda.trace_len(x, groups.n_groups, y.shape[1]), dtype=torch.int64, device="cuda")
@@ -73,11 +74,11 @@ def trace_summary(x, y, tab, groups, t, W, reps: int = 5) -> str:
         late = int((us[b, 0] > 2.0).sum())
         rows.append([us[a, 0].median(), us[a, 1].max() if a.any() else 0.0, tr[a, 2].double().mean() if a.any() else 0.0,
                      us[b, 0].median(), us[b, 0].max(), us[b, 1].median(), us[b, 3].median(), us[b, 3].max(), us[b, 4].max(), us[b, 5].max(),
-                     float(b.sum()), float(a.sum()), float(late), tr[b, 2].double().sum()])
+                     float(b.sum()), float(a.sum()), float(late), tr[b, 2].double().sum(), us[b, 6].max(), (us[b, 5] - us[b, 4]).median()])
     m = torch.tensor(rows, dtype=torch.float64).median(dim=0).values.tolist()
     return (f"shrink blocks {int(m[11])} (items/block {m[2]:.1f}): start {m[0]:.1f} done(max) {m[1]:.1f} | apply blocks {int(m[10])} "
             f"(late {int(m[12])}, items {int(m[13])}): start med {m[3]:.1f} max {m[4]:.1f}, claims {m[5]:.1f}, gemv med {m[6]:.1f} max {m[7]:.1f}, "
-            f"waited(max) {m[8]:.1f}, end(max) {m[9]:.1f}")
+            f"staged(max) {m[14]:.1f}, waited(max) {m[8]:.1f}, end(max) {m[9]:.1f}, tail med {m[15]:.1f}")
 
 
 def copy_bw() -> float:

@@ -279,6 +279,11 @@ def test_onepass(built, M, monkeypatch):
             assert not kcuda.sync_scratch(x.device).any(), "the one-pass counters were not left at zero"
         y = x.float().matmul(W.float().T).to(dtype)
         want = reference.delta_apply(x, y, [k.dense() for k in kds], slots)
+        # the same batch as groups that are not the identity (row_idx a permutation)
+        perm = torch.randperm(M, generator=g).to(device="cuda", dtype=torch.int32)
+        ar = torch.arange(M, device="cuda", dtype=torch.int32)
+        shuffled = RowGroups(row_idx=perm, start=ar, length=torch.ones_like(ar), slot=slots.to(torch.int32)[perm.long()], max_len=1)
+        results["perm"] = kcuda.delta_apply(x, torch.full((M, out), float("nan"), device="cuda", dtype=dtype), tab, shuffled, base=W)
         for mode, got in results.items():
             assert _rel_err(got, want, y) <= TOL[dtype], f"onepass={mode} {out}x{inp} M={M}"
         assert _rel_err(results["1"], results["0"], y) <= 2 * TOL[dtype]

@@ -241,14 +241,18 @@ def table_supported(tab: DeltaTable) -> bool:
     return ok
 
 
-def _shape_info(tab: DeltaTable) -> tuple[int, bool]:
+def _shape_info(tab: DeltaTable) -> tuple[int, bool, int]:
     """(wlen: the largest Σ over a slot's low-rank parts of the rank rounded up to 32 — the
-    apply kernel's shared buffer of folded activations; whether some slot has a dense part)."""
+    apply kernel's shared buffer of folded activations; whether some slot has a dense part;
+    u_words: the largest Σ over a slot's low-rank parts of the words of a rank-major Ut row —
+    an apply block caches its rows of Ut in shared memory when they fit)."""
     info = getattr(tab, "_cuda_shape_info", None)
     if info is None:
-        wlen = max((sum(-(-p.rank // 32) * 32 for p in d.parts if isinstance(p, LowRankPart)) for d in tab.deltas), default=0)
+        lowrank = [[p for p in d.parts if isinstance(p, LowRankPart)] for d in tab.deltas]
+        wlen = max((sum(-(-p.rank // 32) * 32 for p in ps) for ps in lowrank), default=0)
+        u_words = max((sum(p.u_stride for p in ps) for ps in lowrank), default=0)
         dense = any(isinstance(p, DensePart) for d in tab.deltas for p in d.parts)
-        info = (wlen, dense)
+        info = (wlen, dense, u_words)
         object.__setattr__(tab, "_cuda_shape_info", info)
     return info
 
@@ -348,7 +352,7 @@ def delta_apply(
         torch.matmul(x, base.T, out=y)
     if M == 0 or (groups.n_groups == 0 and not fuse):
         return y
-    wlen, dense = _shape_info(tab)
+    wlen, dense, u_words = _shape_info(tab)
     if tab.has_lowrank:
         if t is None or t.shape[0] != M or t.shape[1] < tab.max_rank or t.dtype != torch.float32 or t.stride(1) != 1 or t.device != x.device:
             t = torch.empty((M, tab.max_rank), device=x.device, dtype=torch.float32)
@@ -378,6 +382,8 @@ def delta_apply(
         int(os.environ.get(ENV_ONEPASS_A_BLOCKS, "0")),
         int(os.environ.get(ENV_ONEPASS_MIN_BLOCKS, "2")),
         trace,
+        bool(groups.identity),
+        u_words,
     )
     return y
 

@@ -503,6 +503,7 @@ class RowGroups:
     length: torch.Tensor  # int32 [G]
     slot: torch.Tensor  # int32 [G]
     max_len: int  # host-side bound on length (sizes the grid)
+    identity: bool = False  # row g is group g (per_row): kernels may skip row_idx / start
 
     @property
     def n_groups(self) -> int:
@@ -513,7 +514,7 @@ class RowGroups:
         s = slots.to(torch.int32).reshape(-1)
         m = s.shape[0]
         ar = torch.arange(m, dtype=torch.int32, device=s.device)
-        return cls(row_idx=ar, start=ar, length=torch.ones_like(ar), slot=s, max_len=1)
+        return cls(row_idx=ar, start=ar, length=torch.ones_like(ar), slot=s, max_len=1, identity=True)
 
     @classmethod
     def segments(cls, slots: list[int] | torch.Tensor, device: torch.device | str) -> RowGroups:
