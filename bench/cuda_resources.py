@@ -62,16 +62,33 @@ def parse_ptxas(log: str) -> list[dict]:
     return rows
 
 
-def compile_log(nvcc: str, arch: str, std: str) -> str:
+_SYM = re.compile(r"^\s*\d+:\s+[0-9a-f]+\s+(0x[0-9a-f]+|\d+)\s+FUNC\s.*\s(_Z\S+)$")
+
+
+def parse_symbols(readelf_out: str) -> dict[str, int]:
+    """Machine-code bytes per kernel (demangled as in parse_ptxas) from ``readelf -sW`` of the
+    cubin: a kernel whose cold path (run once per block) is large pays instruction-cache misses."""
+    sizes: dict[str, int] = {}
+    for line in readelf_out.splitlines():
+        if m := _SYM.match(line):
+            sizes[demangle(m.group(2))] = int(m.group(1), 0)
+    return sizes
+
+
+def compile_log(nvcc: str, arch: str, std: str) -> tuple[str, dict[str, int]]:
     from torch.utils import cpp_extension
 
     inc = [f"-I{p}" for p in cpp_extension.include_paths()] + [f"-I{sysconfig.get_paths()['include']}"]
     with tempfile.TemporaryDirectory() as tmp:
-        cmd = [nvcc, f"-arch={arch}", "-cubin", "-O3", f"-std={std}", "-Xptxas", "-v", "-o", str(Path(tmp) / "k.cubin"), *inc, str(ROOT / "csrc" / "delta_decode.cu")]
+        cubin = Path(tmp) / "k.cubin"
+        cmd = [nvcc, f"-arch={arch}", "-cubin", "-O3", f"-std={std}", "-Xptxas", "-v", "-o", str(cubin), *inc, str(ROOT / "csrc" / "delta_decode.cu")]
         r = subprocess.run(cmd, capture_output=True, text=True)
+        sizes = {}
+        if not r.returncode and shutil.which("readelf"):
+            sizes = parse_symbols(subprocess.run(["readelf", "-sW", str(cubin)], capture_output=True, text=True).stdout)
     if r.returncode:
         sys.exit(f"nvcc failed ({r.returncode}):\n{r.stderr[-4000:]}")
-    return r.stdout + r.stderr
+    return r.stdout + r.stderr, sizes
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -83,10 +100,12 @@ def main(argv: list[str] | None = None) -> None:
     nvcc = str(Path(home) / "bin" / "nvcc") if home else shutil.which("nvcc")
     if not nvcc or not Path(nvcc).exists():
         sys.exit("no nvcc: set CUDA_HOME (see this script's docstring for a CPU-only setup)")
-    rows = parse_ptxas(compile_log(nvcc, a.arch, a.std))
-    print(f"{'kernel':<36} {'regs':>5} {'stack':>6} {'spill st/ld':>12} {'smem':>6}")
+    log, sizes = compile_log(nvcc, a.arch, a.std)
+    rows = parse_ptxas(log)
+    print(f"{'kernel':<36} {'regs':>5} {'stack':>6} {'spill st/ld':>12} {'smem':>6} {'code KB':>8}")
     for r in sorted(rows, key=lambda r: r["kernel"]):
-        print(f"{r['kernel']:<36} {r['registers']:>5} {r['stack']:>6} {r['spill_stores']:>5}/{r['spill_loads']:<6} {r['smem']:>6}")
+        kb = f"{sizes[r['kernel']] / 1024:.1f}" if r["kernel"] in sizes else "?"
+        print(f"{r['kernel']:<36} {r['registers']:>5} {r['stack']:>6} {r['spill_stores']:>5}/{r['spill_loads']:<6} {r['smem']:>6} {kb:>8}")
 
 
 if __name__ == "__main__":

@@ -261,11 +261,20 @@ __device__ __forceinline__ float row_dot(const uint32_t* __restrict__ row, int64
         q[u][i] = (c < nchunks && wi < stride) ? __ldg(row + wi) : 0u;
       }
     }
-#pragma unroll
+    // the decode is one copy of chunk_dot<B> (not one per chunk in flight): a block often runs
+    // this loop once per row, so its code is fetched cold; the loads above stay unrolled
+#pragma unroll 1
     for (int u = 0; u < kChunksInFlight; ++u) {
       const int c = c0 + 32 * u;
       if (c < nchunks) {
-        const float d = chunk_dot<B>(q[u], a, c);
+        uint32_t qu[B];
+#pragma unroll
+        for (int i = 0; i < B; ++i) {
+          qu[i] = q[0][i];
+#pragma unroll
+          for (int v = 1; v < kChunksInFlight; ++v) qu[i] = u == v ? q[v][i] : qu[i];
+        }
+        const float d = chunk_dot<B>(qu, a, c);
         if constexpr (SCALED) {
           const int64_t si = sbase + (static_cast<int64_t>(c) * 32) / op.group;
           const float s = __half2float(__ldg(op.scales + si));
@@ -787,27 +796,26 @@ __device__ __forceinline__ void apply_item(const typename D::E* __restrict__ x, 
         lc = c - sp.p[p].chunk0;
         bits = sp.p[p].b.bits;
       }
-      uint32_t q[NR][8];
-#pragma unroll
-      for (int r = 0; r < NR; ++r) {
-#pragma unroll
-        for (int i = 0; i < 8; ++i) q[r][i] = 0u;
-      }
       if (p >= 0) {
+        // one row at a time (one copy of the decode: see row_dot); from the shared-memory copy
+        // of the block's Ut rows when it was made
         const Operand& ut = sp.p[p].b;
-#pragma unroll
+        const float* wp = wsm + sp.p[p].woff;
+#pragma unroll 1
         for (int r = 0; r < NR; ++r) {
-          const uint32_t* urow = ut.codes + static_cast<int64_t>(nrow[r]) * ut.stride;
-          const uint32_t* crow = ucache + (nrow[r] - n0) * u_words + sp.p[p].uoff;
+          uint32_t q[8];
+          const int n = min(nw + r, N - 1);  // nrow[r], without indexing a register array by a loop variable
+          const uint32_t* urow = ut.codes + static_cast<int64_t>(n) * ut.stride;
+          const uint32_t* crow = ucache + (n - n0) * u_words + sp.p[p].uoff;
 #pragma unroll
           for (int i = 0; i < 8; ++i) {
             const int64_t wi = static_cast<int64_t>(lc) * bits + i;
-            if (i < bits && wi < ut.stride) q[r][i] = u_words > 0 ? crow[wi] : __ldg(urow + wi);
+            q[i] = i < bits && wi < ut.stride ? (u_words > 0 ? crow[wi] : __ldg(urow + wi)) : 0u;
           }
-        }
-        const float* wp = wsm + sp.p[p].woff;
+          const float d = chunk_dot_rt(bits, q, wp, lc);
 #pragma unroll
-        for (int r = 0; r < NR; ++r) acc[r] += chunk_dot_rt(bits, q[r], wp, lc);
+          for (int rr = 0; rr < NR; ++rr) acc[rr] += rr == r ? d : 0.f;
+        }
       }
     }
     if (lane == 0) {
@@ -820,8 +828,12 @@ __device__ __forceinline__ void apply_item(const typename D::E* __restrict__ x, 
     for (int q = 0; q < max_parts; ++q) {
       if (sp.p[q].kind != kDense) continue;
       const Operand w = sp.p[q].a;
+#pragma unroll 1
+      for (int r = 0; r < NR; ++r) {  // one copy of the row decode (see row_dot)
+        const float d = row_dot_bits<true>(w, min(nw + r, N - 1), kp / 32, a, asum, lane);
 #pragma unroll
-      for (int r = 0; r < NR; ++r) acc[r] += row_dot_bits<true>(w, nrow[r], kp / 32, a, asum, lane);
+        for (int rr = 0; rr < NR; ++rr) acc[rr] += rr == r ? d : 0.f;
+      }
     }
   }
 

@@ -1,4 +1,4 @@
-# Session 5, call 3: shorter chains (x copied while the table is read, per-row groups without
+# Session 5, calls 3 and 4 (call 4: the same after cutting the kernels' machine code 2-4x): shorter chains
 # index reads, t-independent fold factors and Ut rows staged in shared memory before the wait,
 # counters released at the end): GPU tests, then traces and times again, then the decode step.
 source bench/device/env.sh
