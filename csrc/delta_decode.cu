@@ -51,6 +51,7 @@ namespace {
 constexpr int kShrinkWarps = 4;  // warps per shrink block
 constexpr int kApplyWarps = 8;   // warps per apply block
 constexpr int kMaxParts = 16;    // parts per slot (shared-memory zero terms)
+constexpr int kMaxNF = 32;       // fields per table row (shared-memory copy of a slot's rows)
 #ifndef DELTAPACK_CHUNKS_IN_FLIGHT
 #define DELTAPACK_CHUNKS_IN_FLIGHT 4
 #endif
@@ -78,16 +79,17 @@ struct Operand {
   int bits;
 };
 
-__device__ __forceinline__ Operand read_operand(const int64_t* __restrict__ e, int first) {
+// e: a table row copied into shared memory (load_parts).
+__device__ __forceinline__ Operand read_operand(const int64_t* e, int first) {
   Operand o;
-  o.bits = static_cast<int>(__ldg(e + first + 0));
-  o.codes = reinterpret_cast<const uint32_t*>(static_cast<uintptr_t>(__ldg(e + first + 1)));
-  o.stride = __ldg(e + first + 2);
-  o.scales = reinterpret_cast<const __half*>(static_cast<uintptr_t>(__ldg(e + first + 3)));
-  o.srow = __ldg(e + first + 4);
-  o.group = __ldg(e + first + 5);
-  o.zeros = reinterpret_cast<const uint8_t*>(static_cast<uintptr_t>(__ldg(e + first + 6)));
-  o.zc = __int_as_float(static_cast<int>(static_cast<uint32_t>(static_cast<uint64_t>(__ldg(e + first + 7)) & 0xFFFFFFFFull)));
+  o.bits = static_cast<int>(e[first + 0]);
+  o.codes = reinterpret_cast<const uint32_t*>(static_cast<uintptr_t>(e[first + 1]));
+  o.stride = e[first + 2];
+  o.scales = reinterpret_cast<const __half*>(static_cast<uintptr_t>(e[first + 3]));
+  o.srow = e[first + 4];
+  o.group = e[first + 5];
+  o.zeros = reinterpret_cast<const uint8_t*>(static_cast<uintptr_t>(e[first + 6]));
+  o.zc = __int_as_float(static_cast<int>(static_cast<uint32_t>(static_cast<uint64_t>(e[first + 7]) & 0xFFFFFFFFull)));
   return o;
 }
 
@@ -411,6 +413,7 @@ struct PartDesc {
 };
 
 struct SlotParts {
+  int64_t raw[kMaxParts * kMaxNF];  // the slot's table rows as read (coalesced, all threads)
   PartDesc p[kMaxParts];
   float c[kMaxParts];  // apply: Σ_j zu(j, G) w_j per low-rank part
   int n_chunks;        // 32-code chunks of a rank-major Ut row, all low-rank parts
@@ -419,21 +422,25 @@ struct SlotParts {
   int any_dense;
 };
 
-// Fill sp from the slot's table rows (threads 0 .. max_parts − 1), then thread 0 lays out the
-// flat index spaces. Ends synchronized.
+// Fill sp from the slot's table rows (copied by all threads, decoded by threads 0 .. max_parts − 1),
+// then thread 0 lays out the flat index spaces. Ends synchronized.
 __device__ __forceinline__ void load_parts(const int64_t* __restrict__ base, int max_parts, const Fields& f, SlotParts& sp) {
+  // the rows come in as one flat coalesced copy (a short loop: this code runs cold, once per
+  // block), then thread p decodes part p from shared memory
+  for (int i = threadIdx.x; i < max_parts * f.nf; i += blockDim.x) sp.raw[i] = __ldg(base + i);
+  __syncthreads();
   const int p = threadIdx.x;
   if (p < max_parts) {
-    const int64_t* e = base + static_cast<int64_t>(p) * f.nf;
-    const int64_t kind = __ldg(e + f.kind);
+    const int64_t* e = sp.raw + p * f.nf;
+    const int64_t kind = e[f.kind];
     PartDesc& d = sp.p[p];
     d.kind = kind == f.kind_lowrank ? kLowRank : (kind == f.kind_dense ? kDense : kNone);
     d.a = read_operand(e, f.a_bits);
     d.b = read_operand(e, f.b_bits);
-    d.s = reinterpret_cast<const __half*>(static_cast<uintptr_t>(__ldg(e + f.s)));
-    d.perm = reinterpret_cast<const int*>(static_cast<uintptr_t>(__ldg(e + f.perm)));
-    d.rank = static_cast<int>(__ldg(e + f.rank));
-    d.roff = static_cast<int>(__ldg(e + f.roff));
+    d.s = reinterpret_cast<const __half*>(static_cast<uintptr_t>(e[f.s]));
+    d.perm = reinterpret_cast<const int*>(static_cast<uintptr_t>(e[f.perm]));
+    d.rank = static_cast<int>(e[f.rank]);
+    d.roff = static_cast<int>(e[f.roff]);
     sp.c[p] = 0.f;
   }
   __syncthreads();
@@ -889,7 +896,7 @@ __global__ void __launch_bounds__(kApplyWarps * 32, MINB)
     onepass_kernel(const typename D::E* __restrict__ x, int64_t sx, typename D::E* __restrict__ y, int64_t sy, float* __restrict__ t, int64_t st,
                    const typename D::E* __restrict__ wb, int64_t swb, const int64_t* __restrict__ tab, int max_parts, const int* __restrict__ row_idx,
                    const int* __restrict__ gstart, const int* __restrict__ gslot, int N, int K, int jb, bool stage_dense, bool base_vec, bool x_vec,
-                   bool identity, bool ucache_ok, Fields f, int* __restrict__ sync, int groups, int a_tiles, int a_blocks, int b_tiles, long long* __restrict__ trace) {
+                   bool identity, bool ucache_ok, bool prefetch, Fields f, int* __restrict__ sync, int groups, int a_tiles, int a_blocks, int b_tiles, long long* __restrict__ trace) {
   extern __shared__ float smem[];
   __shared__ SlotParts sp;
   __shared__ int ticket;
@@ -900,7 +907,9 @@ __global__ void __launch_bounds__(kApplyWarps * 32, MINB)
   const bool apply_block = static_cast<int>(blockIdx.x) >= a_blocks;
   const int bi = static_cast<int>(blockIdx.x) - a_blocks;
   const int n0 = apply_block ? (bi % b_tiles) * NB : 0;
-  if (apply_block) prefetch_base<D, NR>(wb, swb, n0, N, K);  // in flight while the tickets are drawn
+  // base rows into L2 while the tickets are drawn; off (prefetch = false), the shrink items' first
+  // loads do not queue behind 128 KB of prefetch per apply block
+  if (apply_block && prefetch) prefetch_base<D, NR>(wb, swb, n0, N, K);
   const int n_a = groups * a_tiles;
   for (;;) {
     __syncthreads();  // sp, ticket and the staged x are free again
@@ -964,6 +973,7 @@ struct Batch {
   int64_t trace_len;
   bool identity;    // row g is group g (RowGroups.per_row): no row_idx / start reads
   int64_t u_words;  // the largest Σ over a slot's low-rank parts of a rank-major Ut row's words
+  bool prefetch;    // one pass: apply blocks prefetch their base rows into L2 at start
 };
 
 // Shared memory (floats) of an apply block past x: the fold's factors and zeros (2 · wlen), then
@@ -1034,7 +1044,7 @@ void launch_onepass(const Batch& b, cudaStream_t stream) {
   kernel<<<static_cast<unsigned>(grid), kApplyWarps * 32, smem, stream>>>(
       reinterpret_cast<const E*>(b.x.data_ptr()), b.x.stride(0), reinterpret_cast<E*>(b.y.data_ptr()), b.y.stride(0), b.t.data_ptr<float>(), b.t.stride(0),
       wb, swb, b.table.data_ptr<int64_t>(), b.max_parts, b.row_idx.data_ptr<int>(), b.start.data_ptr<int>(), b.slot.data_ptr<int>(), N, K, b.jb, b.dense,
-      base_vec, b.x_vec, b.identity, ucache_fits(b, NB), b.f, b.sync, groups, static_cast<int>(a_tiles), static_cast<int>(a_blocks), static_cast<int>(b_tiles), b.trace);
+      base_vec, b.x_vec, b.identity, ucache_fits(b, NB), b.prefetch, b.f, b.sync, groups, static_cast<int>(a_tiles), static_cast<int>(a_blocks), static_cast<int>(b_tiles), b.trace);
   C10_CUDA_KERNEL_LAUNCH_CHECK();
 }
 
@@ -1101,7 +1111,8 @@ void check_index(const at::Tensor& t, const char* name, const at::Device& dev) {
 void delta_decode(const at::Tensor& x, at::Tensor y, const at::Tensor& t, const c10::optional<at::Tensor>& base, const at::Tensor& table,
                   int64_t max_parts, const at::Tensor& row_idx, const at::Tensor& start, const at::Tensor& slot, const std::vector<int64_t>& fields,
                   int64_t wlen, bool lowrank, bool dense, int64_t rows_per_warp, int64_t shrink_rows, bool pdl, const c10::optional<at::Tensor>& sync,
-                  int64_t onepass_a_blocks, int64_t onepass_min_blocks, const c10::optional<at::Tensor>& trace, bool identity, int64_t u_words) {
+                  int64_t onepass_a_blocks, int64_t onepass_min_blocks, const c10::optional<at::Tensor>& trace, bool identity, int64_t u_words,
+                  bool onepass_prefetch) {
   TORCH_CHECK(x.is_cuda(), "deltapack_cuda: x must be a CUDA tensor");
   const at::Device dev = x.device();
   TORCH_CHECK(y.device() == dev && table.device() == dev, "deltapack_cuda: x, y and the table must be on one device");
@@ -1111,6 +1122,7 @@ void delta_decode(const at::Tensor& x, at::Tensor y, const at::Tensor& t, const 
   TORCH_CHECK(x.size(1) < (int64_t{1} << 20) && y.size(1) < (int64_t{1} << 31), "deltapack_cuda: feature dimension too large");
   TORCH_CHECK(fields.size() == kNumFields, "deltapack_cuda: expected ", kNumFields, " table field numbers, got ", fields.size());
   TORCH_CHECK(max_parts >= 1 && max_parts <= kMaxParts, "deltapack_cuda: at most ", kMaxParts, " parts per slot");
+  TORCH_CHECK(fields.size() >= 1 && fields[0] >= 1 && fields[0] <= kMaxNF, "deltapack_cuda: at most ", kMaxNF, " fields per table row");
   TORCH_CHECK(shrink_rows >= 1, "deltapack_cuda: shrink_rows must be positive");
   Fields f;
   f.nf = static_cast<int>(fields[0]);
@@ -1161,7 +1173,7 @@ void delta_decode(const at::Tensor& x, at::Tensor y, const at::Tensor& t, const 
   const int sms = at::cuda::getDeviceProperties(dev.index())->multiProcessorCount;
   const Batch b{x, y, t, w, table, static_cast<int>(max_parts), row_idx, start, slot, wlen, lowrank, dense, static_cast<int>(shrink_rows), x_vec, pdl, f, sync_ptr, sms,
                 static_cast<int>(onepass_a_blocks), static_cast<int>(onepass_min_blocks), trace_ptr,
-                trace_ptr != nullptr ? trace->numel() : 0, identity, u_words};
+                trace_ptr != nullptr ? trace->numel() : 0, identity, u_words, onepass_prefetch};
   const int nr = static_cast<int>(rows_per_warp);
   switch (x.scalar_type()) {
     case at::kFloat:
@@ -1187,7 +1199,7 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
         pybind11::arg("slot"), pybind11::arg("fields"), pybind11::arg("wlen"), pybind11::arg("lowrank"), pybind11::arg("dense"),
         pybind11::arg("rows_per_warp"), pybind11::arg("shrink_rows"), pybind11::arg("pdl") = true, pybind11::arg("sync") = pybind11::none(),
         pybind11::arg("onepass_a_blocks") = 0, pybind11::arg("onepass_min_blocks") = 2, pybind11::arg("trace") = pybind11::none(),
-        pybind11::arg("identity") = false, pybind11::arg("u_words") = 0);
+        pybind11::arg("identity") = false, pybind11::arg("u_words") = 0, pybind11::arg("onepass_prefetch") = true);
   m.attr("TRACE_SLOTS") = static_cast<int>(kTrSlots);
   m.attr("APPLY_WARPS") = kApplyWarps;
   m.attr("SHRINK_WARPS") = kShrinkWarps;
