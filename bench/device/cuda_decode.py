@@ -142,10 +142,10 @@ def main() -> None:
             print("    kernels (profiler, µs): delta " + " ".join(f"{k} {v:.1f}" for k, v in ks.items()) + " | fused " + " ".join(f"{k} {v:.1f}" for k, v in kf.items()))
             if a.trace:
                 if tab.has_lowrank:
-                    for label, env in (("default", {}), ("minb3", {kcuda.ENV_ONEPASS_MIN_BLOCKS: "3"}), ("a_blocks32", {kcuda.ENV_ONEPASS_A_BLOCKS: "32"}),
+                    for label, env in (("default", {}), ("minb3", {kcuda.ENV_ONEPASS_MIN_BLOCKS: "3"}),
                                        ("nr4", {kcuda.ENV_ROWS_PER_WARP: "4"}), ("nr4 minb3", {kcuda.ENV_ROWS_PER_WARP: "4", kcuda.ENV_ONEPASS_MIN_BLOCKS: "3"}),
-                                       ("jb16", {kcuda.ENV_SHRINK_ROWS: "16"}), ("no base prefetch", {kcuda.ENV_ONEPASS_PREFETCH: "0"}),
-                                       ("no prefetch a_blocks32", {kcuda.ENV_ONEPASS_PREFETCH: "0", kcuda.ENV_ONEPASS_A_BLOCKS: "32"})):
+                                       ("jb16", {kcuda.ENV_SHRINK_ROWS: "16"}), ("base prefetch", {kcuda.ENV_ONEPASS_PREFETCH: "1"}),
+                                       ("a_blocks32", {kcuda.ENV_ONEPASS_A_BLOCKS: "32"})):
                         os.environ.update(env)
                         us = graph_us(lambda: kcuda.delta_apply(x, y, tab, groups, t=t, base=W))
                         print(f"    trace {label}: {us:.1f} us/call; " + trace_summary(x, y, tab, groups, t, W))

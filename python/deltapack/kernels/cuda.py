@@ -74,7 +74,9 @@ ENV_SHRINK_ROWS = "DELTAPACK_CUDA_SHRINK_ROWS"  # rank rows per shrink block (be
 ENV_PDL = "DELTAPACK_CUDA_PDL"  # 0: launch apply after the shrink completes (no programmatic dependent launch)
 ENV_ONEPASS = "DELTAPACK_CUDA_ONEPASS"  # 0: fused low-rank batches take the two launches (benchmarks)
 ENV_ONEPASS_A_BLOCKS = "DELTAPACK_CUDA_ONEPASS_A_BLOCKS"  # one pass: blocks that only run shrink items (default: one per SM at most)
-ENV_ONEPASS_PREFETCH = "DELTAPACK_CUDA_ONEPASS_PREFETCH"  # one pass: 0 = apply blocks do not prefetch their base rows into L2
+# one pass: 1 = apply blocks prefetch their base rows into L2 at start (off: the shrink items' loads then
+# do not queue behind 32 MB of prefetch; H100, bench/results/kernels_h100_s5/call5: 4-8 % faster off)
+ENV_ONEPASS_PREFETCH = "DELTAPACK_CUDA_ONEPASS_PREFETCH"
 ENV_ONEPASS_MIN_BLOCKS = "DELTAPACK_CUDA_ONEPASS_MIN_BLOCKS"  # one pass: 2 (default, at most 128 registers) or 3 blocks per SM (80)
 SHRINK_ROWS = 8
 TRACE_SLOTS = 8  # csrc kTrSlots: start, shrink items claimed, items done, base GEMV done, t waited, end
@@ -385,7 +387,7 @@ def delta_apply(
         trace,
         bool(groups.identity),
         u_words,
-        os.environ.get(ENV_ONEPASS_PREFETCH, "1").strip() != "0",
+        os.environ.get(ENV_ONEPASS_PREFETCH, "0").strip() == "1",
     )
     return y
 
