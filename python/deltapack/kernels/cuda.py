@@ -79,7 +79,7 @@ ENV_ONEPASS_A_BLOCKS = "DELTAPACK_CUDA_ONEPASS_A_BLOCKS"  # one pass: blocks tha
 ENV_ONEPASS_PREFETCH = "DELTAPACK_CUDA_ONEPASS_PREFETCH"
 ENV_ONEPASS_MIN_BLOCKS = "DELTAPACK_CUDA_ONEPASS_MIN_BLOCKS"  # one pass: 2 (default, at most 128 registers) or 3 blocks per SM (80)
 SHRINK_ROWS = 8
-TRACE_SLOTS = 8  # csrc kTrSlots: start, shrink items claimed, items done, base GEMV done, t waited, end
+TRACE_SLOTS = 8  # csrc kTrSlots: start, claims done, shrink items run, base GEMV done, t waited, end, t-independent operands staged
 # The table's layout as the kernel reads it (csrc/delta_decode.cu struct Fields, in this order;
 # each operand's 8 fields follow A_BITS / B_BITS in packed.py's order).
 FIELDS = (NF, F_KIND, F_RANK, F_ROFF, F_PERM, F_S, A_BITS, B_BITS, KIND_LOWRANK, KIND_DENSE)
@@ -177,8 +177,8 @@ def build_error() -> str | None:
 
 def preferred() -> bool:
     """Whether the ``auto`` backend should try this path: on by default where the extension
-    builds (H100: the decode step with one Delta-CoMe delta takes 891 µs against 2361 µs on the
-    Triton path, bench/results/kernels_h100_s4/); ``DELTAPACK_CUDA_DECODE=0`` turns it off."""
+    builds (H100: the decode step with one Delta-CoMe delta takes 776 µs against 2361 µs on the
+    Triton path, bench/results/kernels_h100_s5/ and _s3/); ``DELTAPACK_CUDA_DECODE=0`` turns it off."""
     if os.environ.get(ENV_DECODE, "1").strip() == "0":
         return False
     return available()
