@@ -42,8 +42,12 @@ the ``quality.json`` of runs that measured different tasks (e.g. two GPU calls) 
     python bench/quality.py --merge runA/quality.json runB/quality.json --out bench/results
 
 On one H100 (measured 2026-11-22): the ``gpu`` zoo's base + one fine-tune build in ~5 min with
-evaluation, one task's 15 runnable cells take ~2.3 min (143 s), two tasks side by side
-(``--jobs 2``) ~3 min (176 s). Where a call is limited to 10 minutes, split by task — a fresh
+evaluation (~6 min with the code fine-tune's 1800 steps), one task's 15 runnable cells take
+~2.3 min (143 s), two tasks side by side (``--jobs 2``) ~3 min (176 s) — on a machine whose
+Triton cache is warm. On a fresh machine each process first compiles every kernel variant it
+meets and runs its cells ~3× slower (40–50 s per cell; docs/notes/2026-11-22-quality.md). With
+the CUDA decode kernels (the ``auto`` backend's default on a GPU) the first use also builds the
+extension (~2–3 min); ``DELTAPACK_CUDA_DECODE=0`` keeps the Triton path. Where a call is limited to 10 minutes, split by task — a fresh
 machine rebuilds the zoo (GPU training is not bit-exact between runs, so each call's
 fine-tune and base rows are its own; stamped models left in ``--zoo-dir`` are reused) — and
 merge (a ``quality-part-<task>.csv`` of a run cut off by its limit merges too)::
