@@ -167,8 +167,8 @@ def decode_step(pools: dict[str, DeltaPool], dtype, delta_apply, fused_apply, n_
     shapes = [(4096, 4096)] * 4 + [(11008, 4096)] * 2 + [(4096, 11008)]
     Ws = [torch.randn(o, i, device="cuda", dtype=dtype) / i**0.5 for _ in range(n_layers) for (o, i) in shapes]
     variants = [(1, 0, False), (1, 1, False), (32, 0, False), (32, 1, False), (32, 32, False)]
-    if fused_apply is not None:
-        variants += [(1, 1, True), (32, 32, True)]
+    if fused_apply is not None:  # B = 32 is past FUSE_MAX_ROWS: delta_apply(..., base=W) runs cuBLAS + delta there
+        variants += [(1, 1, True)]
     for B, D, fused in variants:
         tabs = []
         if D:

@@ -133,12 +133,13 @@ def mixed_batches(device: str = "cpu", dtype=torch.float32) -> int:
 
 def fused_base(device: str = "cpu", dtype=torch.float32) -> int:
     """y = x·Wᵀ + Δx in one launch (decode, per-row groups, rows without a delta included);
-    a segment batch with ``base`` takes the unfused route (GEMM, then the delta)."""
+    a segment batch with ``base``, and a per-row batch of more than FUSE_MAX_ROWS rows, take the
+    unfused route (GEMM, then the delta)."""
     from deltapack.kernels.triton import LaunchConfig
 
     specs = [("delta-come", 1.0, {"group": 32, "act_order": True}), ("bitdelta", 1.0, {}), ("deltazip", 2.0, {"bits": 3}), ("lowrank", 1.0, {})]
     n = 0
-    for M, mode, cfg in ((1, "row", None), (9, "row", None), (5, "row", LaunchConfig(block_kb=64, block_n=16, split_k=2)), (12, "seg", None), (40, "seg", None)):
+    for M, mode, cfg in ((1, "row", None), (9, "row", None), (5, "row", LaunchConfig(block_kb=64, block_n=16, split_k=2)), (12, "seg", None), (40, "seg", None), (20, "row", None)):
         check(specs, 80, 200, M, mode, dtype, device, seed=60 + M, cfg=cfg, fused=True)
         n += 1
     return n

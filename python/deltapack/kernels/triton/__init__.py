@@ -103,10 +103,18 @@ def pick_config(tab: DeltaTable, groups: RowGroups, cfg: LaunchConfig | None = N
     }
 
 
+# Rows up to which the base GEMV is fused into the delta launch. Each row's blocks read the base
+# weight again (from L2 at best), which pays at a few rows and not at 32: the decode step over
+# 7B layers at B = D = 32 took 23.3 ms fused against 9.1 ms cuBLAS + delta on the H100
+# (bench/results/kernels_h100_s4/, _s5/call6), while at B = 1 fusing is faster.
+FUSE_MAX_ROWS = 16
+
+
 def fusable(groups: RowGroups, m: int) -> bool:
     """Whether ``delta_apply(..., base=W)`` computes the base GEMV inside the delta launch:
-    decode batches in gather style that name every row (``RowGroups.per_row``)."""
-    return groups.max_len == 1 and groups.n_groups == m
+    decode batches in gather style that name every row (``RowGroups.per_row``) of at most
+    :data:`FUSE_MAX_ROWS` rows."""
+    return groups.max_len == 1 and groups.n_groups == m and m <= FUSE_MAX_ROWS
 
 
 def delta_apply(
