@@ -1,7 +1,7 @@
 """bench/cuda_resources.py: parsing ptxas -v output into per-kernel records (the compile itself
 needs an nvcc and is not run here)."""
 
-from bench.cuda_resources import demangle, parse_ptxas
+from bench.cuda_resources import demangle, parse_ptxas, parse_symbols
 
 LOG = """\
 ptxas info    : 0 bytes gmem
@@ -26,3 +26,12 @@ def test_parse_ptxas():
 
 def test_demangle_leaves_other_names():
     assert demangle("_Z6kernelPf") == "_Z6kernelPf"
+
+
+def test_parse_symbols_reads_hex_and_decimal_sizes():
+    out = """\
+     3: 0000000000000000 0x5fd00 FUNC    LOCAL  DEFAULT [<other>: 10]   169 _ZN48_GLOBAL__N__53edfc72_15_delta_decode_cu_ef104e6212apply_kernelINS_4BF16ELi4ELb0EEEvPKNT_1EElPS3_lPKflS5_lPKliPKiSC_SC_iibbbbbNS_6FieldsE
+    66: 000000000005f730  1488 FUNC    LOCAL  DEFAULT  169 $__internal_0_$__cuda_sm20_div_s64
+    67: 0000000000000000 0x63300 FUNC    LOCAL  DEFAULT [<other>: 10]   170 _ZN48_GLOBAL__N__53edfc72_15_delta_decode_cu_ef104e6214onepass_kernelINS_4BF16ELi2ELi2EEEvPKNT_1EElPS3_lPflS5_lPKliPKiSB_SB_iiibbbbbNS_6FieldsEPiiiiiPx
+"""
+    assert parse_symbols(out) == {"apply_kernel<BF16, NR=4, unfused>": 0x5FD00, "onepass_kernel<BF16, NR=2, MINB=2>": 0x63300}
