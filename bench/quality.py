@@ -4,7 +4,9 @@ zoo's fine-tunes, through the compressed inference path.
 For each fine-tune task of the zoo (``bench/zoo/build.py``, built here if missing) and each
 method — Delta-CoMe with its fixed 8+3+2 plan and with ``--plan auto``, BitDelta with and
 without scale distillation, DeltaZip, low-rank, RTN; and, when named in ``--methods``,
-``delta-come-kl`` (``--plan auto --sensitivity kl``) — at each budget (every stored bit
+``delta-come-kl`` (``--plan auto --sensitivity kl``), ``delta-come-distill`` and
+``delta-come-kl-distill`` (the same two with their singular values distilled against the
+fine-tune's logits, ``--distill``) — at each budget (every stored bit
 counted: codes, scales, zeros, singular values, raw norms), the fine-tune's delta is compressed
 to a .dpk, loaded with ``deltapack.load`` (DeltaLinear modules; on a GPU in bf16, through the
 kernels that ``load`` dispatches to) and measured:
@@ -93,6 +95,8 @@ METHODS: dict[str, tuple[str, dict[str, Any]]] = {
 # measured only when named in --methods
 EXTRA_METHODS: dict[str, tuple[str, dict[str, Any]]] = {
     "delta-come-kl": ("delta-come auto, KL-weighted", {"method": "delta-come", "plan": "auto", "sensitivity": "kl"}),
+    "delta-come-distill": ("delta-come 8+3+2 + distill", {"method": "delta-come", "plan": "fixed", "distill": True}),
+    "delta-come-kl-distill": ("delta-come auto, KL-weighted + distill", {"method": "delta-come", "plan": "auto", "sensitivity": "kl", "distill": True}),
 }
 ALL_METHODS = {**METHODS, **EXTRA_METHODS}
 BITS = (1.0, 0.5, 0.25, 0.125)
@@ -102,7 +106,7 @@ KERNEL_TOL = 0.05  # largest relative difference kernels vs reference accepted (
 MIN_SHARE = 0.5  # below half its floor a method could give fewer than half of the matrices a delta: skipped
 FIELDS = [
     "task", "method", "label", "bits", "bits_per_param", "stored_bytes", "accuracy", "kept", "kl", "agree",
-    "floor", "matrices", "dropped_matrices", "delta_share", "compress_s", "eval_s", "rel_error_by_kind", "kernel_check", "skipped", "error",
+    "floor", "matrices", "dropped_matrices", "delta_share", "compress_s", "eval_s", "rel_error_by_kind", "kernel_check", "distill", "skipped", "error",
 ]
 KINDS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj", "embed_tokens", "lm_head")
 
@@ -230,7 +234,7 @@ def run_task(task: str, opts: dict[str, Any]) -> list[dict[str, Any]]:
             try:
                 rep = compress(
                     base_dir, ft_dir, path, bits_per_param=bits, calib=str(calib), n_samples=opts["calib_samples"], seq_len=opts["calib_len"],
-                    distill_steps=opts["distill_steps"], seed=opts["seed"], progress=False, **kw,
+                    distill_steps=opts["distill_steps"], seed=opts["seed"], progress=False, **_distill_opts(opts), **kw,
                 )
             except ValueError as e:  # a budget the method cannot meet at all
                 record({**row, "skipped": str(e).split("\n")[0][:200]})
@@ -257,6 +261,7 @@ def run_task(task: str, opts: dict[str, Any]) -> list[dict[str, Any]]:
                 "kept": m["accuracy"] / ft_acc if ft_acc else float("nan"), "kl": m["kl"], "agree": _agree(m["completions"], ft_comps),
                 "matrices": len(rep.matrices), "dropped_matrices": len(dropped), "delta_share": 1 - sum(math.prod(r["shape"]) for r in dropped) / max(numel, 1),
                 "compress_s": compress_s, "eval_s": m["eval_s"], "rel_error_by_kind": _error_by_kind(rep.matrices), "kernel_check": kcheck if kcheck is not None else "",
+                "distill": _distill_summary(path) if kw.get("distill") else "",
             })
             del model
             if device.startswith("cuda"):
@@ -264,6 +269,21 @@ def run_task(task: str, opts: dict[str, Any]) -> list[dict[str, Any]]:
             if not opts["keep_dpk"]:
                 path.unlink(missing_ok=True)
     return rows
+
+
+def _distill_opts(opts: dict[str, Any]) -> dict[str, Any]:
+    """--distill-loss / --distill-lr when given (else the pipeline's defaults)."""
+    return {k: opts[k] for k in ("distill_loss", "distill_lr") if opts.get(k) is not None}
+
+
+def _distill_summary(path: Path) -> str:
+    """What the distillation of a .dpk did, from its manifest: 'kl 0.512→0.301 kept, 14.2 s'."""
+    import deltapack
+
+    r = deltapack.open(path).manifest["method"]["params"].get("distill_result")
+    if not r:
+        return ""
+    return f"{r['loss']} {r['before']:.4g}→{r['after']:.4g} {'kept' if r['kept'] else 'not kept (initial scales)'}, {r['seconds']:.1f} s"
 
 
 @torch.no_grad()
@@ -332,7 +352,8 @@ def markdown(rows: list[dict[str, Any]], meta: dict[str, Any]) -> str:
         f"Accuracy: exact match, greedy, {meta['n_eval']} held-out problems per task; kept: accuracy / the fine-tune's. "
         f"KL: mean KL(fine-tune ‖ model) per token over {meta['n_kl']} held-out problems with their worked answers. "
         f"bits/param counts every stored bit (codes, scales, zeros, singular values, raw norms) over all parameters that differ. "
-        f"Calibration: {meta['calib_samples']} × {meta['calib_len']} tokens of train-split task text; BitDelta distillation {meta['distill_steps']} steps.",
+        f"Calibration: {meta['calib_samples']} × {meta['calib_len']} tokens of train-split task text; scale distillation {meta['distill_steps']} steps"
+        + (f", loss {meta['distill_loss']}" if meta.get("distill_loss") else "") + (f", lr {meta['distill_lr']:g}" if meta.get("distill_lr") else "") + ".",
         "",
     ]
     for t in tasks:
@@ -425,7 +446,7 @@ def plot(rows: list[dict[str, Any]], path: Path, title: str) -> Path:
         for m, (label, _) in ALL_METHODS.items():
             pts = sorted((float(r["bits"]), 100 * float(r["accuracy"])) for r in tr if r["method"] == m and r.get("accuracy") not in ("", None))
             if pts:
-                ax.plot([x for x, _ in pts], [y for _, y in pts], marker="o", label=label)
+                ax.plot([x for x, _ in pts], [y for _, y in pts], marker="o", label=label, ls="--" if m.endswith("-distill") else "-")
         if "fine-tune" in ref:
             ax.axhline(100 * ref["fine-tune"], color="black", ls="--", lw=1, label="fine-tune")
             if bits:
@@ -534,7 +555,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seed", type=int, default=0, help="zoo seed (and compression seed)")
     ap.add_argument("--calib-samples", type=int, default=64)
     ap.add_argument("--calib-len", type=int, default=256)
-    ap.add_argument("--distill-steps", type=int, default=200, help="BitDelta scale distillation steps (paper: 200)")
+    ap.add_argument("--distill-steps", type=int, default=200, help="scale distillation steps (BitDelta paper: 200)")
+    ap.add_argument("--distill-loss", choices=["kl", "mse"], default=None, help="scale distillation loss (default: the pipeline's)")
+    ap.add_argument("--distill-lr", type=float, default=None, help="scale distillation learning rate (default: the pipeline's per method)")
     ap.add_argument("--eval-batch", type=int, default=None, help="generation batch (default: 256 on a GPU, 100 on a CPU)")
     ap.add_argument("--allow-partial", action="store_true", help="also run budgets below half a method's floor")
     ap.add_argument("--keep-dpk", action="store_true")
@@ -568,12 +591,14 @@ def main(argv: list[str] | None = None) -> int:
         "preset": a.preset, "zoo_dir": str(zoo_dir), "seed": a.seed, "device": device, "dtype": dtype, "methods": methods, "bits": bits,
         "n_eval": a.n_eval, "n_kl": a.n_kl, "out": str(out), "work": str(Path(a.work or zoo_dir / "quality")), "threads": a.threads,
         "calib_samples": a.calib_samples, "calib_len": a.calib_len, "distill_steps": a.distill_steps,
+        "distill_loss": a.distill_loss, "distill_lr": a.distill_lr,
         "eval_batch": a.eval_batch or (256 if device.startswith("cuda") else 100), "allow_partial": a.allow_partial, "keep_dpk": a.keep_dpk, "quiet": a.quiet,
     }
     meta = {
         "preset": a.preset, "device": device_name(device), "device_kind": device, "dtype": dtype, "commit": commit_id(),
         "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"), "n_eval": a.n_eval, "n_kl": a.n_kl,
         "calib_samples": a.calib_samples, "calib_len": a.calib_len, "distill_steps": a.distill_steps, "zoo_seconds": zoo_s,
+        "distill_loss": a.distill_loss, "distill_lr": a.distill_lr,
         "torch": torch.__version__, "jobs": jobs,
     }
     # for --merge of the part CSVs if this run is cut off (removed with the parts at the end)

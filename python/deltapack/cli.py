@@ -183,6 +183,8 @@ def cmd_compress(args: argparse.Namespace) -> int:
         damp=args.damp,
         distill=args.distill,
         distill_steps=args.distill_steps,
+        distill_lr=args.distill_lr,
+        distill_loss=args.distill_loss,
         device=args.device,
         seed=args.seed,
         progress=not args.quiet,
@@ -248,8 +250,10 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--samples", type=int, default=128, help="calibration sequences")
     s.add_argument("--seq-len", type=int, default=2048, help="calibration sequence length")
     s.add_argument("--damp", type=float, default=0.01, help="GPTQ / SparseGPT damping")
-    s.add_argument("--distill", action="store_true", help="bitdelta: train the scales against the fine-tune's logits")
+    s.add_argument("--distill", action="store_true", help="bitdelta, delta-come, lowrank: train the scales (BitDelta's per-matrix scale, the low-rank deltas' singular values) against the fine-tune's logits on the calibration text; the file's size and format stay the same")
     s.add_argument("--distill-steps", type=int, default=200)
+    s.add_argument("--distill-lr", type=float, help="distillation learning rate (default: 1e-4 for bitdelta's scales, 3e-2 for the low-rank singular values' relative multipliers)")
+    s.add_argument("--distill-loss", default="kl", choices=["kl", "mse"], help="distillation loss: KL(fine-tune ‖ compressed) of the next-token distributions, or the MSE of the logits (the BitDelta paper's)")
     s.add_argument("--device", help="cuda, cpu, ... (default: cuda when available)")
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("-q", "--quiet", action="store_true", help="no progress bars")

@@ -95,3 +95,28 @@ def test_kernel_check_is_none_without_kernels(zoo_pair, tmp_path):
     base, ft = zoo_pair
     compress(base, ft, tmp_path / "d.dpk", method="lowrank", bits_per_param=1.0, progress=False)
     assert kernel_check(deltapack.load(base, tmp_path / "d.dpk")) is None
+
+
+def test_distill_methods_are_extra_and_reported(tmp_path):
+    """delta-come-distill / delta-come-kl-distill run only when named, and the report (tables,
+    plot, CSV with the distillation summary) handles their rows."""
+    from bench.quality import ALL_METHODS, EXTRA_METHODS, write_results
+
+    for m in ("delta-come-distill", "delta-come-kl-distill"):
+        assert m in EXTRA_METHODS and m not in METHODS and ALL_METHODS[m][1]["distill"] is True
+    assert EXTRA_METHODS["delta-come-kl-distill"][1]["sensitivity"] == "kl"
+    rows = [
+        {"task": "code", "method": "fine-tune", "label": "fine-tune", "bits": 16.0, "accuracy": 0.6, "kept": 1.0, "kl": 0.0},
+        {"task": "code", "method": "base", "label": "base", "bits": 0.0, "accuracy": 0.1, "kept": 1 / 6, "kl": 3.0},
+    ]
+    for i, m in enumerate(("delta-come", "delta-come-distill", "delta-come-kl", "delta-come-kl-distill")):
+        for b in (1.0, 0.25):
+            rows.append({"task": "code", "method": m, "label": ALL_METHODS[m][0], "bits": b, "bits_per_param": b, "accuracy": 0.5 + 0.01 * i, "kept": (0.5 + 0.01 * i) / 0.6,
+                         "kl": 0.1 * b, "distill": "kl 0.2→0.1 kept, 5.0 s" if m.endswith("distill") else ""})
+    meta = {"preset": "gpu", "device": "test", "device_kind": "cuda", "dtype": "bfloat16", "commit": "x", "date": "d", "n_eval": 200, "n_kl": 64,
+            "calib_samples": 64, "calib_len": 256, "distill_steps": 200, "distill_loss": "kl"}
+    md = write_results(rows, meta, tmp_path)
+    assert "| delta-come 8+3+2 + distill |" in md and "| delta-come auto, KL-weighted + distill |" in md and "loss kl" in md
+    assert (tmp_path / "quality.png").read_bytes()[:4] == b"\x89PNG"
+    got = {(r["method"], r["bits"]): r for r in csv.DictReader(open(tmp_path / "quality.csv"))}
+    assert got[("delta-come-kl-distill", "0.25")]["distill"].startswith("kl 0.2→0.1 kept")

@@ -1,22 +1,54 @@
-"""BitDelta scale distillation (arXiv 2402.10193 §3.2): freeze the signs, train only the
-per-matrix scales α so that the compressed model's logits match the fine-tune's (MSE),
-AdamW with cosine decay. The student is the fine-tune with every compressed matrix replaced
-by W_base + α·sign(Δ) through a weight parametrization, so any module type works."""
+"""Scale distillation: freeze what a compressed delta stores except its scales, and train those
+so that the compressed model's logits match the fine-tune's on the calibration tokens. The
+student is the fine-tune with every compressed matrix replaced by W_base + Δ̂(scales) through a
+weight parametrization (any module type works); one training loop serves two forms:
+
+* BitDelta (arXiv 2402.10193 §3.2; form 'dense', one 1-bit part): Δ̂ = α·sign(Δ), the
+  per-matrix α trained directly (AdamW, cosine decay; the paper's lr 1e-4).
+* low-rank (Delta-CoMe, lowrank; form 'low_rank'): Δ̂ = Û·diag(s)·V̂ᵀ with the input
+  permutation undone. Û and V̂ are dequantized exactly as the file stores them — the deltas
+  are written to a scratch .dpk and read back through the reference path
+  (``nn.delta.read_delta``, ``LowRankDelta.dense``) — and stay fixed; the per-rank singular
+  values are trained as s = s₀·m with the multiplier m (init 1) the trained parameter, so a
+  step moves every singular value by the same relative amount whatever its size (they span
+  orders of magnitude). Delta-CoMe stores s as fp16 parts ``s{k}``: the trained s is written
+  there (same bytes, same format, kernels unchanged); lowrank stores U·diag(s) in fp16 and no
+  s, so m is folded into U (same bytes).
+
+Matrices a budget left without a delta use the base weight in the student (as in the compressed
+model); tensors stored whole (norms, raw embeddings) are the fine-tune's. The loss is
+``cfg.distill_loss``: 'kl' (KL(teacher ‖ student) of the next-token distributions, mean per
+token) or 'mse' (on the logits, the BitDelta paper's). A held-out eighth of the calibration
+sequences measures the loss before and after training; if training did not lower it, the
+initial scales are kept (a guard against divergence)."""
 
 from __future__ import annotations
 
 import math
+import tempfile
+import time
+from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
 from torch.nn.utils import parametrize
 
 from .bitdelta import set_bitdelta_scale
-from .core import CompressedDelta, QuantPart
+from .core import CompressedDelta, QuantPart, RawPart, write_delta
+
+LOSSES = ("kl", "mse")
+# default learning rates per parametrization: BitDelta's α (absolute; the paper's 1e-4) and the
+# low-rank multipliers m (relative; on the tiny zoo, 200 steps, 1e-3 moved them too little,
+# 3e-2 and 1e-1 ended level: docs/notes/2026-11-22-quality.md, session 6).
+DEFAULT_LR = {"bitdelta": 1e-4, "low_rank": 3e-2}
+BATCH = 4  # sequences per step (the paper's)
 
 
 class _ScaledSign(nn.Module):
+    """W = W_base + α·sign(Δ)."""
+
     def __init__(self, base: torch.Tensor, codes: torch.Tensor, alpha: float):
         super().__init__()
         self.register_buffer("base", base)
@@ -26,52 +58,222 @@ class _ScaledSign(nn.Module):
     def forward(self, _w: torch.Tensor) -> torch.Tensor:
         return self.base + self.alpha.to(self.base.dtype) * self.sign
 
+    def trained(self) -> nn.Parameter:
+        return self.alpha
 
-def distill_bitdelta(base_dir: str | Path, ft_dir: str | Path, deltas: dict[str, CompressedDelta], cfg, device: torch.device) -> dict[str, float]:
-    """Train the α of every BitDelta matrix in ``deltas`` (updated in place); returns them."""
+
+class _ScaledLowRank(nn.Module):
+    """W = W_base + Û·diag(s₀·m)·V̂ᵀ (input permutation undone): the reference path's
+    reconstruction with a trainable per-rank multiplier m."""
+
+    def __init__(self, base: torch.Tensor, delta: nn.Module):
+        super().__init__()
+        self.register_buffer("base", base)
+        self.delta = delta  # nn.delta.LowRankDelta, float32
+        self.mult = nn.Parameter(torch.ones_like(delta.s, dtype=torch.float32))
+
+    def forward(self, _w: torch.Tensor) -> torch.Tensor:
+        d = self.delta.dense(self.delta.s.float() * self.mult)
+        return (self.base.float() + d).to(self.base.dtype)
+
+    def trained(self) -> nn.Parameter:
+        return self.mult
+
+
+@dataclass
+class DistillResult:
+    loss: str  # 'kl' or 'mse'
+    before: float  # held-out loss with the initial scales
+    after: float  # ... with the trained ones (the guard compares the two)
+    kept: bool  # True: the trained scales were written; False: the initial ones were kept
+    steps: int
+    lr: float
+    matrices: int
+    seconds: float
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def distill_loss(kind: str, student: torch.Tensor, teacher: torch.Tensor) -> torch.Tensor:
+    """'mse' on the logits, or 'kl': KL(teacher ‖ student) of the next-token distributions,
+    summed over the vocabulary, mean over tokens."""
+    s, t = student.float(), teacher.float()
+    if kind == "mse":
+        return nn.functional.mse_loss(s, t)
+    if kind == "kl":
+        lt, ls = torch.log_softmax(t, -1), torch.log_softmax(s, -1)
+        return (lt.exp() * (lt - ls)).sum(-1).mean()
+    raise ValueError(f"distill loss must be one of {', '.join(LOSSES)}, not '{kind}'")
+
+
+def _lowrank_modules(deltas: dict[str, CompressedDelta], device: torch.device, workdir: str | Path | None) -> dict[str, nn.Module]:
+    """The reference path's LowRankDelta (float32, on ``device``) of each low-rank delta: the
+    parts go through a scratch .dpk and back, so Û and V̂ are dequantized as the file stores
+    them (codes, group scales and zeros, the act-order permutation)."""
+    from ..format import DeltaFile, DeltaWriter
+    from ..nn.delta import read_delta
+
+    if not deltas:
+        return {}
+    with tempfile.TemporaryDirectory(prefix="deltapack-distill-", dir=workdir) as td:
+        path = Path(td) / "scratch.dpk"
+        with DeltaWriter(path) as w:
+            entries = {name: write_delta(w, name, cd, {}) for name, cd in deltas.items()}
+            w.finish(method="scratch", base_name="", finetune_name="", deltas=list(entries.values()))
+        f = DeltaFile(path)
+        return {name: read_delta(f, e, device, torch.float32) for name, e in entries.items()}
+
+
+def set_lowrank_scales(cd: CompressedDelta, delta: nn.Module, s: torch.Tensor) -> None:
+    """Write trained singular values ``s`` (all blocks, concatenated) into a low-rank delta:
+    as the fp16 ``s{k}`` parts where the blocks have them, else folded into the fp16 U. Updates
+    ``cd.approx`` to what the reference path reconstructs from the new parts."""
+    s = s.detach().float().cpu()
+    us, ss = [], []
+    start = 0
+    for u_name, s_name, v_name in cd.blocks:
+        v = cd.parts[v_name]
+        r = (v.codes if isinstance(v, QuantPart) else v.tensor).shape[0]
+        sl = slice(start, start + r)
+        start += r
+        if s_name is not None:
+            old = cd.parts[s_name]
+            assert isinstance(old, RawPart)
+            new = s[sl].to(old.tensor.dtype)
+            cd.parts[s_name] = RawPart(new)
+            us.append(delta.u[:, sl].cpu())
+            ss.append(new.float())
+        else:
+            u = cd.parts[u_name]
+            if not (isinstance(u, RawPart) and not u_name.startswith("ut")):
+                raise ValueError(f"block ({u_name}, {v_name}) has no singular values and a quantized U: nothing to write trained scales into")
+            new_u = (u.tensor.float() * s[sl]).to(u.tensor.dtype)
+            cd.parts[u_name] = RawPart(new_u)
+            us.append(new_u.float())
+            ss.append(torch.ones(r))
+    assert start == s.numel(), (start, s.numel())
+    from ..nn.delta import LowRankDelta
+
+    perm = delta.perm.cpu() if delta.perm is not None else None
+    cd.approx = LowRankDelta(torch.cat(us, 1), torch.cat(ss), delta.vt.cpu(), perm).dense()
+
+
+def distill(
+    base_dir: str | Path,
+    ft_dir: str | Path,
+    deltas: dict[str, CompressedDelta],
+    cfg,
+    device: torch.device,
+    *,
+    without_delta: list[str] | tuple[str, ...] = (),
+    tokens: torch.Tensor | None = None,
+    workdir: str | Path | None = None,
+) -> DistillResult:
+    """Train the scales of every delta in ``deltas`` (BitDelta or low-rank; updated in place:
+    parts, ``approx``, ``info``). ``without_delta``: matrices the compressed model takes from
+    the base. ``tokens``: the calibration sequences (made from ``cfg`` when None)."""
     from transformers import AutoModelForCausalLM
 
-    from .calib import load_tokenizer, read_calib_text, sample_tokens, tokens_from_text
     from .hf import ModelDir
 
-    if cfg.calib:
-        tokens = tokens_from_text(load_tokenizer(ft_dir), read_calib_text(cfg.calib), cfg.n_samples, cfg.seq_len, cfg.seed)
-    else:
-        tokens = sample_tokens(ft_dir, cfg.n_samples, cfg.seq_len, cfg.seed, device=device)
+    t0 = time.perf_counter()
+    if tokens is None:
+        from .calib import load_tokenizer, read_calib_text, sample_tokens, tokens_from_text
+
+        if cfg.calib:
+            tokens = tokens_from_text(load_tokenizer(ft_dir), read_calib_text(cfg.calib), cfg.n_samples, cfg.seq_len, cfg.seed)
+        else:
+            tokens = sample_tokens(ft_dir, cfg.n_samples, cfg.seq_len, cfg.seed, device=device)
+    kind = getattr(cfg, "distill_loss", "kl")
+    if kind not in LOSSES:
+        raise ValueError(f"distill loss must be one of {', '.join(LOSSES)}, not '{kind}'")
     dtype = torch.float32 if device.type == "cpu" else torch.bfloat16
     teacher = AutoModelForCausalLM.from_pretrained(str(ft_dir), dtype=dtype).to(device).eval()
     student = AutoModelForCausalLM.from_pretrained(str(ft_dir), dtype=dtype).to(device)
     student.requires_grad_(False)
     base = ModelDir(base_dir)
     params = dict(student.named_parameters())
-    scales: dict[str, nn.Parameter] = {}
+    with torch.no_grad():
+        for name in without_delta:
+            if name in params:
+                params[name].copy_(base.get(name).to(device, dtype))
+
+    forms = {"bitdelta" if cd.form == "dense" else "low_rank" for cd in deltas.values()}
     for name, cd in deltas.items():
-        part = cd.parts["delta"]
-        assert isinstance(part, QuantPart) and part.bits == 1
-        mod_name, _, pname = name.rpartition(".")
+        if cd.form == "dense":
+            part = cd.parts.get("delta")
+            if not (isinstance(part, QuantPart) and part.bits == 1 and "alpha" in cd.info):
+                raise ValueError(f"{name}: scale distillation needs a BitDelta (1-bit, one scale) or a low-rank delta")
+        elif cd.form != "low_rank":
+            raise ValueError(f"{name}: scale distillation does not apply to form '{cd.form}'")
+    lowrank = _lowrank_modules({n: cd for n, cd in deltas.items() if cd.form == "low_rank" and n in params}, device, workdir)
+    pars: dict[str, nn.Module] = {}
+    for name, cd in deltas.items():
         if name not in params:
             continue  # tied weights: distilled through their owner
-        mod = student.get_submodule(mod_name)
-        p = _ScaledSign(base.get(name).to(device, dtype), part.codes.to(device), cd.info["alpha"])
-        parametrize.register_parametrization(mod, pname, p, unsafe=True)
-        scales[name] = p.alpha
-    opt = torch.optim.AdamW(scales.values(), lr=cfg.distill_lr, weight_decay=0.0)
-    steps, bs = cfg.distill_steps, 4
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 0.5 * (1 + math.cos(math.pi * s / max(steps, 1))))
-    g = torch.Generator().manual_seed(cfg.seed)
-    for _ in range(steps):
-        idx = torch.randint(0, len(tokens), (min(bs, len(tokens)),), generator=g)
-        x = tokens[idx].to(device)
+        mod_name, _, pname = name.rpartition(".")
+        b = base.get(name).to(device, dtype)
+        if cd.form == "dense":
+            p: nn.Module = _ScaledSign(b, cd.parts["delta"].codes.to(device), cd.info["alpha"])
+        else:
+            p = _ScaledLowRank(b, lowrank[name])
+        parametrize.register_parametrization(student.get_submodule(mod_name), pname, p, unsafe=True)
+        pars[name] = p
+    trained = [p.trained() for p in pars.values()]
+    initial = [t.detach().clone() for t in trained]
+    lr = cfg.distill_lr if cfg.distill_lr is not None else min((DEFAULT_LR[f] for f in forms), default=DEFAULT_LR["bitdelta"])
+
+    n = len(tokens)
+    n_hold = n // 8 if n >= 8 else 0
+    held, train = (tokens[:n_hold], tokens[n_hold:]) if n_hold else (tokens, tokens)
+
+    def held_loss() -> float:
+        tot = 0.0
         with torch.no_grad():
-            target = teacher(x).logits.float()
-        loss = torch.nn.functional.mse_loss(student(x).logits.float(), target)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        sched.step()
-    out = {}
-    for name, a in scales.items():
-        set_bitdelta_scale(deltas[name], float(a.detach()))
-        out[name] = float(a.detach())
-    del teacher, student
-    return out
+            for i in range(0, len(held), BATCH):
+                x = held[i : i + BATCH].to(device)
+                tot += float(distill_loss(kind, student(x).logits, teacher(x).logits)) * len(x)
+        return tot / len(held)
+
+    before = held_loss()
+    steps = cfg.distill_steps
+    if trained and steps > 0:
+        opt = torch.optim.AdamW(trained, lr=lr, weight_decay=0.0)
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 0.5 * (1 + math.cos(math.pi * s / max(steps, 1))))
+        g = torch.Generator().manual_seed(cfg.seed)
+        for _ in range(steps):
+            idx = torch.randint(0, len(train), (min(BATCH, len(train)),), generator=g)
+            x = train[idx].to(device)
+            with torch.no_grad():
+                target = teacher(x).logits
+            loss = distill_loss(kind, student(x).logits, target)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            sched.step()
+    after = held_loss() if trained and steps > 0 else before
+    kept = math.isfinite(after) and after < before and all(bool(torch.isfinite(t).all()) for t in trained)
+    if not kept:
+        with torch.no_grad():
+            for t, v in zip(trained, initial):
+                t.copy_(v)
+
+    for name, p in pars.items():
+        cd = deltas[name]
+        if cd.form == "dense":
+            set_bitdelta_scale(cd, float(p.alpha.detach()))
+        elif kept:  # unchanged parts otherwise: bit for bit what was compressed
+            s0 = p.delta.s.float()
+            s = s0 * p.mult.detach()
+            set_lowrank_scales(cd, p.delta, s)
+            cd.info["s_change"] = float((s - s0).norm() / s0.norm().clamp(min=1e-30))
+    res = DistillResult(kind, before, after, kept, steps, lr, len(pars), time.perf_counter() - t0)
+    del teacher, student, pars, lowrank
+    return res
+
+
+def distill_bitdelta(base_dir: str | Path, ft_dir: str | Path, deltas: dict[str, CompressedDelta], cfg, device: torch.device) -> dict[str, float]:
+    """Train the α of every BitDelta matrix in ``deltas`` (updated in place); returns them."""
+    distill(base_dir, ft_dir, deltas, cfg, device)
+    return {name: float(cd.info["alpha"]) for name, cd in deltas.items()}

@@ -30,6 +30,7 @@ from .rtn import compress_rtn, quantize_rtn
 
 METHODS = ("delta-come", "bitdelta", "deltazip", "lowrank", "rtn")
 CALIBRATED = ("delta-come", "deltazip")
+DISTILLED = ("bitdelta", "delta-come", "lowrank")  # methods whose scales --distill can train
 EMBEDDING_NAMES = ("embed_tokens", "lm_head", "wte", "embed_out")
 
 
@@ -51,9 +52,15 @@ class CompressConfig:
     n_samples: int = 128
     seq_len: int = 2048
     damp: float = 0.01
-    distill: bool = False  # bitdelta: train the scales against the fine-tune's logits
+    # bitdelta, delta-come, lowrank: train the scales (BitDelta's α, the low-rank deltas'
+    # singular values) against the fine-tune's logits on the calibration tokens (distill.py)
+    distill: bool = False
     distill_steps: int = 200
-    distill_lr: float = 1e-4
+    distill_lr: float | None = None  # None: distill.DEFAULT_LR (bitdelta 1e-4, low-rank 3e-2)
+    # 'kl': KL(fine-tune ‖ compressed) of the next-token distributions; 'mse': of the logits (the
+    # BitDelta paper's). KL ended closer to the fine-tune on held-out text on two tiny zoos
+    # (docs/notes/2026-11-22-quality.md, session 6)
+    distill_loss: str = "kl"
     device: str | None = None
     seed: int = 0
     progress: bool = True
@@ -71,8 +78,10 @@ class CompressConfig:
             raise ValueError("embeddings must be 'compress' or 'raw'")
         if self.bits_per_param is not None and not (0 < self.bits_per_param <= 16):
             raise ValueError(f"bits per param must be in (0, 16], got {self.bits_per_param}")
-        if self.distill and self.method != "bitdelta":
-            raise ValueError("--distill applies to bitdelta only")
+        if self.distill and self.method not in DISTILLED:
+            raise ValueError(f"--distill applies to {', '.join(DISTILLED)} only, not {self.method}")
+        if self.distill_loss not in ("kl", "mse"):
+            raise ValueError(f"distill loss must be 'kl' or 'mse', not '{self.distill_loss}'")
         if self.bits is not None and self.bits not in (1, 2, 3, 4, 8):
             raise ValueError(f"bits must be one of 1, 2, 3, 4, 8, got {self.bits}")
         if self.method == "deltazip" and self.bits == 1:
@@ -397,11 +406,13 @@ def compress(base_dir: str | Path, ft_dir: str | Path, out: str | Path, cfg: Com
     if cfg.method in CALIBRATED and any(t.calibrated for t in targets):
         from .calib import LayerStream
 
-        stream = LayerStream(ft, tokens if tokens is not None else _calib_tokens(cfg, ft_dir, dev), dev)
+        tokens = tokens if tokens is not None else _calib_tokens(cfg, ft_dir, dev)
+        stream = LayerStream(ft, tokens, dev)
 
     # --- compression pass (each delta is written as soon as it is made, unless distillation
     # needs every scale at once; the writer stages data on disk, not in memory)
     deferred: list[tuple[Target, CompressedDelta, dict[str, float]]] = []
+    without_delta: list[str] = []  # matrices the budget left without a delta (the base's weight)
     deltas: list[dict[str, Any]] = []
     fingerprints: dict[str, dict[str, Any]] = {}
     report_rows: list[dict[str, Any]] = []
@@ -412,6 +423,7 @@ def compress(base_dir: str | Path, ft_dir: str | Path, out: str | Path, cfg: Com
 
         def emit(t: Target, cd: CompressedDelta, stats: dict[str, float]) -> None:
             if cd.form == "none":
+                without_delta.append(t.name)
                 return
             if cfg.distill and cd.op == "add":
                 deferred.append((t, cd, stats))
@@ -459,12 +471,20 @@ def compress(base_dir: str | Path, ft_dir: str | Path, out: str | Path, cfg: Com
         del stream
 
         if deferred:
-            from .distill import distill_bitdelta
+            from .distill import distill
 
-            distill_bitdelta(base_dir, ft_dir, {t.name: cd for t, cd, _ in deferred}, cfg, dev)
+            res = distill(base_dir, ft_dir, {t.name: cd for t, cd, _ in deferred}, cfg, dev, without_delta=without_delta, tokens=tokens, workdir=Path(out).parent)
+            budget_note["distill_result"] = res.as_dict()
+            rows = {r["name"]: r for r in report_rows}
             for t, cd, stats in deferred:
                 stats["rel_error"] = rel_error(cd.approx, ft.get(t.name).float() - base.get(t.name).float())
-                stats["alpha"] = float(cd.info["alpha"])
+                for k in ("alpha", "s_change"):
+                    if k in cd.info:
+                        stats[k] = float(cd.info[k])
+                if res.kept and cd.form == "low_rank":
+                    stats.pop("rel_output_error", None)  # measured before distillation
+                if t.name in rows:
+                    rows[t.name].update(stats)
                 entry = write_delta(w, t.name, cd, stats)
                 if entry is not None:
                     deltas.append(entry)

@@ -46,8 +46,10 @@ class LowRankDelta(nn.Module):
         t = nn.functional.linear(x, self.vt.to(x.dtype)) * self.s.to(x.dtype)
         return nn.functional.linear(t, self.u.to(x.dtype))
 
-    def dense(self) -> torch.Tensor:
-        m = (self.u.float() * self.s.float()) @ self.vt.float()
+    def dense(self, s: torch.Tensor | None = None) -> torch.Tensor:
+        """The dense float32 Δ [out, in]; with ``s``, that vector of singular values instead
+        of the stored one (differentiable in ``s``: scale distillation trains it)."""
+        m = (self.u.float() * (self.s if s is None else s).float()) @ self.vt.float()
         if self.perm is None:
             return m
         out = torch.empty_like(m)

@@ -1,0 +1,176 @@
+"""Scale distillation (compress/distill.py) on the session's real tiny pair: Delta-CoMe's and
+low-rank's singular values trained against the fine-tune's logits, written back in the same
+bytes; the student it trains is the compressed model the file loads as; a diverging run keeps
+the initial scales; methods without trainable scales are refused."""
+
+import pytest
+import torch
+
+import deltapack
+from deltapack.compress.pipeline import CompressConfig, compress
+from deltapack.nn.delta import read_delta
+from deltapack.zoo import next_token_kl
+
+CAL = dict(n_samples=16, seq_len=96, progress=False)
+
+
+@pytest.fixture(scope="module")
+def dc(zoo_pair, calib_file, tmp_path_factory):
+    """Delta-CoMe at 1 bit/param, without and with distillation (same seed: same Û, V̂)."""
+    base, ft = zoo_pair
+    out = tmp_path_factory.mktemp("distill")
+    plain, dist = out / "plain.dpk", out / "dist.dpk"
+    r0 = compress(base, ft, plain, method="delta-come", bits_per_param=1.0, calib=str(calib_file), **CAL)
+    r1 = compress(base, ft, dist, method="delta-come", bits_per_param=1.0, calib=str(calib_file), distill=True, distill_steps=40, distill_lr=1e-2, **CAL)
+    return plain, dist, r0, r1
+
+
+@pytest.fixture(scope="module")
+def heldout_arith(zoo_pair):
+    """Held-out arith problems with their worked answers, cut to one length."""
+    from transformers import AutoTokenizer
+
+    from deltapack.zoo.tasks import get_task
+
+    tok = AutoTokenizer.from_pretrained(str(zoo_pair[1]))
+    ex = get_task("arith").examples(24, seed=99, split="eval")
+    ids = [[tok.bos_token_id] + tok.encode(e.prompt + e.target, add_special_tokens=False) for e in ex]
+    L = min(map(len, ids))
+    return torch.tensor([x[:L] for x in ids])
+
+
+def _low_rank(f):
+    return {e["target"]: e for e in f.manifest["deltas"] if e["form"] == "low_rank"}
+
+
+def _raw_bytes(f, name):
+    """Everything stored for one tensor: codes, scales, zeros (packed) or the raw values."""
+    info = f.info(name)
+    if info.is_raw:
+        return [f.raw(name).clone()]
+    p = f.packed(name)
+    return [t.clone() for t in (p.codes, p.scales, p.zeros) if t is not None]
+
+
+def test_distill_changes_only_the_singular_values(dc):
+    plain, dist, r0, r1 = dc
+    f0, f1 = deltapack.open(plain, verify="full"), deltapack.open(dist, verify="full")
+    e0, e1 = _low_rank(f0), _low_rank(f1)
+    assert e0.keys() == e1.keys() and len(e0) >= 10
+    assert r1.stored_bytes == r0.stored_bytes  # same format, same bytes
+    changed = blocks = 0
+    for target, e in e1.items():
+        assert [sorted(b) for b in e["blocks"]] == [sorted(b) for b in e0[target]["blocks"]]
+        for b0, b1 in zip(e0[target]["blocks"], e["blocks"]):
+            for k in ("ut", "vt"):  # Û and V̂ exactly as compressed
+                assert all(torch.equal(x, y) for x, y in zip(_raw_bytes(f0, b0[k]), _raw_bytes(f1, b1[k]), strict=True)), (target, k)
+            s0, s1 = f0.raw(b0["s"]), f1.raw(b1["s"])
+            assert s1.dtype == s0.dtype == torch.float16 and s1.shape == s0.shape
+            changed += not torch.equal(s0, s1)
+            blocks += 1
+        assert ("input_perm" in e) == ("input_perm" in e0[target])
+        if "input_perm" in e:  # act-order (calibrated matrices)
+            assert torch.equal(f0.raw(e0[target]["input_perm"]), f1.raw(e["input_perm"]))
+        assert e["stats"]["s_change"] > 0
+    assert changed >= 0.8 * blocks, (changed, blocks)  # (nearly) every block's s moved
+
+
+def test_distill_lowers_the_loss_and_the_kl_to_the_finetune(dc, zoo_pair, heldout_arith):
+    plain, dist, _, _ = dc
+    base, ft = zoo_pair
+    res = deltapack.open(dist).manifest["method"]["params"]["distill_result"]
+    assert res["kept"] and res["loss"] == "kl" and res["after"] < 0.9 * res["before"], res
+    from transformers import AutoModelForCausalLM
+
+    ftm = AutoModelForCausalLM.from_pretrained(str(ft), dtype=torch.float32).eval()
+    kl0 = next_token_kl(deltapack.load(base, plain, dtype=torch.float32), ftm, heldout_arith)
+    kl1 = next_token_kl(deltapack.load(base, dist, dtype=torch.float32), ftm, heldout_arith)
+    assert kl1 < 0.95 * kl0, (kl1, kl0)
+
+
+def test_reference_path_reproduces_the_distilled_approx(dc, zoo_pair):
+    """The stats written with each delta (rel_error of the distilled ``cd.approx``) are what
+    the reference path reconstructs from the file."""
+    from deltapack.compress.hf import ModelDir
+
+    _, dist, _, r1 = dc
+    base, ft = (ModelDir(p) for p in zoo_pair)
+    f = deltapack.open(dist)
+    rows = {r["name"]: r for r in r1.matrices}
+    for target, e in _low_rank(f).items():
+        exact = ft.get(target).float() - base.get(target).float()
+        got = read_delta(f, e).dense()
+        rel = float((got - exact).norm() / exact.norm())
+        assert rel == pytest.approx(e["stats"]["rel_error"], rel=1e-5, abs=1e-7), target
+        assert rows[target]["rel_error"] == e["stats"]["rel_error"]  # the report shows the distilled error
+        assert "rel_output_error" not in e["stats"]  # measured before distillation: not kept
+
+
+def test_student_is_the_compressed_model(zoo_pair, calib_file, tmp_path):
+    """The loss before training equals the KL of the undistilled file as ``deltapack.load``
+    builds it, on the held-out calibration sequences — with matrices that the budget left
+    without a delta (the base's weight in both)."""
+    from transformers import AutoModelForCausalLM
+
+    from deltapack.compress.calib import load_tokenizer, read_calib_text, tokens_from_text
+
+    base, ft = zoo_pair
+    kw = dict(method="delta-come", plan="auto", bits_per_param=0.15, calib=str(calib_file), **CAL)
+    rep = compress(base, ft, tmp_path / "p.dpk", **kw)
+    assert 0 < sum(r["bits_per_param"] == 0 for r in rep.matrices) < len(rep.matrices)  # some left without a delta
+    compress(base, ft, tmp_path / "d.dpk", distill=True, distill_steps=1, distill_lr=1e-6, **kw)
+    res = deltapack.open(tmp_path / "d.dpk").manifest["method"]["params"]["distill_result"]
+    tokens = tokens_from_text(load_tokenizer(ft), read_calib_text(calib_file), CAL["n_samples"], CAL["seq_len"], 0)
+    held = tokens[: len(tokens) // 8]
+    ftm = AutoModelForCausalLM.from_pretrained(str(ft), dtype=torch.float32).eval()
+    kl = next_token_kl(deltapack.load(base, tmp_path / "p.dpk", dtype=torch.float32), ftm, held)
+    assert res["before"] == pytest.approx(kl, rel=1e-4), (res, kl)
+
+
+def test_diverging_distillation_keeps_the_initial_scales(zoo_pair, calib_file, tmp_path, dc):
+    plain = dc[0]
+    base, ft = zoo_pair
+    p = tmp_path / "div.dpk"
+    compress(base, ft, p, method="delta-come", bits_per_param=1.0, calib=str(calib_file), distill=True, distill_steps=3, distill_lr=1e3, **CAL)
+    f0, f1 = deltapack.open(plain), deltapack.open(p)
+    res = f1.manifest["method"]["params"]["distill_result"]
+    assert not res["kept"] and not res["after"] < res["before"], res
+    for target, e in _low_rank(f1).items():
+        for b0, b1 in zip(_low_rank(f0)[target]["blocks"], e["blocks"]):
+            assert torch.equal(f0.raw(b0["s"]), f1.raw(b1["s"]))
+        assert "s_change" not in e["stats"]
+
+
+def test_lowrank_distillation_folds_the_scales_into_u(zoo_pair, calib_file, tmp_path):
+    base, ft = zoo_pair
+    kw = dict(method="lowrank", bits_per_param=1.0, calib=str(calib_file), **CAL)
+    compress(base, ft, tmp_path / "p.dpk", **kw)
+    compress(base, ft, tmp_path / "d.dpk", distill=True, distill_steps=30, distill_lr=1e-2, **kw)
+    f0, f1 = deltapack.open(tmp_path / "p.dpk"), deltapack.open(tmp_path / "d.dpk")
+    res = f1.manifest["method"]["params"]["distill_result"]
+    assert res["kept"] and res["after"] < res["before"], res
+    e0, e1 = _low_rank(f0), _low_rank(f1)
+    moved = 0
+    for target, e in e1.items():
+        (b0,), (b1,) = e0[target]["blocks"], e["blocks"]
+        assert "s" not in b1 and torch.equal(f0.raw(b0["vt"]), f1.raw(b1["vt"]))
+        u0, u1 = f0.raw(b0["u"]).float(), f1.raw(b1["u"]).float()
+        assert u1.shape == u0.shape and f1.raw(b1["u"]).dtype == torch.float16
+        ratio = (u1 * u0).sum(0) / (u0 * u0).sum(0)  # one factor per rank column
+        assert torch.allclose(u1, u0 * ratio, atol=2e-3 * float(u0.abs().max()))
+        moved += not torch.equal(u0, u1)
+    assert moved >= len(e1) // 2
+
+
+@pytest.mark.parametrize("method", ["deltazip", "rtn"])
+def test_distill_refused_where_there_are_no_scales_to_train(method, zoo_pair, tmp_path):
+    with pytest.raises(ValueError, match="--distill applies to"):
+        CompressConfig(method=method, distill=True).validate()
+    base, ft = zoo_pair
+    with pytest.raises(ValueError, match="--distill applies to"):
+        compress(base, ft, tmp_path / "x.dpk", method=method, distill=True, progress=False)
+    assert not (tmp_path / "x.dpk").exists()
+    for m in ("bitdelta", "delta-come", "lowrank"):
+        CompressConfig(method=m, distill=True).validate()
+    with pytest.raises(ValueError, match="distill loss"):
+        CompressConfig(method="delta-come", distill=True, distill_loss="l1").validate()
