@@ -224,25 +224,6 @@ __device__ __forceinline__ float chunk_dot(const uint32_t* w, const float* __res
   return d0 + d1;
 }
 
-// chunk_dot for a bit width known at run time (the lanes of a warp may hold chunks of different
-// low-rank parts); q holds the chunk's words (at most 8).
-__device__ __forceinline__ float chunk_dot_rt(int bits, const uint32_t (&q)[8], const float* __restrict__ a, int c) {
-  switch (bits) {
-    case 1:
-      return chunk_dot<1>(q, a, c);
-    case 2:
-      return chunk_dot<2>(q, a, c);
-    case 3:
-      return chunk_dot<3>(q, a, c);
-    case 4:
-      return chunk_dot<4>(q, a, c);
-    case 8:
-      return chunk_dot<8>(q, a, c);
-    default:
-      return 0.f;
-  }
-}
-
 // One lane's share of Σ_k W[row, k] a[k] over a packed row of ``nchunks`` 32-code chunks:
 // chunks lane, lane + 32, ... . SCALED: value = (q − z) s with the chunk's scale and zero (the
 // row's scale grid starts at ``sbase``; asum[c] = Σ of the chunk's activations); otherwise the
@@ -400,8 +381,8 @@ __host__ __device__ __forceinline__ int x_floats(int kp) { return kp + ((kp / 32
 
 // The parts of one slot, read from the table by threads 0 .. max_parts − 1 in parallel and kept in
 // shared memory. Low-rank parts also get their offsets in the apply kernel's flat index spaces:
-// woff (folded activations, each part's rank padded to 32) and chunk0 (32-code chunks of a
-// rank-major Ut row).
+// woff (folded activations, each part's rank padded to 32) and uoff (words of a rank-major Ut
+// row, all parts).
 enum PartKind : int { kNone = 0, kLowRank = 1, kDense = 2 };
 
 struct PartDesc {
@@ -409,14 +390,13 @@ struct PartDesc {
   Operand b;  // Ut, rank-major codes
   const __half* s;
   const int* perm;
-  int kind, rank, roff, woff, chunk0, uoff;
+  int kind, rank, roff, woff, uoff;
 };
 
 struct SlotParts {
   int64_t raw[kMaxParts * kMaxNF];  // the slot's table rows as read (coalesced, all threads)
   PartDesc p[kMaxParts];
   float c[kMaxParts];  // apply: Σ_j zu(j, G) w_j per low-rank part
-  int n_chunks;        // 32-code chunks of a rank-major Ut row, all low-rank parts
   int w_total;         // folded activations, all low-rank parts (multiple of 32)
   int u_words;         // words of a rank-major Ut row, all low-rank parts
   int any_dense;
@@ -445,19 +425,16 @@ __device__ __forceinline__ void load_parts(const int64_t* __restrict__ base, int
   }
   __syncthreads();
   if (threadIdx.x == 0) {
-    int woff = 0, ch = 0, dense = 0, uw = 0;
+    int woff = 0, dense = 0, uw = 0;
     for (int q = 0; q < max_parts; ++q) {
       PartDesc& d = sp.p[q];
       dense |= d.kind == kDense;
       if (d.kind != kLowRank) continue;
       d.woff = woff;
-      d.chunk0 = ch;
       d.uoff = uw;
       woff += (d.rank + 31) & ~31;
-      ch += (d.rank + 31) / 32;
       uw += static_cast<int>(d.b.stride);
     }
-    sp.n_chunks = ch;
     sp.w_total = woff;
     sp.u_words = uw;
     sp.any_dense = dense;
@@ -583,6 +560,64 @@ __device__ __forceinline__ void prefetch_base(const typename D::E* __restrict__ 
 
 __device__ __forceinline__ void prefetch_line(const void* p) { asm volatile("prefetch.global.L2 [%0];" ::"l"(p)); }
 
+// One low-rank part's share of an apply warp's NR outputs: acc[r] += Σ_j q_{n_r j} w_j over the
+// part's rank-major Ut rows n_r = nws + r. The NR · nc (row, 32-code chunk) items go to the lanes
+// in turn, so a part of one or two chunks per row (Delta-CoMe's 8- and 3-bit groups) takes one
+// step for all NR rows, and every lane of a step decodes the same width (no divergence). Words
+// come from the block's shared-memory copy of its Ut rows (cbase: at the part's offset, rows of
+// u_words from output n0) or from global memory.
+template <int B, int NR>
+__device__ __forceinline__ void ut_items(const Operand& ut, const uint32_t* __restrict__ cbase, int u_words, const float* __restrict__ wp, int nc, int nws,
+                                         int n0, int N, int lane, float (&acc)[NR]) {
+  const int items = NR * nc;
+#pragma unroll 1
+  for (int it = lane; it < items; it += 32) {
+    const int r = it / nc, c = it - r * nc;
+    const int n = min(nws + r, N - 1);  // clamped rows are read, not written
+    const int64_t w0 = static_cast<int64_t>(c) * B;
+    uint32_t q[B];
+    if (cbase != nullptr) {
+      const uint32_t* crow = cbase + (n - n0) * u_words;
+#pragma unroll
+      for (int i = 0; i < B; ++i) q[i] = w0 + i < ut.stride ? crow[w0 + i] : 0u;
+    } else {
+      const uint32_t* urow = ut.codes + static_cast<int64_t>(n) * ut.stride;
+#pragma unroll
+      for (int i = 0; i < B; ++i) q[i] = w0 + i < ut.stride ? __ldg(urow + w0 + i) : 0u;
+    }
+    const float d = chunk_dot<B>(q, wp, c);
+#pragma unroll
+    for (int rr = 0; rr < NR; ++rr) acc[rr] += rr == r ? d : 0.f;
+  }
+}
+
+// The rank-major Ut rows n0 .. n0 + nb − 1 of every low-rank part into shared memory:
+// ucache[nn · u_words + uoff_p + word] (kU independent loads per thread in flight; rows past N
+// read row N − 1, never used). Every thread of the block calls it.
+__device__ __forceinline__ void stage_ucache(uint32_t* __restrict__ ucache, const SlotParts& sp, int n0, int nb, int N, int u_words) {
+  constexpr int kU = 4;
+  for (int ib = threadIdx.x; ib < nb * u_words; ib += blockDim.x * kU) {
+    uint32_t q[kU];
+#pragma unroll
+    for (int u = 0; u < kU; ++u) {
+      const int i = ib + u * static_cast<int>(blockDim.x);
+      q[u] = 0u;
+      if (i < nb * u_words) {
+        const int nn = i / u_words, w = i - nn * u_words;
+        int p = 0;
+        while (sp.p[p].kind != kLowRank || w >= sp.p[p].uoff + sp.p[p].b.stride) ++p;
+        const int n = min(n0 + nn, N - 1);
+        q[u] = __ldg(sp.p[p].b.codes + static_cast<int64_t>(n) * sp.p[p].b.stride + (w - sp.p[p].uoff));
+      }
+    }
+#pragma unroll
+    for (int u = 0; u < kU; ++u) {
+      const int i = ib + u * static_cast<int>(blockDim.x);
+      if (i < nb * u_words) ucache[i] = q[u];
+    }
+  }
+}
+
 // Dynamic shared memory: [x: x_floats(kp) floats (a, asum), when fused or with dense parts]
 // then w [wlen] floats (each low-rank part's folded activations, padded to 32). Every thread of
 // the block calls it; with FUSE, y[row] is overwritten (base GEMV + delta), else added to.
@@ -590,9 +625,13 @@ template <class D, int NR, bool FUSE>
 __device__ __forceinline__ void apply_item(const typename D::E* __restrict__ x, int64_t sx, typename D::E* __restrict__ y, int64_t sy, const float* __restrict__ t,
                                            int64_t st, const typename D::E* __restrict__ wb, int64_t swb, const int64_t* __restrict__ tab, int max_parts,
                                            int g, int row, int slot, int n0, int N, int K, bool stage_dense, bool base_vec, bool x_vec, bool ucache_ok,
-                                           const Fields& f, float* smem, SlotParts& sp, const TWait& tw, long long* tr = nullptr) {
+                                           const Fields& f, float* smem, SlotParts& sp, const TWait& tw, long long* tr = nullptr, int nsub = 1) {
   constexpr int kU = 4;  // folded activations a thread loads before its first store
   constexpr int NB = kApplyWarps * NR;
+  // sub-tiles of NB outputs per block (unfused only): the block's prologue (table rows, the fold
+  // factors, t) is paid once for NB · nsub outputs, all in one scale group of every Ut
+  if constexpr (FUSE) nsub = 1;
+  const int span = NB * nsub;
   const int kp = (K + 31) & ~31;
   float* a = smem;
   float* asum = smem + kp;
@@ -604,9 +643,9 @@ __device__ __forceinline__ void apply_item(const typename D::E* __restrict__ x, 
     load_parts(tab + static_cast<int64_t>(slot) * max_parts * f.nf, max_parts, f, sp);
     // this block's rank-major Ut rows into L2 while t is computed (a thread per (part, output)),
     // and the lines of Ut's scales and zeros and of s that the fold reads (a thread per rank)
-    for (int i = threadIdx.x; i < max_parts * NB; i += blockDim.x) {
-      const PartDesc& d = sp.p[i / NB];
-      const int n = n0 + i % NB;
+    for (int i = threadIdx.x; i < max_parts * span; i += blockDim.x) {
+      const PartDesc& d = sp.p[i / span];
+      const int n = n0 + i % span;
       if (d.kind == kLowRank && n < N) prefetch_l2(d.b.codes + static_cast<int64_t>(n) * d.b.stride, d.b.stride * 4);
     }
     for (int p = 0; p < max_parts; ++p) {
@@ -720,27 +759,10 @@ __device__ __forceinline__ void apply_item(const typename D::E* __restrict__ x, 
       }
     }
   }
-  const int u_words = has_delta && ucache_ok ? sp.u_words : 0;
-  for (int ib = threadIdx.x; ib < NB * u_words; ib += blockDim.x * kU) {
-    uint32_t q[kU];
-#pragma unroll
-    for (int u = 0; u < kU; ++u) {
-      const int i = ib + u * static_cast<int>(blockDim.x);
-      q[u] = 0u;
-      if (i < NB * u_words) {
-        const int nn = i / u_words, w = i - nn * u_words;
-        int p = 0;
-        while (sp.p[p].kind != kLowRank || w >= sp.p[p].uoff + sp.p[p].b.stride) ++p;
-        const int n = min(n0 + nn, N - 1);
-        q[u] = __ldg(sp.p[p].b.codes + static_cast<int64_t>(n) * sp.p[p].b.stride + (w - sp.p[p].uoff));
-      }
-    }
-#pragma unroll
-    for (int u = 0; u < kU; ++u) {
-      const int i = ib + u * static_cast<int>(blockDim.x);
-      if (i < NB * u_words) ucache[i] = q[u];
-    }
-  }
+  // the cache holds NB rows: one sub-tile only (refilling it per sub-tile, with two barriers each,
+  // was slower than direct loads: H100, bench/results/kernels_h100_s6/call2)
+  const int u_words = has_delta && ucache_ok && nsub == 1 ? sp.u_words : 0;
+  stage_ucache(ucache, sp, n0, NB, N, u_words);
   trace_at(tr, kTrStaged);
 
   // t comes from the shrink (launch or items): wait for it
@@ -788,93 +810,95 @@ __device__ __forceinline__ void apply_item(const typename D::E* __restrict__ x, 
   }
   __syncthreads();
 
-  if (!active) return;  // after the last __syncthreads: whole warps leave
-
-  if (has_delta) {
-    // low-rank parts: Σ_j q_nj w_j − c over one flat chunk space (all parts' chunks of a Ut row,
-    // one chunk per lane per step, loads of all NR rows issued first)
-    const int nch = sp.n_chunks;
-    for (int cb = 0; cb < nch; cb += 32) {
-      const int c = cb + lane;
-      int p = -1, lc = 0, bits = 0;
-      if (c < nch) {
-        p = 0;
-        while (sp.p[p].kind != kLowRank || c >= sp.p[p].chunk0 + (sp.p[p].rank + 31) / 32) ++p;
-        lc = c - sp.p[p].chunk0;
-        bits = sp.p[p].b.bits;
-      }
-      if (p >= 0) {
-        // one row at a time (one copy of the decode: see row_dot); from the shared-memory copy
-        // of the block's Ut rows when it was made
-        const Operand& ut = sp.p[p].b;
-        const float* wp = wsm + sp.p[p].woff;
-#pragma unroll 1
-        for (int r = 0; r < NR; ++r) {
-          uint32_t q[8];
-          const int n = min(nw + r, N - 1);  // nrow[r], without indexing a register array by a loop variable
-          const uint32_t* urow = ut.codes + static_cast<int64_t>(n) * ut.stride;
-          const uint32_t* crow = ucache + (n - n0) * u_words + sp.p[p].uoff;
+  // after the last __syncthreads: a warp leaves once its rows run past N
+  for (int sub = 0; sub < nsub; ++sub) {
+    const int nws = nw + sub * NB;  // this warp's first output in this sub-tile
+    if (nws >= N) break;
+    if (sub > 0) {
 #pragma unroll
-          for (int i = 0; i < 8; ++i) {
-            const int64_t wi = static_cast<int64_t>(lc) * bits + i;
-            q[i] = i < bits && wi < ut.stride ? (u_words > 0 ? crow[wi] : __ldg(urow + wi)) : 0u;
-          }
-          const float d = chunk_dot_rt(bits, q, wp, lc);
+      for (int r = 0; r < NR; ++r) acc[r] = 0.f;
+    }
+    if (has_delta) {
+      // low-rank parts, one at a time (its bit width is warp-uniform): Σ_j q_nj w_j over the
+      // (row, chunk) items of the warp's NR rows, one item per lane per step; − c below
+      for (int pp = 0; pp < max_parts; ++pp) {
+        const PartDesc& d = sp.p[pp];
+        if (d.kind != kLowRank) continue;
+        const int nc = (d.rank + 31) / 32;
+        const float* wp = wsm + d.woff;
+        const uint32_t* cbase = u_words > 0 ? ucache + d.uoff : nullptr;
+        switch (d.b.bits) {
+          case 1:
+            ut_items<1, NR>(d.b, cbase, u_words, wp, nc, nws, n0, N, lane, acc);
+            break;
+          case 2:
+            ut_items<2, NR>(d.b, cbase, u_words, wp, nc, nws, n0, N, lane, acc);
+            break;
+          case 3:
+            ut_items<3, NR>(d.b, cbase, u_words, wp, nc, nws, n0, N, lane, acc);
+            break;
+          case 4:
+            ut_items<4, NR>(d.b, cbase, u_words, wp, nc, nws, n0, N, lane, acc);
+            break;
+          case 8:
+            ut_items<8, NR>(d.b, cbase, u_words, wp, nc, nws, n0, N, lane, acc);
+            break;
+          default:
+            break;
+        }
+      }
+      if (lane == 0) {
+        float ctot = 0.f;
+        for (int q = 0; q < max_parts; ++q) ctot += sp.p[q].kind == kLowRank ? sp.c[q] : 0.f;
+#pragma unroll
+        for (int r = 0; r < NR; ++r) acc[r] -= ctot;
+      }
+      // dense parts: whole packed rows against x
+      for (int q = 0; q < max_parts; ++q) {
+        if (sp.p[q].kind != kDense) continue;
+        const Operand w = sp.p[q].a;
+#pragma unroll 1
+        for (int r = 0; r < NR; ++r) {  // one copy of the row decode (see row_dot)
+          const float d = row_dot_bits<true>(w, min(nws + r, N - 1), kp / 32, a, asum, lane);
 #pragma unroll
           for (int rr = 0; rr < NR; ++rr) acc[rr] += rr == r ? d : 0.f;
         }
       }
     }
-    if (lane == 0) {
-      float ctot = 0.f;
-      for (int q = 0; q < max_parts; ++q) ctot += sp.p[q].kind == kLowRank ? sp.c[q] : 0.f;
-#pragma unroll
-      for (int r = 0; r < NR; ++r) acc[r] -= ctot;
-    }
-    // dense parts: whole packed rows against x
-    for (int q = 0; q < max_parts; ++q) {
-      if (sp.p[q].kind != kDense) continue;
-      const Operand w = sp.p[q].a;
-#pragma unroll 1
-      for (int r = 0; r < NR; ++r) {  // one copy of the row decode (see row_dot)
-        const float d = row_dot_bits<true>(w, min(nw + r, N - 1), kp / 32, a, asum, lane);
-#pragma unroll
-        for (int rr = 0; rr < NR; ++rr) acc[rr] += rr == r ? d : 0.f;
-      }
-    }
-  }
 
 #pragma unroll
-  for (int r = 0; r < NR; ++r) acc[r] = warp_sum(acc[r]);
-  trace_at(tr, kTrEnd);  // thread 0: warp 0 is active whenever any warp is
-  if (lane == 0) {
-    typename D::E* yr = y + static_cast<int64_t>(row) * sy;
+    for (int r = 0; r < NR; ++r) acc[r] = warp_sum(acc[r]);
+    trace_at(tr, kTrEnd);  // thread 0: warp 0 is active whenever any warp is
+    if (lane == 0) {
+      typename D::E* yr = y + static_cast<int64_t>(row) * sy;
 #pragma unroll
-    for (int r = 0; r < NR; ++r) {
-      if (nw + r < N) yr[nw + r] = FUSE ? D::from_float(acc[r]) : D::from_float(D::to_float(yr[nw + r]) + acc[r]);
+      for (int r = 0; r < NR; ++r) {
+        if (nws + r < N) yr[nws + r] = FUSE ? D::from_float(acc[r]) : D::from_float(D::to_float(yr[nws + r]) + acc[r]);
+      }
     }
-  }
+  }  // sub-tiles
   if (has_delta) release_counters(tw, g);
 }
 
-// launch 2 of the two-launch path. Grid (output tile of NB rows, row group).
-template <class D, int NR, bool FUSE>
-__global__ void __launch_bounds__(kApplyWarps * 32)
+// launch 2 of the two-launch path. Grid (output tile of NB · nsub rows, row group); fused: nsub = 1.
+// MINB 3: at most 80 registers, 3 blocks per SM (unfused only; some spills).
+template <class D, int NR, bool FUSE, int MINB>
+__global__ void __launch_bounds__(kApplyWarps * 32, MINB)
     apply_kernel(const typename D::E* __restrict__ x, int64_t sx, typename D::E* __restrict__ y, int64_t sy, const float* __restrict__ t, int64_t st,
                  const typename D::E* __restrict__ wb, int64_t swb, const int64_t* __restrict__ tab, int max_parts, const int* __restrict__ row_idx,
                  const int* __restrict__ gstart, const int* __restrict__ gslot, int N, int K, bool stage_dense, bool base_vec, bool x_vec, bool identity,
-                 bool ucache_ok, Fields f) {
+                 bool ucache_ok, Fields f, int nsub) {
   extern __shared__ float smem[];
   __shared__ SlotParts sp;
   constexpr int NB = kApplyWarps * NR;
   const int g = blockIdx.y;
   const int slot = gslot[g];
   if (!FUSE && slot < 0) return;  // rows without a delta are never touched
-  const int n0 = static_cast<int>(blockIdx.x) * NB;
+  const int n0 = static_cast<int>(blockIdx.x) * NB * (FUSE ? 1 : nsub);
   if (FUSE) prefetch_base<D, NR>(wb, swb, n0, N, K);  // this warp's base rows into L2 during the prologue
   const TWait tw{nullptr, nullptr, 0, 0};
   apply_item<D, NR, FUSE>(x, sx, y, sy, t, st, wb, swb, tab, max_parts, g, identity ? g : row_idx[gstart[g]], slot, n0, N, K, stage_dense, base_vec, x_vec,
-                          ucache_ok, f, smem, sp, tw);
+                          ucache_ok, f, smem, sp, tw, nullptr, nsub);
 }
 
 // ---- one pass: shrink and fused apply in one launch ----------------------------------------------------
@@ -974,6 +998,8 @@ struct Batch {
   bool identity;    // row g is group g (RowGroups.per_row): no row_idx / start reads
   int64_t u_words;  // the largest Σ over a slot's low-rank parts of a rank-major Ut row's words
   bool prefetch;    // one pass: apply blocks prefetch their base rows into L2 at start
+  int nsub;         // unfused apply: sub-tiles of NB outputs per block (NB · nsub divides Ut's scale groups)
+  int apply_minb;   // unfused apply: 1 (no register bound) or 3 blocks per SM (at most 80 registers)
 };
 
 // Shared memory (floats) of an apply block past x: the fold's factors and zeros (2 · wlen), then
@@ -992,12 +1018,16 @@ void launch_apply(const Batch& b, cudaStream_t stream) {
   const bool stage_dense = b.dense;
   constexpr int NB = kApplyWarps * NR;
   const int64_t smem = ((FUSE || stage_dense) ? x_floats(static_cast<int>(kp)) : 0) + apply_extra_floats(b, NB);
-  const int64_t tiles = (N + NB - 1) / NB;
+  const int nsub = FUSE ? 1 : b.nsub;
+  const int64_t tiles = (N + NB * nsub - 1) / (NB * nsub);
   TORCH_CHECK(groups <= 65535, "deltapack_cuda: at most 65535 row groups");
   const E* wb = FUSE ? reinterpret_cast<const E*>(b.base.data_ptr()) : nullptr;
   const int64_t swb = FUSE ? b.base.stride(0) : 0;
   const bool base_vec = FUSE && K % D::kVec == 0 && reinterpret_cast<uintptr_t>(wb) % 16 == 0 && (swb * static_cast<int64_t>(sizeof(E))) % 16 == 0;
-  auto kernel = apply_kernel<D, NR, FUSE>;
+  auto kernel = apply_kernel<D, NR, FUSE, 1>;
+  if constexpr (!FUSE) {
+    if (b.apply_minb == 3) kernel = apply_kernel<D, NR, false, 3>;
+  }
   set_smem(kernel, smem * 4);
   const float* tp = b.lowrank ? b.t.data_ptr<float>() : nullptr;
   const int64_t st = b.lowrank ? b.t.stride(0) : 0;
@@ -1017,7 +1047,7 @@ void launch_apply(const Batch& b, cudaStream_t stream) {
                                     b.y.stride(0), tp, st, wb, swb, static_cast<const int64_t*>(b.table.data_ptr<int64_t>()), b.max_parts,
                                     static_cast<const int*>(b.row_idx.data_ptr<int>()), static_cast<const int*>(b.start.data_ptr<int>()),
                                     static_cast<const int*>(b.slot.data_ptr<int>()), N, K, stage_dense, base_vec, b.x_vec, b.identity,
-                                    ucache_fits(b, NB), b.f));
+                                    ucache_fits(b, NB), b.f, nsub));
 }
 
 template <class D, int NR, int MINB>
@@ -1112,7 +1142,7 @@ void delta_decode(const at::Tensor& x, at::Tensor y, const at::Tensor& t, const 
                   int64_t max_parts, const at::Tensor& row_idx, const at::Tensor& start, const at::Tensor& slot, const std::vector<int64_t>& fields,
                   int64_t wlen, bool lowrank, bool dense, int64_t rows_per_warp, int64_t shrink_rows, bool pdl, const c10::optional<at::Tensor>& sync,
                   int64_t onepass_a_blocks, int64_t onepass_min_blocks, const c10::optional<at::Tensor>& trace, bool identity, int64_t u_words,
-                  bool onepass_prefetch) {
+                  bool onepass_prefetch, int64_t apply_subtiles, int64_t apply_min_blocks) {
   TORCH_CHECK(x.is_cuda(), "deltapack_cuda: x must be a CUDA tensor");
   const at::Device dev = x.device();
   TORCH_CHECK(y.device() == dev && table.device() == dev, "deltapack_cuda: x, y and the table must be on one device");
@@ -1154,6 +1184,8 @@ void delta_decode(const at::Tensor& x, at::Tensor y, const at::Tensor& t, const 
   TORCH_CHECK(start.numel() == slot.numel(), "deltapack_cuda: start and slot differ in size");
   TORCH_CHECK(!identity || slot.numel() == x.size(0), "deltapack_cuda: identity groups need one group per row");
   TORCH_CHECK(u_words >= 0, "deltapack_cuda: u_words must not be negative");
+  TORCH_CHECK(apply_subtiles >= 1 && apply_subtiles <= 64, "deltapack_cuda: apply_subtiles must be in [1, 64]");
+  TORCH_CHECK(apply_min_blocks == 1 || apply_min_blocks == 3, "deltapack_cuda: apply_min_blocks must be 1 or 3, not ", apply_min_blocks);
   int* sync_ptr = nullptr;
   if (sync.has_value() && sync->defined() && fuse && lowrank) {
     TORCH_CHECK(sync->device() == dev && sync->scalar_type() == at::kInt && sync->is_contiguous() && sync->numel() >= 1 + 2 * slot.numel(),
@@ -1173,7 +1205,8 @@ void delta_decode(const at::Tensor& x, at::Tensor y, const at::Tensor& t, const 
   const int sms = at::cuda::getDeviceProperties(dev.index())->multiProcessorCount;
   const Batch b{x, y, t, w, table, static_cast<int>(max_parts), row_idx, start, slot, wlen, lowrank, dense, static_cast<int>(shrink_rows), x_vec, pdl, f, sync_ptr, sms,
                 static_cast<int>(onepass_a_blocks), static_cast<int>(onepass_min_blocks), trace_ptr,
-                trace_ptr != nullptr ? trace->numel() : 0, identity, u_words, onepass_prefetch};
+                trace_ptr != nullptr ? trace->numel() : 0, identity, u_words, onepass_prefetch, static_cast<int>(apply_subtiles),
+                static_cast<int>(apply_min_blocks)};
   const int nr = static_cast<int>(rows_per_warp);
   switch (x.scalar_type()) {
     case at::kFloat:
@@ -1199,7 +1232,8 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
         pybind11::arg("slot"), pybind11::arg("fields"), pybind11::arg("wlen"), pybind11::arg("lowrank"), pybind11::arg("dense"),
         pybind11::arg("rows_per_warp"), pybind11::arg("shrink_rows"), pybind11::arg("pdl") = true, pybind11::arg("sync") = pybind11::none(),
         pybind11::arg("onepass_a_blocks") = 0, pybind11::arg("onepass_min_blocks") = 2, pybind11::arg("trace") = pybind11::none(),
-        pybind11::arg("identity") = false, pybind11::arg("u_words") = 0, pybind11::arg("onepass_prefetch") = false);
+        pybind11::arg("identity") = false, pybind11::arg("u_words") = 0, pybind11::arg("onepass_prefetch") = false, pybind11::arg("apply_subtiles") = 1,
+        pybind11::arg("apply_min_blocks") = 1);
   m.attr("TRACE_SLOTS") = static_cast<int>(kTrSlots);
   m.attr("APPLY_WARPS") = kApplyWarps;
   m.attr("SHRINK_WARPS") = kShrinkWarps;

@@ -20,6 +20,7 @@ from triton.testing import do_bench
 from deltapack.kernels import cuda as kcuda
 from deltapack.kernels.packed import DeltaTable, KernelDelta, RowGroups
 from deltapack.kernels.synthetic import write_synthetic
+from deltapack.kernels.triton import LaunchConfig
 from deltapack.kernels.triton import delta_apply as triton_apply
 from tune_decode import kernel_times  # bench/device/, the script's folder
 
@@ -33,7 +34,16 @@ CASES = [  # (out, in), method, bits/param, rows B (= distinct deltas D, or D = 
     ((4096, 4096), "delta-come", 1.0, 4),
     ((4096, 4096), "delta-come", 1.0, 16),
     ((4096, 4096), "bitdelta", 1.0, 16),
+    ((4096, 4096), "delta-come", 1.0, 2),
+    ((4096, 4096), "delta-come", 1.0, 32),
+    ((4096, 4096), "bitdelta", 1.0, 32),
+    ((4096, 4096), "delta-come", 1.0, 64),
+    ((11008, 4096), "delta-come", 1.0, 32),
+    ((4096, 11008), "delta-come", 1.0, 32),
 ]
+# D = 1 with B rows (segment style: one group of B rows; the CUDA path serves it one group per row)
+SAME_CASES = [((4096, 4096), "delta-come", 1.0, 1), ((4096, 4096), "delta-come", 1.0, 8), ((4096, 4096), "delta-come", 1.0, 32), ((4096, 4096), "bitdelta", 1.0, 32),
+              ((4096, 11008), "delta-come", 1.0, 32), ((4096, 4096), "delta-come", 1.0, 512), ((4096, 4096), "bitdelta", 1.0, 512)]
 
 
 def graph_us(fn) -> float:
@@ -94,12 +104,17 @@ def main() -> None:
     ap.add_argument("--no-triton", action="store_true")
     ap.add_argument("--cases", default=None, help="comma-separated indices into CASES (default: all)")
     ap.add_argument("--trace", action="store_true", help="phase timelines of the one-pass launch (low-rank cases), instead of the knob sweep")
+    ap.add_argument("--multi", action="store_true", help="multi-delta knob sweep (apply sub-tiles × outputs per warp × shrink rows) instead of the default one")
+    ap.add_argument("--same", action="store_true", help="only the D = 1 segment cases (SAME_CASES): CUDA per row vs Triton tiles")
     a = ap.parse_args()
     assert kcuda.available(), kcuda.build_error()
     bw = copy_bw()
     print(f"{torch.cuda.get_device_name()}  copy bandwidth {bw / 1e9:.0f} GB/s; times in µs per call (CUDA graph, L2 flushed)")
     dtype = torch.bfloat16
     cases = [CASES[int(i)] for i in a.cases.split(",")] if a.cases else CASES[:3] if a.quick else CASES
+    if a.same:
+        same_cases()
+        return
     with tempfile.TemporaryDirectory() as tmp:
         for ci, ((out, inp), method, bpp, B) in enumerate(cases):
             kds = []
@@ -118,6 +133,7 @@ def main() -> None:
             res = {"cublas": graph_us(lambda: torch.matmul(x, W.T, out=y))}
             res["cuda_delta"] = graph_us(lambda: kcuda.delta_apply(x, y, tab, groups, t=t))
             res["cuda_unfused"] = graph_us(lambda: (torch.matmul(x, W.T, out=y), kcuda.delta_apply(x, y, tab, groups, t=t)))
+            os.environ[kcuda.ENV_FUSE_MAX_ROWS] = str(kcuda.MAX_ROWS)  # the fused kernels at every B (default: up to FUSE_MAX_ROWS)
             res["cuda_fused"] = graph_us(lambda: kcuda.delta_apply(x, y, tab, groups, t=t, base=W))
             if tab.has_lowrank:  # fused in two launches (not one pass); without the programmatic dependent launch
                 os.environ[kcuda.ENV_ONEPASS] = "0"
@@ -133,6 +149,7 @@ def main() -> None:
             res["cuda_fused_base_only"] = graph_us(lambda: kcuda.delta_apply(x, y, tab, none, t=t, base=W))
             ks = kernel_us(lambda: kcuda.delta_apply(x, y, tab, groups, t=t))
             kf = kernel_us(lambda: kcuda.delta_apply(x, y, tab, groups, t=t, base=W))
+            os.environ.pop(kcuda.ENV_FUSE_MAX_ROWS)
             best = min(res["cuda_unfused"], res["cuda_fused"])
             print(
                 f"{out}x{inp} {method}@{bpp} B=D={B}: delta {dbytes / 1e6:.2f} MB, floor {floor:.1f}; "
@@ -155,6 +172,24 @@ def main() -> None:
                 del tab, kds
                 torch.cuda.empty_cache()
                 continue
+            if a.multi:
+                # multi-delta knobs: outputs per warp × apply sub-tiles per block × register bound, then rank rows per shrink block
+                sweep = []
+                for nr in ("1", "2", "4"):
+                    for ns in ("1", "4", "8"):
+                        for minb in ("1", "3"):
+                            os.environ[kcuda.ENV_ROWS_PER_WARP], os.environ[kcuda.ENV_APPLY_SUBTILES], os.environ[kcuda.ENV_APPLY_MIN_BLOCKS] = nr, ns, minb
+                            sweep.append(f"nr{nr}/ns{ns}/minb{minb}: {graph_us(lambda: kcuda.delta_apply(x, y, tab, groups, t=t)):.1f}")
+                for k in (kcuda.ENV_ROWS_PER_WARP, kcuda.ENV_APPLY_SUBTILES, kcuda.ENV_APPLY_MIN_BLOCKS):
+                    os.environ.pop(k)
+                for jb in ("8", "16", "32", "64"):
+                    os.environ[kcuda.ENV_SHRINK_ROWS] = jb
+                    sweep.append(f"default/jb{jb}: {graph_us(lambda: kcuda.delta_apply(x, y, tab, groups, t=t)):.1f}")
+                os.environ.pop(kcuda.ENV_SHRINK_ROWS)
+                print("    delta by knob: " + "  ".join(sweep))
+                del tab, kds
+                torch.cuda.empty_cache()
+                continue
             # knobs: outputs per warp (apply) and rank rows per shrink block
             sweep = []
             for nr in ("1", "2", "4"):
@@ -166,6 +201,34 @@ def main() -> None:
             print("    delta/fused by knob: " + "  ".join(sweep))
             del tab, kds
             torch.cuda.empty_cache()
+
+
+def same_cases() -> None:
+    """D = 1, B rows in one segment group: the prefill path (dequantize + cuBLAS), the Triton
+    tile path (tl.dot on tiles dequantized per row block) and the CUDA kernels (one group per
+    row, the delta re-read from L2 per row; up to MAX_ROWS rows), delta alone and with the base."""
+    dtype = torch.bfloat16
+    with tempfile.TemporaryDirectory() as tmp:
+        for ci, ((out, inp), method, bpp, B) in enumerate(SAME_CASES):
+            f = write_synthetic(Path(tmp) / f"s{ci}.dpk", [("l", out, inp, method, bpp)], seed=ci)
+            tab = DeltaTable.build([KernelDelta.from_entry(f, f.manifest["deltas"][0], (out, inp), device="cuda")])
+            groups = RowGroups.single(B, "cuda")
+            x = torch.randn(B, inp, device="cuda", dtype=dtype)
+            y = torch.empty(B, out, device="cuda", dtype=dtype)
+            W = torch.randn(out, inp, device="cuda", dtype=dtype) / inp**0.5
+            res = {"cublas": graph_us(lambda: torch.matmul(x, W.T, out=y))}
+            # the prefill path (factors dequantized once, cuBLAS), where the longest group has
+            # at least DEQUANT_MIN_ROWS rows; the one-launch tile path; the CUDA kernels per row
+            res["dequant_delta"] = graph_us(lambda: triton_apply(x, y, tab, groups, cfg=LaunchConfig(dequant_min_rows=1)))
+            res["dequant_with_base"] = graph_us(lambda: triton_apply(x, y, tab, groups, base=W, cfg=LaunchConfig(dequant_min_rows=1)))
+            res["tile_delta"] = graph_us(lambda: triton_apply(x, y, tab, groups, cfg=LaunchConfig(dequant_min_rows=0)))
+            os.environ["DELTAPACK_TRITON_DEQUANT_MIN_ROWS"] = "0"
+            if B <= kcuda.MAX_ROWS:
+                assert kcuda.handles(x, tab, groups)
+                res["cuda_per_row_delta"] = graph_us(lambda: kcuda.delta_apply(x, y, tab, groups))
+                res["cuda_per_row_with_base"] = graph_us(lambda: kcuda.delta_apply(x, y, tab, groups, base=W))
+            os.environ.pop("DELTAPACK_TRITON_DEQUANT_MIN_ROWS")
+            print(f"{out}x{inp} {method}@{bpp} B={B} D=1 (segment): " + "  ".join(f"{k} {v:.1f}" for k, v in res.items()))
 
 
 if __name__ == "__main__":

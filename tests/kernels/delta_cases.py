@@ -172,7 +172,53 @@ def through_op(device: str = "cpu", dtype=torch.float32) -> int:
     return n
 
 
-GROUPS = {"fused_base": fused_base, "through_op": through_op, "every_encoding": every_encoding, "scale_layouts": scale_layouts, "mixed_batches": mixed_batches}
+def prefill_dequant(device: str = "cpu", dtype=torch.float32) -> int:
+    """Long segment groups (prefill): every operand dequantized by kernels/triton/dequant.py
+    equals its reference decode, and whole batches through that path (factors dequantized, then
+    GEMMs) match the reference, as does the same batch on the one-launch tile path."""
+    from deltapack.kernels.packed import LowRankPart
+    from deltapack.kernels.triton import LaunchConfig, dequant
+
+    sets = [
+        [("delta-come", 1.0, {"group": 32}), ("bitdelta", 1.0, {})],
+        [("deltazip", 2.0, {"bits": 2}), ("lowrank", 1.0, {})],
+        [("rtn", 3.0, {"bits": 3, "group": 48}), ("delta-come", 2.0, {"group": 64, "act_order": True})],
+        [("rtn", 4.0, {"bits": 4, "granularity": "row"}), ("rtn", 8.0, {"bits": 8, "granularity": "tensor"})],
+    ]
+    n = 0
+    for i, specs in enumerate(sets):
+        with tempfile.TemporaryDirectory() as tmp:
+            kds = _deltas(Path(tmp), 72, 100, specs, device, seed=60 + i)
+        tab = DeltaTable.build(kds)
+        for slot, kd in enumerate(kds):
+            for j, p in enumerate(kd.parts):
+                if isinstance(p, LowRankPart):
+                    got = [dequant.dequantize_operand(tab, slot, j, "a", p.rank, 100, p.vt.bits, torch.float32, dequant.MODE_COLS),
+                           dequant.dequantize_operand(tab, slot, j, "b", 72, p.rank, p.ut.bits, torch.float32, dequant.MODE_UT).T]
+                    want = [p.vt.dense(), p.ut_dense()]
+                else:
+                    mode = dequant.MODE_S24 if p.w.sparse24 else dequant.MODE_COLS
+                    got, want = [dequant.dequantize_operand(tab, slot, j, "a", 72, 100, p.w.bits, torch.float32, mode)], [p.w.dense()]
+                for a, b in zip(got, want):
+                    assert torch.equal(a.cpu(), b.float().cpu()), f"{specs[slot]} part {j}: dequantized operand differs from the reference"
+                    n += 1
+        calls = []
+        real = dequant.apply_segments
+        dequant.apply_segments = lambda *a, **k: (calls.append(1), real(*a, **k))[1]
+        try:
+            for cfg in (None, LaunchConfig(dequant_min_rows=0)):
+                before = len(calls)
+                check(specs, 72, 100, 48, "seg", dtype, device, seed=70 + i, cfg=cfg, no_delta_share=0.1)
+                assert (len(calls) > before) == (cfg is None), "the prefill path was (not) taken"
+                n += 1
+            check(specs, 72, 100, 40, "seg", dtype, device, seed=80 + i, fused=True, no_delta_share=0.1)  # with base: cuBLAS first
+            n += 1
+        finally:
+            dequant.apply_segments = real
+    return n
+
+
+GROUPS = {"prefill_dequant": prefill_dequant, "fused_base": fused_base, "through_op": through_op, "every_encoding": every_encoding, "scale_layouts": scale_layouts, "mixed_batches": mixed_batches}
 
 
 def main(name: str, device: str = "cpu", dtype: str = "float32") -> None:

@@ -156,14 +156,58 @@ def test_scope_rejects_tables(specs):
 def test_scope_rejects_batches():
     tab = _cpu_table([SPECS["q4g32"], SPECS["bitdelta"]])
     assert kcuda.eligible(torch.randn(16, 200), tab, RowGroups.per_row(torch.zeros(16, dtype=torch.int64)))
-    # segment groups (a slot shared by several rows: max_len > 1)
-    assert not kcuda.eligible(torch.randn(4, 200), tab, RowGroups.segments([0, 0, 1, -1], "cpu"))
-    # more than 16 rows
-    assert not kcuda.eligible(torch.randn(17, 200), tab, RowGroups.per_row(torch.zeros(17, dtype=torch.int64)))
+    assert kcuda.eligible(torch.randn(64, 200), tab, RowGroups.per_row(torch.zeros(64, dtype=torch.int64)))
+    # segment groups (a slot shared by several rows: max_len > 1) are served one group per row ...
+    assert kcuda.eligible(torch.randn(4, 200), tab, RowGroups.segments([0, 0, 1, -1], "cpu"))
+    assert kcuda.eligible(torch.randn(4, 200), tab, RowGroups.single(4, "cpu"))
+    # ... when their layout is known (the custom op rebuilds groups without it) ...
+    g = RowGroups.segments([0, 0, 1, -1], "cpu")
+    assert not kcuda.eligible(torch.randn(4, 200), tab, RowGroups(g.row_idx, g.start, g.length, g.slot, g.max_len))
+    # ... and not with DELTAPACK_CUDA_SEGMENTS=0
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv(kcuda.ENV_SEGMENTS, "0")
+        assert not kcuda.eligible(torch.randn(4, 200), tab, RowGroups.segments([0, 0, 1, -1], "cpu"))
+    # more than MAX_ROWS rows
+    assert not kcuda.eligible(torch.randn(kcuda.MAX_ROWS + 1, 200), tab, RowGroups.per_row(torch.zeros(kcuda.MAX_ROWS + 1, dtype=torch.int64)))
     # activation dtype
     assert not kcuda.eligible(torch.randn(2, 200).double(), tab, RowGroups.per_row(torch.zeros(2, dtype=torch.int64)))
     # strided features
     assert not kcuda.eligible(torch.randn(200, 2).T, tab, RowGroups.per_row(torch.zeros(2, dtype=torch.int64)))
+
+
+@pytest.mark.parametrize(
+    "slots",
+    [[0, 0, 1, -1], [2, -1, 0, 2, 2, 1, -1, 0], [-1, -1, -1], [1] * 7],
+    ids=["small", "shuffled", "none", "one-slot"],
+)
+def test_as_per_row(slots):
+    """A segment batch as one group per row keeps every row's slot (−1 where none)."""
+    g = kcuda.as_per_row(RowGroups.segments(slots, "cpu"), len(slots))
+    assert g.identity and g.max_len == 1
+    assert g.slot.tolist() == slots
+    single = kcuda.as_per_row(RowGroups.single(5, "cpu", slot=3), 5)
+    assert single.slot.tolist() == [3] * 5
+    per_row = RowGroups.per_row(torch.tensor(slots))
+    assert kcuda.as_per_row(per_row, len(slots)) is per_row  # already per row
+
+
+def test_apply_subtiles(monkeypatch):
+    """Sub-tiles per apply block: more as the grid grows, capped by Ut's scale groups (an apply
+    block's outputs share one group) and by the override."""
+    monkeypatch.delenv(kcuda.ENV_APPLY_SUBTILES, raising=False)
+    tab128 = _cpu_table([SPECS["dc1"]], out=4096, inp=256)
+    tab32 = _cpu_table([SPECS["dc1_g32"]], out=4096, inp=256)
+    dense = _cpu_table([SPECS["bitdelta"]], out=4096, inp=256)
+    assert tab128.group_n == 128 and tab32.group_n == 32
+    sms = 132
+    assert kcuda.apply_subtiles(tab128, sms, 1, 4096, 4) == 1  # B = 1: 128 blocks, one each
+    assert kcuda.apply_subtiles(tab128, sms, 16, 4096, 4) == 4  # 2048 blocks → 512: capped by 128 / 32
+    assert kcuda.apply_subtiles(tab32, sms, 16, 4096, 4) == 1  # a block of 32 outputs fills a group of 32
+    assert kcuda.apply_subtiles(tab32, sms, 64, 4096, 1) == 4  # 8 outputs per block: up to 4 in a group
+    assert kcuda.apply_subtiles(dense, sms, 64, 4096, 4) == 8  # no Ut: only the grid limits it
+    monkeypatch.setenv(kcuda.ENV_APPLY_SUBTILES, "16")
+    assert kcuda.apply_subtiles(tab128, sms, 1, 4096, 4) == 4  # the override, capped
+    assert kcuda.apply_subtiles(dense, sms, 1, 4096, 4) == 16
 
 
 # ---- the kernel (GPU) -----------------------------------------------------------------------------
@@ -177,6 +221,13 @@ def built():
 
 
 gpu = pytest.mark.gpu
+
+
+@pytest.fixture
+def fuse_all(monkeypatch):
+    """Fuse the base GEMV at every batch size (by default only up to FUSE_MAX_ROWS rows), so that
+    the fused kernels are tested at 16 rows too."""
+    monkeypatch.setenv(kcuda.ENV_FUSE_MAX_ROWS, str(kcuda.MAX_ROWS))
 
 
 @gpu
@@ -205,7 +256,7 @@ def test_mixed_slots_and_parts(built, dtype):
 
 @gpu
 @pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: str(d).split(".")[-1])
-def test_fused_base(built, dtype):
+def test_fused_base(built, dtype, fuse_all):
     """y = x·Wᵀ + Δx in the apply launch (y poisoned beforehand): rows without a delta get the
     base GEMV alone; aligned (16-byte vector loads of W) and odd shapes (element by element)."""
     specs = [SPECS[s] for s in ("dc1", "bitdelta", "q3g128", "dc05_noperm")]
@@ -230,7 +281,7 @@ def test_fused_base(built, dtype):
         ("dc1", torch.float16, 16),
     ],
 )
-def test_llama_shape(built, spec, dtype, M):
+def test_llama_shape(built, spec, dtype, M, fuse_all):
     kds, tab = _tables([SPECS[spec], SPECS["bitdelta"]], 4096, 4096, "cuda", seed=M)
     check(kds, tab, M, dtype, seed=M)
     if spec.startswith("dc"):
@@ -239,7 +290,7 @@ def test_llama_shape(built, spec, dtype, M):
 
 @gpu
 @pytest.mark.parametrize("nr", [1, 2, 4])
-def test_rows_per_warp(built, nr, monkeypatch):
+def test_rows_per_warp(built, nr, monkeypatch, fuse_all):
     """Every outputs-per-warp variant (the heuristic picks one per batch) and shrink tiles of
     1, 5 and 32 rank rows, plain and fused."""
     monkeypatch.setenv(kcuda.ENV_ROWS_PER_WARP, str(nr))
@@ -253,8 +304,51 @@ def test_rows_per_warp(built, nr, monkeypatch):
 
 
 @gpu
+@pytest.mark.parametrize("ns", [1, 2, 4, 8])
+def test_apply_subtiles_gpu(built, ns, monkeypatch):
+    """Unfused apply blocks of several sub-tiles (forced; capped by Ut's scale groups): dense and
+    low-rank slots, groups of 128 and 32, N not a multiple of a block's span, 1 to 64 rows."""
+    monkeypatch.setenv(kcuda.ENV_APPLY_SUBTILES, str(ns))
+    for nr, minb in ((1, "1"), (4, "1"), (2, "3")):
+        monkeypatch.setenv(kcuda.ENV_ROWS_PER_WARP, str(nr))
+        monkeypatch.setenv(kcuda.ENV_APPLY_MIN_BLOCKS, minb)
+        for specs, out, inp in (
+            (["dc1", "bitdelta", "q3g32", "dc05_noperm"], 300, 256),
+            (["dc1_g32", "q4row", "dc2_perm"], 130, 1032),
+        ):
+            kds, tab = _tables([SPECS[s] for s in specs], out, inp, "cuda", seed=31 + ns, multi=True)
+            for M in (1, 16, 64):
+                check(kds, tab, M, torch.bfloat16, seed=ns * 100 + M)
+
+
+@gpu
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32], ids=["bfloat16", "float32"])
+def test_many_rows_and_segments(built, dtype):
+    """Up to MAX_ROWS rows per launch, gather style, and segment batches (prefill layout: rows
+    sorted by slot, several rows per slot) served one group per row, with and without base."""
+    kds, tab = _tables([SPECS["dc1"], SPECS["bitdelta"], SPECS["q2g128"]], 300, 512, "cuda", seed=41)
+    for M in (33, kcuda.MAX_ROWS):
+        check(kds, tab, M, dtype, seed=M)
+    g = torch.Generator().manual_seed(5)
+    for slots in ([0] * 32, [2, 0, -1, 1, 0, 2, 2, -1] * 4, [1] * 5 + [-1] * 3):
+        M = len(slots)
+        x = torch.randn(M, 512, generator=g).to("cuda", dtype)
+        y = torch.randn(M, 300, generator=g).to("cuda", dtype)
+        groups = RowGroups.segments(slots, "cuda")
+        assert groups.max_len > 1 and kcuda.handles(x, tab, groups)
+        want = reference.delta_apply(x, y, [k.dense() for k in kds], torch.tensor(slots, device="cuda"))
+        got = kcuda.delta_apply(x, y.clone(), tab, groups)
+        assert _rel_err(got, want, y) <= TOL[dtype]
+        W = (torch.randn(300, 512, generator=g) / 512**0.5).to("cuda", dtype)
+        base = x.float().matmul(W.float().T).to(dtype)
+        want = reference.delta_apply(x, base, [k.dense() for k in kds], torch.tensor(slots, device="cuda"))
+        got = kcuda.delta_apply(x, torch.full_like(y, float("nan")), tab, groups, base=W)
+        assert _rel_err(got, want, base) <= 2 * TOL[dtype]
+
+
+@gpu
 @pytest.mark.parametrize("M", [1, 5, 16])
-def test_onepass(built, M, monkeypatch):
+def test_onepass(built, M, monkeypatch, fuse_all):
     """The one-pass fused launch (shrink items beside the base GEMV, counters in the stream's
     scratch) agrees with the two launches, leaves its counters at zero after every call (so the
     next call waits again), and holds across repeated calls, rows without a delta included, with
@@ -313,7 +407,8 @@ def test_through_the_op(built):
 
 @gpu
 def test_out_of_scope_falls_back_to_triton(built):
-    """Raw low-rank factors, segment groups and more than 16 rows: handles() is False and the
+    """Raw low-rank factors, segment groups the custom op rebuilt (their layout unknown) and more
+    than MAX_ROWS rows: handles() is False and the
     ``cuda`` backend (and cuda.delta_apply itself) still gives the reference result, through
     Triton."""
     dev, dtype = "cuda", torch.float16
@@ -323,13 +418,15 @@ def test_out_of_scope_falls_back_to_triton(built):
     cases = [
         (lr_kds, lr_tab, torch.tensor([0, 1, -1, 0]), "row"),  # raw f16 low-rank factors
         (dn_kds, dn_tab, torch.tensor([0, 0, 1, -1, 1]), "seg"),  # max_len > 1
-        (dn_kds, dn_tab, torch.randint(0, 2, (17,), generator=g), "row"),  # 17 rows
+        (dn_kds, dn_tab, torch.randint(0, 2, (kcuda.MAX_ROWS + 1,), generator=g), "row"),  # too many rows
     ]
     for kds, tab, slots, mode in cases:
         M = slots.shape[0]
         x = torch.randn(M, 200, generator=g).to(dev, dtype)
         y = torch.randn(M, 72, generator=g).to(dev, dtype)
         groups = RowGroups.per_row(slots.to(dev)) if mode == "row" else RowGroups.segments(slots, dev)
+        if mode == "seg":  # as the custom op rebuilds them: without the layout flag
+            groups = RowGroups(groups.row_idx, groups.start, groups.length, groups.slot, groups.max_len)
         assert not kcuda.handles(x, tab, groups)
         want = reference.delta_apply(x, y, [k.dense() for k in kds], slots.to(dev))
         for got in (ops.delta_apply(x, y.clone(), tab, groups, backend="cuda"), kcuda.delta_apply(x, y.clone(), tab, groups)):
@@ -367,7 +464,7 @@ def test_cuda_graph(built):
 
 
 @gpu
-def test_cuda_graph_fused_lowrank(built):
+def test_cuda_graph_fused_lowrank(built, fuse_all):
     """The one-pass fused launch (Delta-CoMe, base inside) captures into a CUDA graph and replays:
     its counters reset inside the kernel, so every replay waits for its own t."""
     dev, dtype = "cuda", torch.bfloat16

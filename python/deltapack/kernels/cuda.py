@@ -61,7 +61,11 @@ from .packed import (
 
 log = logging.getLogger(__name__)
 
-MAX_ROWS = 16
+MAX_ROWS = 64
+# Rows up to which ``base`` is fused into the delta launch (every fused block reads its row's
+# base rows again; H100, bench/results/kernels_h100_s5/call1: fused 46.7 vs 56.5 µs unfused at
+# B = 1, 94.4 vs 80.9 at B = D = 4, 297 vs 190 at B = D = 16). DELTAPACK_CUDA_FUSE_MAX_ROWS overrides.
+FUSE_MAX_ROWS = 2
 MAX_PARTS = 16  # parts per slot (csrc kMaxParts)
 BITS = (1, 2, 3, 4, 8)
 APPLY_WARPS = 8  # csrc kApplyWarps: an apply block holds APPLY_WARPS × rows_per_warp outputs
@@ -79,6 +83,10 @@ ENV_ONEPASS_A_BLOCKS = "DELTAPACK_CUDA_ONEPASS_A_BLOCKS"  # one pass: blocks tha
 ENV_ONEPASS_PREFETCH = "DELTAPACK_CUDA_ONEPASS_PREFETCH"
 ENV_ONEPASS_MIN_BLOCKS = "DELTAPACK_CUDA_ONEPASS_MIN_BLOCKS"  # one pass: 2 (default, at most 128 registers) or 3 blocks per SM (80)
 SHRINK_ROWS = 8
+ENV_FUSE_MAX_ROWS = "DELTAPACK_CUDA_FUSE_MAX_ROWS"
+ENV_SEGMENTS = "DELTAPACK_CUDA_SEGMENTS"  # 0: segment batches (max_len > 1) go to the Triton path
+ENV_APPLY_MIN_BLOCKS = "DELTAPACK_CUDA_APPLY_MIN_BLOCKS"  # unfused apply: 1 (no register bound) or 3 blocks per SM (benchmarks)
+ENV_APPLY_SUBTILES = "DELTAPACK_CUDA_APPLY_SUBTILES"  # unfused apply: sub-tiles per block (benchmarks; default: apply_subtiles())
 TRACE_SLOTS = 8  # csrc kTrSlots: start, claims done, shrink items run, base GEMV done, t waited, end, t-independent operands staged
 # The table's layout as the kernel reads it (csrc/delta_decode.cu struct Fields, in this order;
 # each operand's 8 fields follow A_BITS / B_BITS in packed.py's order).
@@ -260,11 +268,35 @@ def _shape_info(tab: DeltaTable) -> tuple[int, bool, int]:
     return info
 
 
+def segments_per_row() -> bool:
+    return os.environ.get(ENV_SEGMENTS, "1").strip() != "0"
+
+
+def as_per_row(groups: RowGroups, m: int) -> RowGroups:
+    """The same batch with one group per row (the slot of the row's segment, −1 for rows in no
+    group), made on the device without a host sync and kept on ``groups`` for the next layer."""
+    if groups.max_len <= 1 and groups.identity:
+        return groups
+    cached = getattr(groups, "_cuda_per_row", None)
+    if cached is not None and cached[0] == m:
+        return cached[1]
+    dev = groups.slot.device
+    pos = torch.arange(m, device=dev, dtype=torch.int32)
+    g = (torch.searchsorted(groups.start, pos, right=True) - 1).clamp(min=0)
+    inside = (pos >= groups.start[g]) & (pos < groups.start[g] + groups.length[g]) if groups.n_groups else torch.zeros_like(pos, dtype=torch.bool)
+    slots = torch.where(inside, groups.slot[g], -1) if groups.n_groups else torch.full_like(pos, -1)
+    row_slot = torch.empty_like(slots).scatter_(0, groups.row_idx.long(), slots)
+    out = RowGroups.per_row(row_slot)
+    object.__setattr__(groups, "_cuda_per_row", (m, out))
+    return out
+
+
 def eligible(x: torch.Tensor, tab: DeltaTable, groups: RowGroups) -> bool:
     """:func:`handles` less the device and build checks: the batch and the table are in the
-    kernel's scope."""
+    kernel's scope. Segment batches of at most :data:`MAX_ROWS` rows are served one group per
+    row (:func:`as_per_row`; ``DELTAPACK_CUDA_SEGMENTS=0``: only gather batches)."""
     return (
-        groups.max_len == 1
+        (groups.max_len == 1 or (segments_per_row() and groups.row_idx.numel() == x.shape[0] and _sorted_starts(groups) and not _prefill(groups)))
         and x.dim() == 2
         and x.shape[0] <= MAX_ROWS
         and x.dtype in DTYPES
@@ -274,10 +306,25 @@ def eligible(x: torch.Tensor, tab: DeltaTable, groups: RowGroups) -> bool:
     )
 
 
+def _sorted_starts(groups: RowGroups) -> bool:
+    """Groups laid out one after another in ``row_idx`` order (``RowGroups.segments`` and
+    ``single`` build them so): what :func:`as_per_row` relies on. A host-side flag set by the
+    builders; unknown layouts are not converted."""
+    return bool(groups.contiguous_groups)
+
+
+def _prefill(groups: RowGroups) -> bool:
+    """Segment groups long enough for the Triton path's dequantize + cuBLAS prefill."""
+    from .triton import dequant_min_rows
+
+    d = dequant_min_rows(None)
+    return groups.host_segments is not None and 0 < d <= groups.max_len
+
+
 def handles(x: torch.Tensor, tab: DeltaTable, groups: RowGroups) -> bool:
-    """Whether these kernels serve the batch: a CUDA ``x`` of at most 16 rows in gather mode
-    (``groups.max_len == 1``), a table in their scope (:func:`table_supported`), and a built
-    extension."""
+    """Whether these kernels serve the batch: a CUDA ``x`` of at most :data:`MAX_ROWS` rows, in
+    gather mode (``groups.max_len == 1``) or as segments (served per row), a table in their scope
+    (:func:`table_supported`), and a built extension."""
     return x.is_cuda and tab.table.device == x.device and eligible(x, tab, groups) and available()
 
 
@@ -298,6 +345,32 @@ def rows_per_warp(x: torch.Tensor, n_groups: int, n_out: int) -> int:
         if n_groups * -(-n_out // (APPLY_WARPS * nr)) >= target:
             return nr
     return 1
+
+
+def fuse_max_rows() -> int:
+    env = os.environ.get(ENV_FUSE_MAX_ROWS)
+    return int(env) if env else FUSE_MAX_ROWS
+
+
+def apply_subtiles(tab: DeltaTable, sms: int, n_groups: int, n_out: int, nr: int) -> int:
+    """Sub-tiles of ``APPLY_WARPS × nr`` outputs per unfused apply block. A block's prologue (its
+    table rows, the fold factors of the Ut scale group it covers, t) costs about as much as its
+    share of Ut at one sub-tile, so with many row groups (multi-delta batches) a block takes
+    several sub-tiles: the grid halves while it still holds two blocks per SM
+    (``DELTAPACK_CUDA_APPLY_SUBTILES`` overrides). All sub-tiles of a block lie in one scale
+    group of every Ut (``tab.group_n``): the count is capped to keep them there."""
+    nb = APPLY_WARPS * nr
+    cap = 1
+    while cap < 64 and (tab.group_n % (nb * cap * 2) == 0 or tab.group_n >= n_out):
+        cap *= 2
+    env = os.environ.get(ENV_APPLY_SUBTILES)
+    if env:
+        return max(1, min(int(env), cap))
+    blocks = n_groups * -(-n_out // nb)
+    ns = 1
+    while ns < min(cap, 8) and -(-blocks // (ns * 2)) >= 2 * sms:
+        ns *= 2
+    return ns
 
 
 def shrink_rows() -> int:
@@ -350,12 +423,14 @@ def delta_apply(
         from .triton import delta_apply as triton_apply
 
         return triton_apply(x, y, tab, groups, t=t, base=base)
-    fuse = base is not None and groups.n_groups == M
+    groups = as_per_row(groups, M)
+    fuse = base is not None and groups.n_groups == M and M <= fuse_max_rows()
     if base is not None and not fuse:
         torch.matmul(x, base.T, out=y)
     if M == 0 or (groups.n_groups == 0 and not fuse):
         return y
     wlen, dense, u_words = _shape_info(tab)
+    nr = rows_per_warp(x, groups.n_groups, N)
     if tab.has_lowrank:
         if t is None or t.shape[0] != M or t.shape[1] < tab.max_rank or t.dtype != torch.float32 or t.stride(1) != 1 or t.device != x.device:
             t = torch.empty((M, tab.max_rank), device=x.device, dtype=torch.float32)
@@ -378,7 +453,7 @@ def delta_apply(
         wlen,
         tab.has_lowrank,
         dense,
-        rows_per_warp(x, groups.n_groups, N),
+        nr,
         shrink_rows(),
         os.environ.get(ENV_PDL, "1").strip() != "0",
         sync_scratch(x.device) if fuse and tab.has_lowrank and onepass() else None,
@@ -388,6 +463,8 @@ def delta_apply(
         bool(groups.identity),
         u_words,
         os.environ.get(ENV_ONEPASS_PREFETCH, "0").strip() == "1",
+        1 if fuse else apply_subtiles(tab, _sm_count(x.device.index if x.device.index is not None else torch.cuda.current_device()), groups.n_groups, N, nr),
+        int(os.environ.get(ENV_APPLY_MIN_BLOCKS, "1")),
     )
     return y
 

@@ -504,6 +504,12 @@ class RowGroups:
     slot: torch.Tensor  # int32 [G]
     max_len: int  # host-side bound on length (sizes the grid)
     identity: bool = False  # row g is group g (per_row): kernels may skip row_idx / start
+    # groups lie one after another along row_idx (start ascending, no overlap) and row_idx is a
+    # permutation of the batch's rows: what the CUDA path's per-row conversion needs
+    contiguous_groups: bool = False
+    # (start, length, slot) of every group on the host, when the builder knows them without a
+    # sync (segments, single): what the prefill path's per-group loop needs
+    host_segments: tuple[tuple[int, int, int], ...] | None = None
 
     @property
     def n_groups(self) -> int:
@@ -514,7 +520,7 @@ class RowGroups:
         s = slots.to(torch.int32).reshape(-1)
         m = s.shape[0]
         ar = torch.arange(m, dtype=torch.int32, device=s.device)
-        return cls(row_idx=ar, start=ar, length=torch.ones_like(ar), slot=s, max_len=1, identity=True)
+        return cls(row_idx=ar, start=ar, length=torch.ones_like(ar), slot=s, max_len=1, identity=True, contiguous_groups=True)
 
     @classmethod
     def segments(cls, slots: list[int] | torch.Tensor, device: torch.device | str) -> RowGroups:
@@ -530,10 +536,13 @@ class RowGroups:
             length=counts[keep].to(**to),
             slot=uniq[keep].to(**to),
             max_len=int(counts[keep].max()) if bool(keep.any()) else 0,
+            contiguous_groups=True,
+            host_segments=tuple(zip(starts[keep].tolist(), counts[keep].tolist(), uniq[keep].tolist())),
         )
 
     @classmethod
     def single(cls, m: int, device: torch.device | str, slot: int = 0) -> RowGroups:
         """All ``m`` rows use one slot."""
         to = {"device": device, "dtype": torch.int32}
-        return cls(row_idx=torch.arange(m, **to), start=torch.zeros(1, **to), length=torch.full((1,), m, **to), slot=torch.full((1,), slot, **to), max_len=m)
+        return cls(row_idx=torch.arange(m, **to), start=torch.zeros(1, **to), length=torch.full((1,), m, **to), slot=torch.full((1,), slot, **to), max_len=m, contiguous_groups=True,
+                   host_segments=((0, m, slot),))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 
 import torch
@@ -31,6 +32,20 @@ class LaunchConfig:
     block_kb: int | None = None  # fused base GEMV: reduction tile along the input dim
     lane_major: bool | None = None  # decode: read x lane-major (a [32, in/32] copy per row)
     apply_warps: int | None = None  # warps of the apply launch (default: num_warps)
+    dequant_min_rows: int | None = None  # segment groups this long run dequantize + cuBLAS (default: DEQUANT_MIN_ROWS)
+
+
+# Segment batches whose longest group has at least this many rows run the prefill path of
+# :mod:`.dequant` (factors dequantized once, cuBLAS GEMMs) when the groups are known on the host
+# (``RowGroups.host_segments``). DELTAPACK_TRITON_DEQUANT_MIN_ROWS overrides (0: never).
+DEQUANT_MIN_ROWS = 16
+
+
+def dequant_min_rows(cfg: LaunchConfig | None) -> int:
+    if cfg is not None and cfg.dequant_min_rows is not None:
+        return cfg.dequant_min_rows
+    env = os.environ.get("DELTAPACK_TRITON_DEQUANT_MIN_ROWS")
+    return int(env) if env else DEQUANT_MIN_ROWS
 
 
 # Row groups of up to this many rows run the decode path: one program per row, whole packed
@@ -143,6 +158,13 @@ def delta_apply(
         if base.shape != (N, K) or base.dtype != x.dtype or base.stride(1) != 1:
             raise ValueError(f"base weight {tuple(base.shape)} {base.dtype} does not match {N}×{K} {x.dtype} with unit stride along the input")
     fuse = base is not None and fusable(groups, M)
+    dmin = dequant_min_rows(cfg)
+    if not fuse and groups.host_segments is not None and 0 < dmin <= groups.max_len:
+        from .dequant import apply_segments
+
+        if base is not None:
+            torch.matmul(x, base.T, out=y)
+        return apply_segments(x, y, tab, groups)
     c = pick_config(tab, groups, cfg, fuse_hint=fuse)
     fuse = fuse and c["BLOCK_M"] == 1
     if base is not None and not fuse:

@@ -1,0 +1,87 @@
+"""Prefill path for long segment groups: each group's delta factors dequantized to the
+activation dtype (one Triton launch per packed operand, straight from the table's descriptors),
+then cuBLAS GEMMs. A group of many rows re-reads its delta's tiles once per row block in the
+tile path (:func:`~.delta_gemm.apply_kernel` with ``BLOCK_M ≥ 16``), dequantizing them again each
+time on CUDA cores; here each code is decoded once per call and the products run on tensor
+cores, the way quantized-GEMM libraries serve prefill (dequantize above a row count, fused GEMV
+below). The exact math is the reference's (:func:`deltapack.kernels.reference.delta_apply`):
+low-rank parts as ``((x[:, perm] · V̂ᵀ) ⊙ s) · Ûᵀ`` (never the dense ``[out, in]``), dense and
+2:4 parts as ``x · Ŵᵀ``.
+
+The loop runs over the batch's segment groups on the host (``RowGroups.host_segments``, kept by
+``RowGroups.segments``): one dequantization per part of each group's delta, so it pays where
+groups are long (prefill), not for many short ones, which stay on the one-launch kernels.
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+from ..packed import A_BITS, B_BITS, DeltaTable, LowRankPart, RowGroups
+from .delta_gemm import A_IDX, A_ISTRIDE, _deq_s24_tile, _deq_tile, _deq_u_tile, _operand
+
+BLOCK_R, BLOCK_C = 32, 128
+MODE_COLS, MODE_UT, MODE_S24 = 0, 1, 2
+
+
+@triton.jit
+def dequant_kernel(e, out, stride_o, rows, cols, FB: tl.constexpr, BITS: tl.constexpr, MODE: tl.constexpr, BR: tl.constexpr, BC: tl.constexpr):
+    """out[r, c] = the operand's value at (r, c) for a tile of rows × columns. MODE_COLS: an
+    operand stored along its columns (Vt [rank, in], dense W [out, in]); MODE_UT: Ut read
+    rank-major, rows = outputs and columns = ranks (Û [out, rank]); MODE_S24: a 2:4 operand
+    expanded to its dense columns."""
+    pr = tl.program_id(0)
+    pc = tl.program_id(1)
+    r = pr * BR + tl.arange(0, BR)
+    rmask = r < rows
+    c0 = pc * BC
+    codes, stride, scales, srow, group, zeros, zc = _operand(e, FB)
+    if MODE == 0:
+        v = _deq_tile(codes, stride, scales, srow, group, zeros, zc, r, rmask, c0, cols, BR, BC, BITS, True)
+    elif MODE == 1:
+        v = _deq_u_tile(codes, stride, scales, srow, group, zeros, zc, r, rmask, 0, c0, cols, BR, BC, BITS, True)
+    else:
+        ip = tl.load(e + A_IDX)
+        istride = tl.load(e + A_ISTRIDE)
+        v = _deq_s24_tile(codes, stride, scales, srow, group, zeros, zc, ip, istride, r, rmask, c0, cols, BR, BC, BITS, True)
+    c = c0 + tl.arange(0, BC)
+    tl.store(out + r[:, None] * stride_o + c[None, :], v.to(out.dtype.element_ty), mask=rmask[:, None] & (c < cols)[None, :])
+
+
+def dequantize_operand(tab: DeltaTable, slot: int, part: int, which: str, rows: int, cols: int, bits: int, dtype: torch.dtype, mode: int) -> torch.Tensor:
+    """One operand of ``tab``'s (slot, part) entry as a dense ``[rows, cols]`` tensor of ``dtype``
+    (``which``: 'a' = Vt / W, 'b' = Ut)."""
+    out = torch.empty((rows, cols), device=tab.table.device, dtype=dtype)
+    if rows and cols:
+        grid = (triton.cdiv(rows, BLOCK_R), triton.cdiv(cols, BLOCK_C))
+        dequant_kernel[grid](tab.table[slot, part], out, out.stride(0), rows, cols, FB=A_BITS if which == "a" else B_BITS, BITS=bits, MODE=mode, BR=BLOCK_R, BC=BLOCK_C)
+    return out
+
+
+def apply_segments(x: torch.Tensor, y: torch.Tensor, tab: DeltaTable, groups: RowGroups) -> torch.Tensor:
+    """``y[rows] += Δ_slot · x[rows]`` for every segment group, by dequantized factors and
+    cuBLAS (fp32 accumulation in the GEMMs; the low-rank intermediate kept in fp32)."""
+    assert groups.host_segments is not None
+    dt = x.dtype
+    for start, length, slot in groups.host_segments:
+        if slot < 0 or length == 0:
+            continue
+        rows = groups.row_idx[start : start + length].long()
+        xg = x.index_select(0, rows)
+        acc = torch.zeros((length, tab.out_features), device=x.device, dtype=torch.float32)
+        for j, p in enumerate(tab.deltas[slot].parts):
+            if isinstance(p, LowRankPart):
+                vt = dequantize_operand(tab, slot, j, "a", p.rank, tab.in_features, p.vt.bits, dt, MODE_COLS)
+                xp = xg if p.perm is None else xg.index_select(1, p.perm.long())
+                t = (xp @ vt.T).float()
+                if p.s is not None:
+                    t *= p.s.float()
+                u = dequantize_operand(tab, slot, j, "b", tab.out_features, p.rank, p.ut.bits, torch.float32 if dt == torch.float32 else dt, MODE_UT)
+                acc += (t.to(u.dtype) @ u.T).float()
+            else:
+                wd = dequantize_operand(tab, slot, j, "a", tab.out_features, tab.in_features, p.w.bits, dt, MODE_S24 if p.w.sparse24 else MODE_COLS)
+                acc += (xg @ wd.T).float()
+        y.index_copy_(0, rows, (y.index_select(0, rows).float() + acc).to(y.dtype))
+    return y
