@@ -88,20 +88,29 @@ def delta_apply_backend(backend: str | None = None, device: torch.device | str |
 
 
 @torch.library.custom_op("deltapack::delta_apply_", mutates_args=("y",))
-def delta_apply_op(x: torch.Tensor, y: torch.Tensor, table_id: int, row_idx: torch.Tensor, start: torch.Tensor, length: torch.Tensor, slot: torch.Tensor, max_len: int, backend: str) -> None:
+def delta_apply_op(
+    x: torch.Tensor, y: torch.Tensor, table_id: int, row_idx: torch.Tensor, start: torch.Tensor, length: torch.Tensor, slot: torch.Tensor, max_len: int, backend: str,
+    layout: int = 0, segments: list[int] | None = None,
+) -> None:
+    """``layout``: 1 = one group per row (``RowGroups.identity``), 2 = groups one after another
+    along ``row_idx`` (segments); ``segments``: the groups' (start, length, slot) on the host,
+    flattened (the prefill path loops over them), or None."""
     tab = _TABLES.get(table_id)
     if tab is None:
         raise RuntimeError(f"delta table {table_id} is no longer registered")
-    groups = RowGroups(row_idx=row_idx, start=start, length=length, slot=slot, max_len=max_len)
+    host = tuple(tuple(segments[i : i + 3]) for i in range(0, len(segments), 3)) if segments else None
+    groups = RowGroups(row_idx=row_idx, start=start, length=length, slot=slot, max_len=max_len, identity=layout == 1, contiguous_groups=layout >= 1, host_segments=host)
     delta_apply_backend(backend, x.device)(x, y, tab, groups)
 
 
 @delta_apply_op.register_fake
-def _(x, y, table_id, row_idx, start, length, slot, max_len, backend) -> None:
+def _(x, y, table_id, row_idx, start, length, slot, max_len, backend, layout=0, segments=None) -> None:
     return None
 
 
 def delta_apply(x: torch.Tensor, y: torch.Tensor, tab: DeltaTable, groups: RowGroups, backend: str | None = None) -> torch.Tensor:
     """``y[rows] += Δ_{slot} · x[rows]`` through the custom op; ``x`` [M, in], ``y`` [M, out]."""
-    torch.ops.deltapack.delta_apply_(x, y, register_table(tab), groups.row_idx, groups.start, groups.length, groups.slot, groups.max_len, backend_name(backend))
+    layout = 1 if groups.identity else (2 if groups.contiguous_groups else 0)
+    segments = [v for seg in groups.host_segments for v in seg] if groups.host_segments else None
+    torch.ops.deltapack.delta_apply_(x, y, register_table(tab), groups.row_idx, groups.start, groups.length, groups.slot, groups.max_len, backend_name(backend), layout, segments)
     return y
