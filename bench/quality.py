@@ -443,10 +443,10 @@ def plot(rows: list[dict[str, Any]], path: Path, title: str) -> Path:
         tr = [r for r in rows if r["task"] == t]
         ref = {r["method"]: float(r["accuracy"]) for r in tr if r["method"] in ("fine-tune", "base")}
         bits = sorted({float(r["bits"]) for r in tr if r["method"] in ALL_METHODS})
-        for m, (label, _) in ALL_METHODS.items():
+        for i, (m, (label, _)) in enumerate(ALL_METHODS.items()):  # one colour per method in every panel
             pts = sorted((float(r["bits"]), 100 * float(r["accuracy"])) for r in tr if r["method"] == m and r.get("accuracy") not in ("", None))
             if pts:
-                ax.plot([x for x, _ in pts], [y for _, y in pts], marker="o", label=label, ls="--" if m.endswith("-distill") else "-")
+                ax.plot([x for x, _ in pts], [y for _, y in pts], marker="o", label=label, color=plt.get_cmap("tab20")(i % 20), ls="--" if "distill" in m else "-")
         if "fine-tune" in ref:
             ax.axhline(100 * ref["fine-tune"], color="black", ls="--", lw=1, label="fine-tune")
             if bits:
@@ -464,9 +464,10 @@ def plot(rows: list[dict[str, Any]], path: Path, title: str) -> Path:
     for ax in axes[0]:
         for h, lab in zip(*ax.get_legend_handles_labels()):
             handles.setdefault(lab, h)
-    fig.legend(handles.values(), handles.keys(), loc="lower center", ncol=len(handles), fontsize=8, frameon=False)
+    ncol = min(len(handles), 5)
+    fig.legend(handles.values(), handles.keys(), loc="lower center", ncol=ncol, fontsize=8, frameon=False)
     fig.suptitle(title, fontsize=10)
-    fig.tight_layout(rect=(0, 0.07, 1, 1))
+    fig.tight_layout(rect=(0, 0.035 * math.ceil(len(handles) / ncol) + 0.01, 1, 1))
     fig.savefig(path, dpi=120)
     plt.close(fig)
     return path
