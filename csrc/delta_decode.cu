@@ -48,7 +48,8 @@
 
 namespace {
 
-constexpr int kShrinkWarps = 4;  // warps per shrink block
+constexpr int kShrinkWarps = 4;  // warps per shrink block (default; the launch may ask for up to kMaxShrinkWarps)
+constexpr int kMaxShrinkWarps = 8;
 constexpr int kApplyWarps = 8;   // warps per apply block
 constexpr int kMaxParts = 16;    // parts per slot (shared-memory zero terms)
 constexpr int kMaxNF = 32;       // fields per table row (shared-memory copy of a slot's rows)
@@ -486,7 +487,7 @@ __device__ __forceinline__ void shrink_item(const typename D::E* __restrict__ x,
 
 // launch 1 of the two-launch path. Grid (row group, tile of jb rank rows).
 template <class D>
-__global__ void __launch_bounds__(kShrinkWarps * 32)
+__global__ void __launch_bounds__(kMaxShrinkWarps * 32)
     shrink_kernel(const typename D::E* __restrict__ x, int64_t sx, float* __restrict__ t, int64_t st, const int64_t* __restrict__ tab, int max_parts,
                   const int* __restrict__ row_idx, const int* __restrict__ gstart, const int* __restrict__ gslot, int K, int jb, bool x_vec, bool identity,
                   Fields f) {
@@ -1000,6 +1001,7 @@ struct Batch {
   bool prefetch;    // one pass: apply blocks prefetch their base rows into L2 at start
   int nsub;         // unfused apply: sub-tiles of NB outputs per block (NB · nsub divides Ut's scale groups)
   int apply_minb;   // unfused apply: 1 (no register bound) or 3 blocks per SM (at most 80 registers)
+  int shrink_warps;  // warps per shrink block (two launches): more warps share one staged x
 };
 
 // Shared memory (floats) of an apply block past x: the fold's factors and zeros (2 · wlen), then
@@ -1106,7 +1108,7 @@ void launch(const Batch& b, int nr, bool fuse) {
     const int64_t smem = (static_cast<int64_t>(x_floats(static_cast<int>(kp))) + kp) * 4;
     auto kernel = shrink_kernel<D>;
     set_smem(kernel, smem);
-    kernel<<<dim3(static_cast<unsigned>(groups), static_cast<unsigned>(tiles)), kShrinkWarps * 32, smem, stream>>>(
+    kernel<<<dim3(static_cast<unsigned>(groups), static_cast<unsigned>(tiles)), b.shrink_warps * 32, smem, stream>>>(
         reinterpret_cast<const E*>(b.x.data_ptr()), b.x.stride(0), b.t.data_ptr<float>(), b.t.stride(0), b.table.data_ptr<int64_t>(), b.max_parts,
         b.row_idx.data_ptr<int>(), b.start.data_ptr<int>(), b.slot.data_ptr<int>(), K, b.jb, b.x_vec, b.identity, b.f);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
@@ -1142,7 +1144,7 @@ void delta_decode(const at::Tensor& x, at::Tensor y, const at::Tensor& t, const 
                   int64_t max_parts, const at::Tensor& row_idx, const at::Tensor& start, const at::Tensor& slot, const std::vector<int64_t>& fields,
                   int64_t wlen, bool lowrank, bool dense, int64_t rows_per_warp, int64_t shrink_rows, bool pdl, const c10::optional<at::Tensor>& sync,
                   int64_t onepass_a_blocks, int64_t onepass_min_blocks, const c10::optional<at::Tensor>& trace, bool identity, int64_t u_words,
-                  bool onepass_prefetch, int64_t apply_subtiles, int64_t apply_min_blocks) {
+                  bool onepass_prefetch, int64_t apply_subtiles, int64_t apply_min_blocks, int64_t shrink_warps) {
   TORCH_CHECK(x.is_cuda(), "deltapack_cuda: x must be a CUDA tensor");
   const at::Device dev = x.device();
   TORCH_CHECK(y.device() == dev && table.device() == dev, "deltapack_cuda: x, y and the table must be on one device");
@@ -1186,6 +1188,7 @@ void delta_decode(const at::Tensor& x, at::Tensor y, const at::Tensor& t, const 
   TORCH_CHECK(u_words >= 0, "deltapack_cuda: u_words must not be negative");
   TORCH_CHECK(apply_subtiles >= 1 && apply_subtiles <= 64, "deltapack_cuda: apply_subtiles must be in [1, 64]");
   TORCH_CHECK(apply_min_blocks == 1 || apply_min_blocks == 3, "deltapack_cuda: apply_min_blocks must be 1 or 3, not ", apply_min_blocks);
+  TORCH_CHECK(shrink_warps >= 1 && shrink_warps <= kMaxShrinkWarps, "deltapack_cuda: shrink_warps must be in [1, ", kMaxShrinkWarps, "]");
   int* sync_ptr = nullptr;
   if (sync.has_value() && sync->defined() && fuse && lowrank) {
     TORCH_CHECK(sync->device() == dev && sync->scalar_type() == at::kInt && sync->is_contiguous() && sync->numel() >= 1 + 2 * slot.numel(),
@@ -1206,7 +1209,7 @@ void delta_decode(const at::Tensor& x, at::Tensor y, const at::Tensor& t, const 
   const Batch b{x, y, t, w, table, static_cast<int>(max_parts), row_idx, start, slot, wlen, lowrank, dense, static_cast<int>(shrink_rows), x_vec, pdl, f, sync_ptr, sms,
                 static_cast<int>(onepass_a_blocks), static_cast<int>(onepass_min_blocks), trace_ptr,
                 trace_ptr != nullptr ? trace->numel() : 0, identity, u_words, onepass_prefetch, static_cast<int>(apply_subtiles),
-                static_cast<int>(apply_min_blocks)};
+                static_cast<int>(apply_min_blocks), static_cast<int>(shrink_warps)};
   const int nr = static_cast<int>(rows_per_warp);
   switch (x.scalar_type()) {
     case at::kFloat:
@@ -1233,7 +1236,7 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
         pybind11::arg("rows_per_warp"), pybind11::arg("shrink_rows"), pybind11::arg("pdl") = true, pybind11::arg("sync") = pybind11::none(),
         pybind11::arg("onepass_a_blocks") = 0, pybind11::arg("onepass_min_blocks") = 2, pybind11::arg("trace") = pybind11::none(),
         pybind11::arg("identity") = false, pybind11::arg("u_words") = 0, pybind11::arg("onepass_prefetch") = false, pybind11::arg("apply_subtiles") = 1,
-        pybind11::arg("apply_min_blocks") = 1);
+        pybind11::arg("apply_min_blocks") = 1, pybind11::arg("shrink_warps") = kShrinkWarps);
   m.attr("TRACE_SLOTS") = static_cast<int>(kTrSlots);
   m.attr("APPLY_WARPS") = kApplyWarps;
   m.attr("SHRINK_WARPS") = kShrinkWarps;

@@ -186,6 +186,12 @@ def main() -> None:
                     os.environ[kcuda.ENV_SHRINK_ROWS] = jb
                     sweep.append(f"default/jb{jb}: {graph_us(lambda: kcuda.delta_apply(x, y, tab, groups, t=t)):.1f}")
                 os.environ.pop(kcuda.ENV_SHRINK_ROWS)
+                for sw in ("4", "8"):
+                    for jb in ("16", "32", "64"):
+                        os.environ[kcuda.ENV_SHRINK_WARPS], os.environ[kcuda.ENV_SHRINK_ROWS] = sw, jb
+                        sweep.append(f"default/sw{sw}/jb{jb}: {graph_us(lambda: kcuda.delta_apply(x, y, tab, groups, t=t)):.1f}")
+                os.environ.pop(kcuda.ENV_SHRINK_ROWS)
+                os.environ.pop(kcuda.ENV_SHRINK_WARPS)
                 print("    delta by knob: " + "  ".join(sweep))
                 del tab, kds
                 torch.cuda.empty_cache()

@@ -183,7 +183,8 @@ def prefill_dequant(device: str = "cpu", dtype=torch.float32) -> int:
         [("delta-come", 1.0, {"group": 32}), ("bitdelta", 1.0, {})],
         [("deltazip", 2.0, {"bits": 2}), ("lowrank", 1.0, {})],
         [("rtn", 3.0, {"bits": 3, "group": 48}), ("delta-come", 2.0, {"group": 64, "act_order": True})],
-        [("rtn", 4.0, {"bits": 4, "granularity": "row"}), ("rtn", 8.0, {"bits": 8, "granularity": "tensor"})],
+        [("rtn", 4.0, {"bits": 4, "granularity": "row"}), ("delta-come", 1.0, {})],
+        [("rtn", 8.0, {"bits": 8, "granularity": "tensor"}), ("rtn", 2.0, {"bits": 2, "group": 32})],
     ]
     n = 0
     for i, specs in enumerate(sets):

@@ -323,9 +323,13 @@ def test_apply_subtiles_gpu(built, ns, monkeypatch):
 
 @gpu
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32], ids=["bfloat16", "float32"])
-def test_many_rows_and_segments(built, dtype):
+def test_many_rows_and_segments(built, dtype, monkeypatch):
     """Up to MAX_ROWS rows per launch, gather style, and segment batches (prefill layout: rows
-    sorted by slot, several rows per slot) served one group per row, with and without base."""
+    sorted by slot, several rows per slot) served one group per row, with and without base.
+    Long segment groups go to the Triton prefill path by default; here it is off."""
+    g = RowGroups.segments([0] * 20, "cpu")
+    assert not kcuda.eligible(torch.randn(20, 512), _cpu_table([SPECS["dc1"]], out=300, inp=512), g)  # the prefill path's
+    monkeypatch.setenv("DELTAPACK_TRITON_DEQUANT_MIN_ROWS", "0")
     kds, tab = _tables([SPECS["dc1"], SPECS["bitdelta"], SPECS["q2g128"]], 300, 512, "cuda", seed=41)
     for M in (33, kcuda.MAX_ROWS):
         check(kds, tab, M, dtype, seed=M)

@@ -86,6 +86,7 @@ SHRINK_ROWS = 8
 ENV_FUSE_MAX_ROWS = "DELTAPACK_CUDA_FUSE_MAX_ROWS"
 ENV_SEGMENTS = "DELTAPACK_CUDA_SEGMENTS"  # 0: segment batches (max_len > 1) go to the Triton path
 ENV_APPLY_MIN_BLOCKS = "DELTAPACK_CUDA_APPLY_MIN_BLOCKS"  # unfused apply: 1 (no register bound) or 3 blocks per SM (benchmarks)
+ENV_SHRINK_WARPS = "DELTAPACK_CUDA_SHRINK_WARPS"  # warps per shrink block, 1-8 (benchmarks; default: shrink_warps())
 ENV_APPLY_SUBTILES = "DELTAPACK_CUDA_APPLY_SUBTILES"  # unfused apply: sub-tiles per block (benchmarks; default: apply_subtiles())
 TRACE_SLOTS = 8  # csrc kTrSlots: start, claims done, shrink items run, base GEMV done, t waited, end, t-independent operands staged
 # The table's layout as the kernel reads it (csrc/delta_decode.cu struct Fields, in this order;
@@ -373,9 +374,35 @@ def apply_subtiles(tab: DeltaTable, sms: int, n_groups: int, n_out: int, nr: int
     return ns
 
 
-def shrink_rows() -> int:
+def apply_min_blocks(nsub: int) -> int:
+    """Register bound of the unfused apply: 3 blocks per SM (at most 80 registers) for sub-tiled
+    (multi-delta) launches, whose blocks are compute- and latency-bound (H100 ncu, B = D = 32:
+    25 % occupancy at 107 registers), else none."""
+    env = os.environ.get(ENV_APPLY_MIN_BLOCKS)
+    if env:
+        return int(env)
+    return 3 if nsub > 1 else 1
+
+
+def shrink_warps(k: int) -> int:
+    """Warps per shrink block: each block stages x (fp32, twice K floats with the permutation's
+    copy) in shared memory, so at a long input two blocks fill an SM; 8 warps then share one
+    staged x (H100 ncu, K = 11008: 12 % occupancy with 4; B = D = 32 delta-come: 375 µs
+    against 511, and level at K = 4096: bench/results/kernels_h100_s6/call4)."""
+    env = os.environ.get(ENV_SHRINK_WARPS)
+    if env:
+        return int(env)
+    return 8 if k >= 8192 else 4
+
+
+def shrink_rows(n_groups: int = 1) -> int:
+    """Rank rows per shrink block (two launches) or item (one pass): SHRINK_ROWS for a few row
+    groups (short chains, many blocks), 32 from 8 groups on (each block stages its row's x, so
+    fewer, longer blocks pay that less often: H100, bench/results/kernels_h100_s6/call2)."""
     env = os.environ.get(ENV_SHRINK_ROWS)
-    return int(env) if env else SHRINK_ROWS
+    if env:
+        return int(env)
+    return SHRINK_ROWS if n_groups < 8 else 32
 
 
 def onepass() -> bool:
@@ -431,6 +458,7 @@ def delta_apply(
         return y
     wlen, dense, u_words = _shape_info(tab)
     nr = rows_per_warp(x, groups.n_groups, N)
+    nsub = 1 if fuse else apply_subtiles(tab, _sm_count(x.device.index if x.device.index is not None else torch.cuda.current_device()), groups.n_groups, N, nr)
     if tab.has_lowrank:
         if t is None or t.shape[0] != M or t.shape[1] < tab.max_rank or t.dtype != torch.float32 or t.stride(1) != 1 or t.device != x.device:
             t = torch.empty((M, tab.max_rank), device=x.device, dtype=torch.float32)
@@ -454,7 +482,7 @@ def delta_apply(
         tab.has_lowrank,
         dense,
         nr,
-        shrink_rows(),
+        shrink_rows(groups.n_groups),
         os.environ.get(ENV_PDL, "1").strip() != "0",
         sync_scratch(x.device) if fuse and tab.has_lowrank and onepass() else None,
         int(os.environ.get(ENV_ONEPASS_A_BLOCKS, "0")),
@@ -463,8 +491,9 @@ def delta_apply(
         bool(groups.identity),
         u_words,
         os.environ.get(ENV_ONEPASS_PREFETCH, "0").strip() == "1",
-        1 if fuse else apply_subtiles(tab, _sm_count(x.device.index if x.device.index is not None else torch.cuda.current_device()), groups.n_groups, N, nr),
-        int(os.environ.get(ENV_APPLY_MIN_BLOCKS, "1")),
+        nsub,
+        apply_min_blocks(nsub),
+        shrink_warps(K),
     )
     return y
 

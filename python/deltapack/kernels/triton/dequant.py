@@ -50,14 +50,69 @@ def dequant_kernel(e, out, stride_o, rows, cols, FB: tl.constexpr, BITS: tl.cons
     tl.store(out + r[:, None] * stride_o + c[None, :], v.to(out.dtype.element_ty), mask=rmask[:, None] & (c < cols)[None, :])
 
 
+@triton.jit
+def dequant_words_kernel(e, out, stride_o, rows, cols, FB: tl.constexpr, BITS: tl.constexpr, MODE: tl.constexpr, BR: tl.constexpr, BW: tl.constexpr):
+    """MODE_COLS / MODE_UT for 1, 2, 4 and 8-bit codes, a whole word at a time (one load per
+    32 / BITS codes), with one scale and zero per tile row (MODE_COLS: the tile's columns lie in
+    one scale group) or per tile column (MODE_UT: its rows, the outputs, lie in one group); the
+    host checks the alignment."""
+    PER: tl.constexpr = 32 // BITS
+    BC: tl.constexpr = BW * PER
+    pr = tl.program_id(0)
+    pc = tl.program_id(1)
+    r = pr * BR + tl.arange(0, BR)
+    rmask = r < rows
+    codes, stride, scales, srow, group, zeros, zc = _operand(e, FB)
+    w = pc * BW + tl.arange(0, BW)
+    words = tl.load(codes.to(tl.pointer_type(tl.int32)) + r[:, None] * stride + w[None, :], mask=rmask[:, None] & (w < stride)[None, :], other=0)
+    sh = (tl.arange(0, PER) * BITS).to(tl.uint32)
+    q = (words.to(tl.uint32, bitcast=True)[:, :, None] >> sh[None, None, :]) & ((1 << BITS) - 1)
+    q = tl.reshape(q, (BR, BC)).to(tl.float32)
+    c = pc * BC + tl.arange(0, BC)
+    cmask = c < cols
+    hz = zeros != 0
+    zp = zeros.to(tl.pointer_type(tl.uint8))
+    if MODE == 0:
+        si = r * srow + (pc * BC) // group  # [BR]
+        sv = tl.load(scales + si, mask=rmask, other=0.0).to(tl.float32)
+        zv = tl.where(hz, tl.load(zp + si, mask=tl.where(hz, rmask, False), other=0).to(tl.float32), zc)
+        v = (q - zv[:, None]) * sv[:, None]
+    else:
+        si = c * srow + (pr * BR) // group  # [BC]
+        sv = tl.load(scales + si, mask=cmask, other=0.0).to(tl.float32)
+        zv = tl.where(hz, tl.load(zp + si, mask=tl.where(hz, cmask, False), other=0).to(tl.float32), zc)
+        v = (q - zv[None, :]) * sv[None, :]
+    tl.store(out + r[:, None] * stride_o + c[None, :], v.to(out.dtype.element_ty), mask=rmask[:, None] & cmask[None, :])
+
+
 def dequantize_operand(tab: DeltaTable, slot: int, part: int, which: str, rows: int, cols: int, bits: int, dtype: torch.dtype, mode: int) -> torch.Tensor:
     """One operand of ``tab``'s (slot, part) entry as a dense ``[rows, cols]`` tensor of ``dtype``
     (``which``: 'a' = Vt / W, 'b' = Ut)."""
     out = torch.empty((rows, cols), device=tab.table.device, dtype=dtype)
-    if rows and cols:
-        grid = (triton.cdiv(rows, BLOCK_R), triton.cdiv(cols, BLOCK_C))
-        dequant_kernel[grid](tab.table[slot, part], out, out.stride(0), rows, cols, FB=A_BITS if which == "a" else B_BITS, BITS=bits, MODE=mode, BR=BLOCK_R, BC=BLOCK_C)
+    if not (rows and cols):
+        return out
+    e = tab.table[slot, part]
+    fb = A_BITS if which == "a" else B_BITS
+    if bits in (1, 2, 4, 8) and mode != MODE_S24:
+        # whole words, a scale per tile row / column: the tile must lie in one scale group
+        group = int(_group_of(tab, slot, part, which))
+        bc = BLOCK_C
+        if mode == MODE_COLS and group % bc == 0 or mode == MODE_UT and group % BLOCK_R == 0 or group >= (cols if mode == MODE_COLS else rows):
+            bw = bc * bits // 32
+            grid = (triton.cdiv(rows, BLOCK_R), triton.cdiv(cols, bc))
+            dequant_words_kernel[grid](e, out, out.stride(0), rows, cols, FB=fb, BITS=bits, MODE=mode, BR=BLOCK_R, BW=bw)
+            return out
+    grid = (triton.cdiv(rows, BLOCK_R), triton.cdiv(cols, BLOCK_C))
+    dequant_kernel[grid](e, out, out.stride(0), rows, cols, FB=fb, BITS=bits, MODE=mode, BR=BLOCK_R, BC=BLOCK_C)
     return out
+
+
+def _group_of(tab: DeltaTable, slot: int, part: int, which: str) -> int:
+    """The scale group (along a packed row) of an operand, from the host-side parts."""
+    p = tab.deltas[slot].parts[part]
+    if isinstance(p, LowRankPart):
+        return (p.vt if which == "a" else p.ut).group
+    return p.w.group
 
 
 def apply_segments(x: torch.Tensor, y: torch.Tensor, tab: DeltaTable, groups: RowGroups) -> torch.Tensor:
