@@ -1,4 +1,4 @@
-# Session 6, call 5 (final): GPU tests of the CUDA kernels and of the prefill path (bf16), then
+# Session 6, call 5: GPU tests of the CUDA kernels and of the prefill path (bf16), then
 # bench/kernels.py on the CUDA backend (CUDA decode kernels where they serve the batch, Triton
 # elsewhere, the prefill path for long segment groups): 7B layer shapes, B in 1, 4, 32, 512,
 # D in {1, B}; the decode step over 2 layers (B = 1 and 32; D = 0, 1, 32).

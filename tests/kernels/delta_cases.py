@@ -214,6 +214,19 @@ def prefill_dequant(device: str = "cpu", dtype=torch.float32) -> int:
                 n += 1
             check(specs, 72, 100, 40, "seg", dtype, device, seed=80 + i, fused=True, no_delta_share=0.1)  # with base: cuBLAS first
             n += 1
+            # a batch already in slot order: rows accumulated in place (RowGroups.rows_in_order)
+            slots = torch.tensor([-1] * 3 + [0] * 20 + [1] * 17)
+            groups = RowGroups.segments(slots, device)
+            assert groups.rows_in_order and groups.max_len >= 16
+            g = torch.Generator().manual_seed(90 + i)
+            x = torch.randn(40, 100, generator=g).to(device=device, dtype=dtype)
+            y = torch.randn(40, 72, generator=g).to(device=device, dtype=dtype)
+            got = dequant.apply_segments(x, y.clone(), tab, groups)
+            want = reference.delta_apply(x, y, [k.dense() for k in kds], slots.to(device))
+            assert torch.equal(got[:3], y[:3]), "a row without a delta changed"
+            err = (got.float() - want.float()).abs().max().item() / (want.float() - y.float()).abs().max().item()
+            assert err <= TOL[dtype], f"{specs} in slot order: rel err {err:.3g}"
+            n += 1
         finally:
             dequant.apply_segments = real
     return n

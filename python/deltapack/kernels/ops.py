@@ -93,13 +93,13 @@ def delta_apply_op(
     layout: int = 0, segments: list[int] | None = None,
 ) -> None:
     """``layout``: 1 = one group per row (``RowGroups.identity``), 2 = groups one after another
-    along ``row_idx`` (segments); ``segments``: the groups' (start, length, slot) on the host,
+    along ``row_idx`` (segments), 3 = that with ``row_idx`` = 0 .. M − 1; ``segments``: the groups' (start, length, slot) on the host,
     flattened (the prefill path loops over them), or None."""
     tab = _TABLES.get(table_id)
     if tab is None:
         raise RuntimeError(f"delta table {table_id} is no longer registered")
     host = tuple(tuple(segments[i : i + 3]) for i in range(0, len(segments), 3)) if segments else None
-    groups = RowGroups(row_idx=row_idx, start=start, length=length, slot=slot, max_len=max_len, identity=layout == 1, contiguous_groups=layout >= 1, host_segments=host)
+    groups = RowGroups(row_idx=row_idx, start=start, length=length, slot=slot, max_len=max_len, identity=layout == 1, contiguous_groups=layout >= 1, host_segments=host, rows_in_order=layout == 3)
     delta_apply_backend(backend, x.device)(x, y, tab, groups)
 
 
@@ -110,7 +110,7 @@ def _(x, y, table_id, row_idx, start, length, slot, max_len, backend, layout=0, 
 
 def delta_apply(x: torch.Tensor, y: torch.Tensor, tab: DeltaTable, groups: RowGroups, backend: str | None = None) -> torch.Tensor:
     """``y[rows] += Δ_{slot} · x[rows]`` through the custom op; ``x`` [M, in], ``y`` [M, out]."""
-    layout = 1 if groups.identity else (2 if groups.contiguous_groups else 0)
+    layout = 1 if groups.identity else (3 if groups.rows_in_order else 2) if groups.contiguous_groups else 0
     segments = [v for seg in groups.host_segments for v in seg] if groups.host_segments else None
     torch.ops.deltapack.delta_apply_(x, y, register_table(tab), groups.row_idx, groups.start, groups.length, groups.slot, groups.max_len, backend_name(backend), layout, segments)
     return y

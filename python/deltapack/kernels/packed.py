@@ -510,6 +510,7 @@ class RowGroups:
     # (start, length, slot) of every group on the host, when the builder knows them without a
     # sync (segments, single): what the prefill path's per-group loop needs
     host_segments: tuple[tuple[int, int, int], ...] | None = None
+    rows_in_order: bool = False  # row_idx is 0 .. M − 1 (a batch already in slot order)
 
     @property
     def n_groups(self) -> int:
@@ -538,6 +539,7 @@ class RowGroups:
             max_len=int(counts[keep].max()) if bool(keep.any()) else 0,
             contiguous_groups=True,
             host_segments=tuple(zip(starts[keep].tolist(), counts[keep].tolist(), uniq[keep].tolist())),
+            rows_in_order=bool(torch.equal(order, torch.arange(len(order)))),
         )
 
     @classmethod
@@ -545,4 +547,4 @@ class RowGroups:
         """All ``m`` rows use one slot."""
         to = {"device": device, "dtype": torch.int32}
         return cls(row_idx=torch.arange(m, **to), start=torch.zeros(1, **to), length=torch.full((1,), m, **to), slot=torch.full((1,), slot, **to), max_len=m, contiguous_groups=True,
-                   host_segments=((0, m, slot),))
+                   host_segments=((0, m, slot),), rows_in_order=True)

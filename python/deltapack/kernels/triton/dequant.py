@@ -20,18 +20,19 @@ import triton
 import triton.language as tl
 
 from ..packed import A_BITS, B_BITS, DeltaTable, LowRankPart, RowGroups
-from .delta_gemm import A_IDX, A_ISTRIDE, _deq_s24_tile, _deq_tile, _deq_u_tile, _operand
+from .delta_gemm import A_IDX, A_ISTRIDE, F_S, _deq_s24_tile, _deq_tile, _deq_u_tile, _operand
 
 BLOCK_R, BLOCK_C = 32, 128
 MODE_COLS, MODE_UT, MODE_S24 = 0, 1, 2
+FALLBACK_TILES = {MODE_COLS: (8, 512), MODE_UT: (32, 128), MODE_S24: (8, 512)}
 
 
 @triton.jit
-def dequant_kernel(e, out, stride_o, rows, cols, FB: tl.constexpr, BITS: tl.constexpr, MODE: tl.constexpr, BR: tl.constexpr, BC: tl.constexpr):
+def dequant_kernel(e, out, stride_o, rows, cols, FB: tl.constexpr, BITS: tl.constexpr, MODE: tl.constexpr, BR: tl.constexpr, BC: tl.constexpr, S: tl.constexpr):
     """out[r, c] = the operand's value at (r, c) for a tile of rows × columns. MODE_COLS: an
     operand stored along its columns (Vt [rank, in], dense W [out, in]); MODE_UT: Ut read
     rank-major, rows = outputs and columns = ranks (Û [out, rank]); MODE_S24: a 2:4 operand
-    expanded to its dense columns."""
+    expanded to its dense columns. ``S`` (MODE_UT): times the part's singular values s_c."""
     pr = tl.program_id(0)
     pc = tl.program_id(1)
     r = pr * BR + tl.arange(0, BR)
@@ -42,6 +43,9 @@ def dequant_kernel(e, out, stride_o, rows, cols, FB: tl.constexpr, BITS: tl.cons
         v = _deq_tile(codes, stride, scales, srow, group, zeros, zc, r, rmask, c0, cols, BR, BC, BITS, True)
     elif MODE == 1:
         v = _deq_u_tile(codes, stride, scales, srow, group, zeros, zc, r, rmask, 0, c0, cols, BR, BC, BITS, True)
+        if S:
+            cc = c0 + tl.arange(0, BC)
+            v = v * tl.load(tl.load(e + F_S).to(tl.pointer_type(tl.float16)) + cc, mask=cc < cols, other=0.0).to(tl.float32)[None, :]
     else:
         ip = tl.load(e + A_IDX)
         istride = tl.load(e + A_ISTRIDE)
@@ -51,11 +55,11 @@ def dequant_kernel(e, out, stride_o, rows, cols, FB: tl.constexpr, BITS: tl.cons
 
 
 @triton.jit
-def dequant_words_kernel(e, out, stride_o, rows, cols, FB: tl.constexpr, BITS: tl.constexpr, MODE: tl.constexpr, BR: tl.constexpr, BW: tl.constexpr):
+def dequant_words_kernel(e, out, stride_o, rows, cols, FB: tl.constexpr, BITS: tl.constexpr, MODE: tl.constexpr, BR: tl.constexpr, BW: tl.constexpr, S: tl.constexpr):
     """MODE_COLS / MODE_UT for 1, 2, 4 and 8-bit codes, a whole word at a time (one load per
     32 / BITS codes), with one scale and zero per tile row (MODE_COLS: the tile's columns lie in
     one scale group) or per tile column (MODE_UT: its rows, the outputs, lie in one group); the
-    host checks the alignment."""
+    host checks the alignment. ``S`` as in :func:`dequant_kernel`."""
     PER: tl.constexpr = 32 // BITS
     BC: tl.constexpr = BW * PER
     pr = tl.program_id(0)
@@ -81,13 +85,15 @@ def dequant_words_kernel(e, out, stride_o, rows, cols, FB: tl.constexpr, BITS: t
         si = c * srow + (pr * BR) // group  # [BC]
         sv = tl.load(scales + si, mask=cmask, other=0.0).to(tl.float32)
         zv = tl.where(hz, tl.load(zp + si, mask=tl.where(hz, cmask, False), other=0).to(tl.float32), zc)
+        if S:
+            sv = sv * tl.load(tl.load(e + F_S).to(tl.pointer_type(tl.float16)) + c, mask=cmask, other=0.0).to(tl.float32)
         v = (q - zv[None, :]) * sv[None, :]
     tl.store(out + r[:, None] * stride_o + c[None, :], v.to(out.dtype.element_ty), mask=rmask[:, None] & cmask[None, :])
 
 
-def dequantize_operand(tab: DeltaTable, slot: int, part: int, which: str, rows: int, cols: int, bits: int, dtype: torch.dtype, mode: int) -> torch.Tensor:
+def dequantize_operand(tab: DeltaTable, slot: int, part: int, which: str, rows: int, cols: int, bits: int, dtype: torch.dtype, mode: int, with_s: bool = False) -> torch.Tensor:
     """One operand of ``tab``'s (slot, part) entry as a dense ``[rows, cols]`` tensor of ``dtype``
-    (``which``: 'a' = Vt / W, 'b' = Ut)."""
+    (``which``: 'a' = Vt / W, 'b' = Ut; ``with_s``: Û's columns times the part's s)."""
     out = torch.empty((rows, cols), device=tab.table.device, dtype=dtype)
     if not (rows and cols):
         return out
@@ -100,10 +106,13 @@ def dequantize_operand(tab: DeltaTable, slot: int, part: int, which: str, rows: 
         if mode == MODE_COLS and group % bc == 0 or mode == MODE_UT and group % BLOCK_R == 0 or group >= (cols if mode == MODE_COLS else rows):
             bw = bc * bits // 32
             grid = (triton.cdiv(rows, BLOCK_R), triton.cdiv(cols, bc))
-            dequant_words_kernel[grid](e, out, out.stride(0), rows, cols, FB=fb, BITS=bits, MODE=mode, BR=BLOCK_R, BW=bw)
+            dequant_words_kernel[grid](e, out, out.stride(0), rows, cols, FB=fb, BITS=bits, MODE=mode, BR=BLOCK_R, BW=bw, S=with_s)
             return out
-    grid = (triton.cdiv(rows, BLOCK_R), triton.cdiv(cols, BLOCK_C))
-    dequant_kernel[grid](e, out, out.stride(0), rows, cols, FB=fb, BITS=bits, MODE=mode, BR=BLOCK_R, BC=BLOCK_C)
+    # element by element (3-bit codes, 2:4, raw, groups that split a tile): a wide tile along the
+    # packed rows (H100, bench/results/kernels_h100_s6/call6: Vt 32×4096 3-bit 9.7 µs at 8×512, 26.7 at 32×128)
+    br, bc = FALLBACK_TILES[mode]
+    grid = (triton.cdiv(rows, br), triton.cdiv(cols, bc))
+    dequant_kernel[grid](e, out, out.stride(0), rows, cols, FB=fb, BITS=bits, MODE=mode, BR=br, BC=bc, S=with_s)
     return out
 
 
@@ -117,26 +126,30 @@ def _group_of(tab: DeltaTable, slot: int, part: int, which: str) -> int:
 
 def apply_segments(x: torch.Tensor, y: torch.Tensor, tab: DeltaTable, groups: RowGroups) -> torch.Tensor:
     """``y[rows] += Δ_slot · x[rows]`` for every segment group, by dequantized factors and
-    cuBLAS (fp32 accumulation in the GEMMs; the low-rank intermediate kept in fp32)."""
+    cuBLAS: per low-rank part ``t = x[:, perm] · V̂ᵀ`` and ``y += t · (Û diag s)ᵀ``, per dense
+    part ``y += x · Ŵᵀ``, each product accumulated into y's rows by ``addmm_`` (fp32
+    accumulation inside the GEMM). Rows stay in place where the batch is in slot order
+    (``RowGroups.rows_in_order``), else the group's rows are gathered and scattered back."""
     assert groups.host_segments is not None
     dt = x.dtype
     for start, length, slot in groups.host_segments:
         if slot < 0 or length == 0:
             continue
-        rows = groups.row_idx[start : start + length].long()
-        xg = x.index_select(0, rows)
-        acc = torch.zeros((length, tab.out_features), device=x.device, dtype=torch.float32)
+        if groups.rows_in_order:
+            rows = None
+            xg, yg = x.narrow(0, start, length), y.narrow(0, start, length)
+        else:
+            rows = groups.row_idx[start : start + length].long()
+            xg, yg = x.index_select(0, rows), y.index_select(0, rows)
         for j, p in enumerate(tab.deltas[slot].parts):
             if isinstance(p, LowRankPart):
                 vt = dequantize_operand(tab, slot, j, "a", p.rank, tab.in_features, p.vt.bits, dt, MODE_COLS)
                 xp = xg if p.perm is None else xg.index_select(1, p.perm.long())
-                t = (xp @ vt.T).float()
-                if p.s is not None:
-                    t *= p.s.float()
-                u = dequantize_operand(tab, slot, j, "b", tab.out_features, p.rank, p.ut.bits, torch.float32 if dt == torch.float32 else dt, MODE_UT)
-                acc += (t.to(u.dtype) @ u.T).float()
+                u = dequantize_operand(tab, slot, j, "b", tab.out_features, p.rank, p.ut.bits, dt, MODE_UT, with_s=p.s is not None)
+                yg.addmm_(xp @ vt.T, u.T)
             else:
                 wd = dequantize_operand(tab, slot, j, "a", tab.out_features, tab.in_features, p.w.bits, dt, MODE_S24 if p.w.sparse24 else MODE_COLS)
-                acc += (xg @ wd.T).float()
-        y.index_copy_(0, rows, (y.index_select(0, rows).float() + acc).to(y.dtype))
+                yg.addmm_(xg, wd.T)
+        if rows is not None:
+            y.index_copy_(0, rows, yg)
     return y
