@@ -1,4 +1,4 @@
-// Decode kernels for deltapack: y[row] (+)= Δ_slot(row) · x[row] for batches of at most 16 rows,
+// Decode kernels for deltapack: y[row] (+)= Δ_slot(row) · x[row] for batches of at most 64 rows,
 // one row per group (gather mode), where launch overhead and memory bandwidth dominate. The deltas
 // are read straight from the packed .dpk layout (docs/FORMAT.md §3.2, §3.4): one little-endian
 // bit stream of b-bit codes per row, rows padded to 32-bit words, value = (code − zero) · scale,
@@ -17,11 +17,13 @@
 //   Grid (row group, tile of JB rank rows); a block stages x[row] (permuted) as fp32 in shared
 //   memory with the sum of every 32-code chunk, then each warp walks whole rows of Vt.
 // - apply: y[row, n] (+)= Σ_p Σ_j U_p[n, j] · s_j · t[row, j] + Σ_dense W[n, :] · x[row]
-//   (+ base[n, :] · x[row] when fused: y is then overwritten). Grid (output tile of NB rows,
-//   row group). A block's outputs lie in one scale group of every Ut, so Ut's scale, zero
-//   and s fold into the activations once per block:
+//   (+ base[n, :] · x[row] when fused: y is then overwritten). Grid (output tile of NB · nsub
+//   rows, row group): unfused blocks of multi-delta batches take nsub sub-tiles of NB outputs,
+//   so their prologue is paid once for all. A block's outputs lie in one scale group of every
+//   Ut, so Ut's scale, zero and s fold into the activations once per block:
 //       w_j = su(j, G) · s_j · t_j,   c = Σ_j zu(j, G) · w_j,   Σ_j (q_nj − zu) su s_j t_j = Σ_j q_nj w_j − c,
-//   which leaves a plain integer-code GEMV over rank-major rows (no per-code scale load).
+//   which leaves a plain integer-code GEMV over rank-major rows (no per-code scale load), run
+//   part by part (a warp-uniform bit width; ut_items).
 //   After a shrink it is a programmatic dependent launch: it starts while the shrink runs.
 // - one pass (fused with low-rank parts): the shrink's items and the fused apply's in one grid;
 //   apply blocks run their base GEMV while shrink items compute t beside them, and wait for

@@ -2,8 +2,9 @@
 and nvcc exist, with :func:`torch.utils.cpp_extension.load`, into
 ``~/.cache/deltapack/cuda/<hash of the sources, torch version and GPU archs>``.
 
-Scope: decode batches (at most :data:`MAX_ROWS` rows, one row per group: ``groups.max_len ==
-1``) whose deltas are made of
+Scope: decode batches of at most :data:`MAX_ROWS` rows, one row per group (``groups.max_len ==
+1``; segment batches are converted, :func:`as_per_row`, unless their groups are long enough for
+the Triton prefill path), whose deltas are made of
 
 - dense packed parts (BitDelta ``q1``, RTN ``q{1,2,3,4,8}``) whose scale groups hold whole
   32-code chunks, and
@@ -12,7 +13,8 @@ Scope: decode batches (at most :data:`MAX_ROWS` rows, one row per group: ``group
   32 (an apply block's 8–32 outputs share one group, so Ut's scale and zero fold into ``t``);
 
 not 2:4 sparse parts (DeltaZip) and not raw f16 factors (plain low-rank): those batches go to
-the Triton path. With ``base`` (fused) and low-rank parts, one launch does everything: apply
+the Triton path. With ``base`` on at most :data:`FUSE_MAX_ROWS` rows (fused; more rows run
+cuBLAS first) and low-rank parts, one launch does everything: apply
 blocks start the base GEMV at once while shrink items (t = Vt·x) run beside them, and each
 apply block waits for its row's t only after its base GEMV (counters in a small per-stream
 scratch, :func:`sync_scratch`; ``DELTAPACK_CUDA_ONEPASS=0`` takes the two launches instead).
@@ -295,9 +297,11 @@ def as_per_row(groups: RowGroups, m: int) -> RowGroups:
 def eligible(x: torch.Tensor, tab: DeltaTable, groups: RowGroups) -> bool:
     """:func:`handles` less the device and build checks: the batch and the table are in the
     kernel's scope. Segment batches of at most :data:`MAX_ROWS` rows are served one group per
-    row (:func:`as_per_row`; ``DELTAPACK_CUDA_SEGMENTS=0``: only gather batches)."""
+    row (:func:`as_per_row`; ``DELTAPACK_CUDA_SEGMENTS=0``: only gather batches) when their
+    layout is known (``RowGroups.contiguous_groups``) and their groups are too short for the
+    Triton prefill path."""
     return (
-        (groups.max_len == 1 or (segments_per_row() and groups.row_idx.numel() == x.shape[0] and _sorted_starts(groups) and not _prefill(groups)))
+        (groups.max_len == 1 or (segments_per_row() and groups.row_idx.numel() == x.shape[0] and groups.contiguous_groups and not _prefill(groups)))
         and x.dim() == 2
         and x.shape[0] <= MAX_ROWS
         and x.dtype in DTYPES
@@ -305,13 +309,6 @@ def eligible(x: torch.Tensor, tab: DeltaTable, groups: RowGroups) -> bool:
         and x.stride(1) == 1
         and table_supported(tab)
     )
-
-
-def _sorted_starts(groups: RowGroups) -> bool:
-    """Groups laid out one after another in ``row_idx`` order (``RowGroups.segments`` and
-    ``single`` build them so): what :func:`as_per_row` relies on. A host-side flag set by the
-    builders; unknown layouts are not converted."""
-    return bool(groups.contiguous_groups)
 
 
 def _prefill(groups: RowGroups) -> bool:
