@@ -10,6 +10,7 @@ launches it replaces.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import tempfile
 from pathlib import Path
@@ -44,6 +45,21 @@ CASES = [  # (out, in), method, bits/param, rows B (= distinct deltas D, or D = 
 # D = 1 with B rows (segment style: one group of B rows; the CUDA path serves it one group per row)
 SAME_CASES = [((4096, 4096), "delta-come", 1.0, 1), ((4096, 4096), "delta-come", 1.0, 8), ((4096, 4096), "delta-come", 1.0, 32), ((4096, 4096), "bitdelta", 1.0, 32),
               ((4096, 11008), "delta-come", 1.0, 32), ((4096, 4096), "delta-come", 1.0, 512), ((4096, 4096), "bitdelta", 1.0, 512)]
+
+
+@contextlib.contextmanager
+def knobs(env: dict[str, str]):
+    """The launch knobs ``env`` (environment variables) set for the block, the old values back after."""
+    old = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)
+    try:
+        yield
+    finally:
+        for k, v in old.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
 
 
 def graph_us(fn) -> float:
@@ -133,23 +149,20 @@ def main() -> None:
             res = {"cublas": graph_us(lambda: torch.matmul(x, W.T, out=y))}
             res["cuda_delta"] = graph_us(lambda: kcuda.delta_apply(x, y, tab, groups, t=t))
             res["cuda_unfused"] = graph_us(lambda: (torch.matmul(x, W.T, out=y), kcuda.delta_apply(x, y, tab, groups, t=t)))
-            os.environ[kcuda.ENV_FUSE_MAX_ROWS] = str(kcuda.MAX_ROWS)  # the fused kernels at every B (default: up to FUSE_MAX_ROWS)
-            res["cuda_fused"] = graph_us(lambda: kcuda.delta_apply(x, y, tab, groups, t=t, base=W))
-            if tab.has_lowrank:  # fused in two launches (not one pass); without the programmatic dependent launch
-                os.environ[kcuda.ENV_ONEPASS] = "0"
-                res["cuda_fused_2launch"] = graph_us(lambda: kcuda.delta_apply(x, y, tab, groups, t=t, base=W))
-                os.environ.pop(kcuda.ENV_ONEPASS)
-                os.environ[kcuda.ENV_PDL] = "0"
-                res["cuda_delta_nopdl"] = graph_us(lambda: kcuda.delta_apply(x, y, tab, groups, t=t))
-                os.environ.pop(kcuda.ENV_PDL)
-            if not a.no_triton:
-                res["triton_delta"] = graph_us(lambda: triton_apply(x, y, tab, groups, t=t))
-                res["triton_fused"] = graph_us(lambda: triton_apply(x, y, tab, groups, t=t, base=W))
             none = RowGroups.per_row(torch.full((B,), -1, device="cuda"))  # every row without a delta: the fused launch's base GEMV alone
-            res["cuda_fused_base_only"] = graph_us(lambda: kcuda.delta_apply(x, y, tab, none, t=t, base=W))
-            ks = kernel_us(lambda: kcuda.delta_apply(x, y, tab, groups, t=t))
-            kf = kernel_us(lambda: kcuda.delta_apply(x, y, tab, groups, t=t, base=W))
-            os.environ.pop(kcuda.ENV_FUSE_MAX_ROWS)
+            with knobs({kcuda.ENV_FUSE_MAX_ROWS: str(kcuda.MAX_ROWS)}):  # the fused kernels at every B (default: up to FUSE_MAX_ROWS)
+                res["cuda_fused"] = graph_us(lambda: kcuda.delta_apply(x, y, tab, groups, t=t, base=W))
+                if tab.has_lowrank:  # fused in two launches (not one pass); without the programmatic dependent launch
+                    with knobs({kcuda.ENV_ONEPASS: "0"}):
+                        res["cuda_fused_2launch"] = graph_us(lambda: kcuda.delta_apply(x, y, tab, groups, t=t, base=W))
+                    with knobs({kcuda.ENV_PDL: "0"}):
+                        res["cuda_delta_nopdl"] = graph_us(lambda: kcuda.delta_apply(x, y, tab, groups, t=t))
+                if not a.no_triton:
+                    res["triton_delta"] = graph_us(lambda: triton_apply(x, y, tab, groups, t=t))
+                    res["triton_fused"] = graph_us(lambda: triton_apply(x, y, tab, groups, t=t, base=W))
+                res["cuda_fused_base_only"] = graph_us(lambda: kcuda.delta_apply(x, y, tab, none, t=t, base=W))
+                ks = kernel_us(lambda: kcuda.delta_apply(x, y, tab, groups, t=t))
+                kf = kernel_us(lambda: kcuda.delta_apply(x, y, tab, groups, t=t, base=W))
             best = min(res["cuda_unfused"], res["cuda_fused"])
             print(
                 f"{out}x{inp} {method}@{bpp} B=D={B}: delta {dbytes / 1e6:.2f} MB, floor {floor:.1f}; "
@@ -163,35 +176,23 @@ def main() -> None:
                                        ("nr4", {kcuda.ENV_ROWS_PER_WARP: "4"}), ("nr4 minb3", {kcuda.ENV_ROWS_PER_WARP: "4", kcuda.ENV_ONEPASS_MIN_BLOCKS: "3"}),
                                        ("jb16", {kcuda.ENV_SHRINK_ROWS: "16"}), ("base prefetch", {kcuda.ENV_ONEPASS_PREFETCH: "1"}),
                                        ("a_blocks32", {kcuda.ENV_ONEPASS_A_BLOCKS: "32"})):
-                        os.environ.update(env)
-                        us = graph_us(lambda: kcuda.delta_apply(x, y, tab, groups, t=t, base=W))
-                        print(f"    trace {label}: {us:.1f} us/call; " + trace_summary(x, y, tab, groups, t, W))
-                        for k in env:
-                            os.environ.pop(k)
+                        with knobs(env):
+                            us = graph_us(lambda: kcuda.delta_apply(x, y, tab, groups, t=t, base=W))
+                            print(f"    trace {label}: {us:.1f} us/call; " + trace_summary(x, y, tab, groups, t, W))
                     print(f"    trace base-only rows: " + trace_summary(x, y, tab, none, t, W))
                 del tab, kds
                 torch.cuda.empty_cache()
                 continue
             if a.multi:
                 # multi-delta knobs: outputs per warp × apply sub-tiles per block × register bound, then rank rows per shrink block
+                settings = [(f"nr{nr}/ns{ns}/minb{minb}", {kcuda.ENV_ROWS_PER_WARP: nr, kcuda.ENV_APPLY_SUBTILES: ns, kcuda.ENV_APPLY_MIN_BLOCKS: minb})
+                            for nr in ("1", "2", "4") for ns in ("1", "4", "8") for minb in ("1", "3")]
+                settings += [(f"default/jb{jb}", {kcuda.ENV_SHRINK_ROWS: jb}) for jb in ("8", "16", "32", "64")]
+                settings += [(f"default/sw{sw}/jb{jb}", {kcuda.ENV_SHRINK_WARPS: sw, kcuda.ENV_SHRINK_ROWS: jb}) for sw in ("4", "8") for jb in ("16", "32", "64")]
                 sweep = []
-                for nr in ("1", "2", "4"):
-                    for ns in ("1", "4", "8"):
-                        for minb in ("1", "3"):
-                            os.environ[kcuda.ENV_ROWS_PER_WARP], os.environ[kcuda.ENV_APPLY_SUBTILES], os.environ[kcuda.ENV_APPLY_MIN_BLOCKS] = nr, ns, minb
-                            sweep.append(f"nr{nr}/ns{ns}/minb{minb}: {graph_us(lambda: kcuda.delta_apply(x, y, tab, groups, t=t)):.1f}")
-                for k in (kcuda.ENV_ROWS_PER_WARP, kcuda.ENV_APPLY_SUBTILES, kcuda.ENV_APPLY_MIN_BLOCKS):
-                    os.environ.pop(k)
-                for jb in ("8", "16", "32", "64"):
-                    os.environ[kcuda.ENV_SHRINK_ROWS] = jb
-                    sweep.append(f"default/jb{jb}: {graph_us(lambda: kcuda.delta_apply(x, y, tab, groups, t=t)):.1f}")
-                os.environ.pop(kcuda.ENV_SHRINK_ROWS)
-                for sw in ("4", "8"):
-                    for jb in ("16", "32", "64"):
-                        os.environ[kcuda.ENV_SHRINK_WARPS], os.environ[kcuda.ENV_SHRINK_ROWS] = sw, jb
-                        sweep.append(f"default/sw{sw}/jb{jb}: {graph_us(lambda: kcuda.delta_apply(x, y, tab, groups, t=t)):.1f}")
-                os.environ.pop(kcuda.ENV_SHRINK_ROWS)
-                os.environ.pop(kcuda.ENV_SHRINK_WARPS)
+                for label, env in settings:
+                    with knobs(env):
+                        sweep.append(f"{label}: {graph_us(lambda: kcuda.delta_apply(x, y, tab, groups, t=t)):.1f}")
                 print("    delta by knob: " + "  ".join(sweep))
                 del tab, kds
                 torch.cuda.empty_cache()
@@ -200,10 +201,8 @@ def main() -> None:
             sweep = []
             for nr in ("1", "2", "4"):
                 for jb in ("4", "8", "16"):
-                    os.environ[kcuda.ENV_ROWS_PER_WARP], os.environ[kcuda.ENV_SHRINK_ROWS] = nr, jb
-                    sweep.append(f"nr{nr}/jb{jb}: {graph_us(lambda: kcuda.delta_apply(x, y, tab, groups, t=t)):.1f}/{graph_us(lambda: kcuda.delta_apply(x, y, tab, groups, t=t, base=W)):.1f}")
-            os.environ.pop(kcuda.ENV_ROWS_PER_WARP)
-            os.environ.pop(kcuda.ENV_SHRINK_ROWS)
+                    with knobs({kcuda.ENV_ROWS_PER_WARP: nr, kcuda.ENV_SHRINK_ROWS: jb}):
+                        sweep.append(f"nr{nr}/jb{jb}: {graph_us(lambda: kcuda.delta_apply(x, y, tab, groups, t=t)):.1f}/{graph_us(lambda: kcuda.delta_apply(x, y, tab, groups, t=t, base=W)):.1f}")
             print("    delta/fused by knob: " + "  ".join(sweep))
             del tab, kds
             torch.cuda.empty_cache()
@@ -228,12 +227,11 @@ def same_cases() -> None:
             res["dequant_delta"] = graph_us(lambda: triton_apply(x, y, tab, groups, cfg=LaunchConfig(dequant_min_rows=1)))
             res["dequant_with_base"] = graph_us(lambda: triton_apply(x, y, tab, groups, base=W, cfg=LaunchConfig(dequant_min_rows=1)))
             res["tile_delta"] = graph_us(lambda: triton_apply(x, y, tab, groups, cfg=LaunchConfig(dequant_min_rows=0)))
-            os.environ["DELTAPACK_TRITON_DEQUANT_MIN_ROWS"] = "0"
             if B <= kcuda.MAX_ROWS:
-                assert kcuda.handles(x, tab, groups)
-                res["cuda_per_row_delta"] = graph_us(lambda: kcuda.delta_apply(x, y, tab, groups))
-                res["cuda_per_row_with_base"] = graph_us(lambda: kcuda.delta_apply(x, y, tab, groups, base=W))
-            os.environ.pop("DELTAPACK_TRITON_DEQUANT_MIN_ROWS")
+                with knobs({"DELTAPACK_TRITON_DEQUANT_MIN_ROWS": "0"}):
+                    assert kcuda.handles(x, tab, groups)
+                    res["cuda_per_row_delta"] = graph_us(lambda: kcuda.delta_apply(x, y, tab, groups))
+                    res["cuda_per_row_with_base"] = graph_us(lambda: kcuda.delta_apply(x, y, tab, groups, base=W))
             print(f"{out}x{inp} {method}@{bpp} B={B} D=1 (segment): " + "  ".join(f"{k} {v:.1f}" for k, v in res.items()))
 
 
