@@ -35,7 +35,7 @@ _USED = re.compile(r"Used (\d+) registers(?:.*?(\d+) bytes smem)?")
 def demangle(name: str) -> str:
     """A short readable name: the kernel and its template arguments (F16/BF16/F32, rows per
     warp, fused) from an Itanium-mangled symbol."""
-    m = re.search(r"(shrink_kernel|apply_kernel|onepass_kernel)I(.*?)EEv", name)
+    m = re.search(r"(shrink_kernel|apply_kernel|onepass_kernel|lut_dense_kernel)I(.*?)EEv", name)
     if not m:
         return name
     kernel, args = m.groups()

@@ -967,6 +967,161 @@ __global__ void __launch_bounds__(kApplyWarps * 32, MINB)
                           x_vec, ucache_ok, f, smem, sp, tw, tr);
 }
 
+// ---- lookup-table apply: dense 1- and 2-bit parts (BitDelta, RTN q1 / q2) ---------------------------
+// The decode above spends ~3.5 instructions per 1-bit code (extract, to float, FMA), which makes
+// multi-delta batches issue-bound (ncu: DRAM 5-10 %, SM 54-72 %). Here a 4-bit nibble of codes is
+// one shared-memory lookup and one add: per K step the block builds, from its row of x, a table of
+// the 16 possible sums for every nibble position (kLutTables tables of 16 fp32: 32 KB), and each
+// thread owns one output row and walks its packed row word by word (LUT-GEMM's idea, for the
+// uniform integer codes of .dpk). All lanes of a warp look up the same table at once (one k, 32
+// output rows): its 16 entries lie in 16 distinct banks, so lookups never conflict.
+//   1-bit: a nibble is 4 codes, table i covers x[k0 + 4i .. + 4), entry e = Σ_c bit_c(e) x_c;
+//   2-bit: a nibble is 2 codes, table i covers x[k0 + 2i .. + 2), entry e = (e & 3) x_0 + (e >> 2) x_1.
+// Word w of a step holds nibbles for tables 8w .. 8w + 7 in both cases. Scales and zeros apply per
+// scale group as in row_dot: Σ (q − z) s x = s (Σ q x − z Σ x), Σ x per 32-code chunk from csum.
+constexpr int kLutThreads = 256;  // one output row per thread
+constexpr int kLutTables = 512;   // nibble tables per K step: 2048 (1-bit) or 1024 (2-bit) codes of x
+constexpr int kLutWords = 16;     // words of its row a thread loads at once (64 bytes)
+
+// Tables and chunk sums for the step at k0 (x = 0 past K). Every thread of the block calls it.
+template <class D, int B>
+__device__ __forceinline__ void lut_build(const typename D::E* __restrict__ xr, int k0, int K, float* __restrict__ lut, float* __restrict__ csum) {
+  constexpr int kCodes = 4 / B;           // codes per table
+  constexpr int kPerChunk = 32 / kCodes;  // tables per 32-code chunk: 8 or 16
+  const int lane = threadIdx.x & 31;
+  for (int i = threadIdx.x; i < kLutTables; i += blockDim.x) {  // kLutTables a multiple of blockDim: warp-uniform
+    const int k = k0 + kCodes * i;
+    float v[kCodes];
+#pragma unroll
+    for (int c = 0; c < kCodes; ++c) v[c] = k + c < K ? D::load1(xr + k + c) : 0.f;
+    float e[16];
+    if constexpr (B == 1) {
+      e[0] = 0.f;
+#pragma unroll
+      for (int bit = 0; bit < 4; ++bit) {
+#pragma unroll
+        for (int j = 0; j < (1 << bit); ++j) e[(1 << bit) + j] = e[j] + v[bit];
+      }
+    } else {
+#pragma unroll
+      for (int j = 0; j < 16; ++j) e[j] = static_cast<float>(j & 3) * v[0] + static_cast<float>(j >> 2) * v[1];
+    }
+    float4* dst = reinterpret_cast<float4*>(lut + 16 * i);
+#pragma unroll
+    for (int q = 0; q < 4; ++q) dst[q] = make_float4(e[4 * q], e[4 * q + 1], e[4 * q + 2], e[4 * q + 3]);
+    float s = 0.f;
+#pragma unroll
+    for (int c = 0; c < kCodes; ++c) s += v[c];
+#pragma unroll
+    for (int off = 1; off < kPerChunk; off <<= 1) s += __shfl_xor_sync(0xFFFFFFFFu, s, off);
+    if ((lane & (kPerChunk - 1)) == 0) csum[i / kPerChunk] = s;
+  }
+}
+
+// Σ q x over chunk ci (words ci·B .. ci·B + B − 1 of q); ``lut`` points at the tables of q[0].
+template <int B>
+__device__ __forceinline__ float lut_chunk(const uint32_t (&q)[kLutWords], int ci, const float* __restrict__ lut) {
+  float d0 = 0.f, d1 = 0.f;
+#pragma unroll
+  for (int i = 0; i < B; ++i) {
+    const uint32_t w = q[ci * B + i];
+    const float* tb = lut + (ci * B + i) * 128;
+#pragma unroll
+    for (int j = 0; j < 8; j += 2) {
+      d0 += tb[16 * j + ((w >> (4 * j)) & 15u)];
+      d1 += tb[16 * (j + 1) + ((w >> (4 * j + 4)) & 15u)];
+    }
+  }
+  return d0 + d1;
+}
+
+// acc += Σ_k W[n, k] x[k] for one dense part of B-bit codes (threads past N build tables only).
+template <class D, int B>
+__device__ __forceinline__ void lut_part(const Operand& w, int n, int N, const typename D::E* __restrict__ xr, int K, float* __restrict__ lut,
+                                         float* __restrict__ csum, float& acc) {
+  constexpr int kStepCodes = 4 * kLutTables / B;
+  constexpr int kStepWords = kStepCodes * B / 32;
+  const bool live = n < N;
+  const int64_t nn = live ? n : 0;
+  const uint32_t* __restrict__ row = w.codes + nn * w.stride;
+  const int64_t sbase = nn * w.srow;
+  const bool vec = (reinterpret_cast<uintptr_t>(w.codes) & 15) == 0 && (w.stride & 3) == 0;
+  const int row_words = (K * B + 31) / 32;  // words holding codes < K (≤ stride)
+  float dg = 0.f, sg = 0.f;                 // Σ q x and Σ x of the open scale group
+  int64_t gi = 0, kflush = w.group < K ? w.group : static_cast<int64_t>(K);
+  for (int k0 = 0; k0 < K; k0 += kStepCodes) {
+    __syncthreads();  // the previous step's tables are consumed
+    lut_build<D, B>(xr, k0, K, lut, csum);
+    __syncthreads();
+    if (!live) continue;
+    const int w0 = k0 / 32 * B;
+    const int nw = min(kStepWords, row_words - w0);
+    for (int wb = 0; wb < nw; wb += kLutWords) {
+      uint32_t q[kLutWords];
+      if (vec && wb + kLutWords <= nw) {
+        const uint4* src = reinterpret_cast<const uint4*>(row + w0 + wb);
+#pragma unroll
+        for (int i = 0; i < kLutWords / 4; ++i) {
+          const uint4 u = __ldg(src + i);
+          q[4 * i] = u.x, q[4 * i + 1] = u.y, q[4 * i + 2] = u.z, q[4 * i + 3] = u.w;
+        }
+      } else {
+#pragma unroll
+        for (int i = 0; i < kLutWords; ++i) q[i] = wb + i < nw ? __ldg(row + w0 + wb + i) : 0u;
+      }
+#pragma unroll
+      for (int ci = 0; ci < kLutWords / B; ++ci) {
+        const int c = wb / B + ci;  // chunk of the step
+        if (c * B < nw) {
+          dg += lut_chunk<B>(q, ci, lut + wb * 128);
+          sg += csum[c];
+          const int64_t kend = k0 + 32 * (c + 1);
+          if (kend >= kflush || kend >= K) {  // warp-uniform: the end of a scale group
+            const float s = __half2float(__ldg(w.scales + sbase + gi));
+            const float z = w.zeros != nullptr ? static_cast<float>(__ldg(w.zeros + sbase + gi)) : w.zc;
+            acc = fmaf(s, fmaf(-z, sg, dg), acc);
+            dg = sg = 0.f;
+            ++gi;
+            kflush += w.group;
+          }
+        }
+      }
+    }
+  }
+}
+
+// Grid (tile of kLutThreads outputs, row group). Only for tables whose parts are all dense with
+// 1- or 2-bit codes (the loader checks: cuda.lut_table), unfused: y[row] += Δ x[row].
+template <class D>
+__global__ void __launch_bounds__(kLutThreads)
+    lut_dense_kernel(const typename D::E* __restrict__ x, int64_t sx, typename D::E* __restrict__ y, int64_t sy, const int64_t* __restrict__ tab, int max_parts,
+                     const int* __restrict__ row_idx, const int* __restrict__ gstart, const int* __restrict__ gslot, int N, int K, bool identity, Fields f) {
+  __shared__ __align__(16) float lut[kLutTables * 16];
+  __shared__ float csum[kLutTables / 8];
+  __shared__ SlotParts sp;
+  const int g = blockIdx.y;
+  const int slot = gslot[g];
+  if (slot < 0) return;  // rows without a delta are never touched
+  const int row = identity ? g : row_idx[gstart[g]];
+  load_parts(tab + static_cast<int64_t>(slot) * max_parts * f.nf, max_parts, f, sp);
+  const int n = static_cast<int>(blockIdx.x) * kLutThreads + threadIdx.x;
+  const typename D::E* xr = x + static_cast<int64_t>(row) * sx;
+  float acc = 0.f;
+  for (int p = 0; p < max_parts; ++p) {
+    if (sp.p[p].kind != kDense) continue;  // block-uniform
+    const Operand w = sp.p[p].a;
+    if (w.bits == 1) {
+      lut_part<D, 1>(w, n, N, xr, K, lut, csum, acc);
+    } else {
+      lut_part<D, 2>(w, n, N, xr, K, lut, csum, acc);
+    }
+  }
+  if (n < N) {
+    typename D::E* yp = y + static_cast<int64_t>(row) * sy + n;
+    *yp = D::from_float(D::to_float(*yp) + acc);
+  }
+}
+
 // ---- host -----------------------------------------------------------------------------------------
 // Dynamic shared memory beyond the default 48 KB (static included: SlotParts) needs an opt-in.
 template <class K>
@@ -1004,6 +1159,7 @@ struct Batch {
   int nsub;         // unfused apply: sub-tiles of NB outputs per block (NB · nsub divides Ut's scale groups)
   int apply_minb;   // unfused apply: 1 (no register bound) or 3 blocks per SM (at most 80 registers)
   int shrink_warps;  // warps per shrink block (two launches): more warps share one staged x
+  bool lut;          // dense 1-/2-bit parts only, unfused: the lookup-table kernel (lut_dense_kernel)
 };
 
 // Shared memory (floats) of an apply block past x: the fold's factors and zeros (2 · wlen), then
@@ -1083,12 +1239,30 @@ void launch_onepass(const Batch& b, cudaStream_t stream) {
 }
 
 template <class D>
+void launch_lut(const Batch& b, cudaStream_t stream) {
+  using E = typename D::E;
+  const int64_t groups = b.slot.numel();
+  const int N = static_cast<int>(b.y.size(1));
+  const int K = static_cast<int>(b.x.size(1));
+  TORCH_CHECK(groups <= 65535, "deltapack_cuda: at most 65535 row groups");
+  const unsigned tiles = static_cast<unsigned>((N + kLutThreads - 1) / kLutThreads);
+  lut_dense_kernel<D><<<dim3(tiles, static_cast<unsigned>(groups)), kLutThreads, 0, stream>>>(
+      reinterpret_cast<const E*>(b.x.data_ptr()), b.x.stride(0), reinterpret_cast<E*>(b.y.data_ptr()), b.y.stride(0), b.table.data_ptr<int64_t>(),
+      b.max_parts, b.row_idx.data_ptr<int>(), b.start.data_ptr<int>(), b.slot.data_ptr<int>(), N, K, b.identity, b.f);
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+}
+
+template <class D>
 void launch(const Batch& b, int nr, bool fuse) {
   using E = typename D::E;
   cudaStream_t stream = at::cuda::getCurrentCUDAStream();
   const int64_t groups = b.slot.numel();
   const int K = static_cast<int>(b.x.size(1));
   const int64_t kp = (K + 31) / 32 * 32;
+  if (b.lut) {
+    TORCH_CHECK(!fuse && !b.lowrank, "deltapack_cuda: the lookup-table kernel takes dense parts only, unfused");
+    return launch_lut<D>(b, stream);
+  }
   if (fuse && b.lowrank && b.sync != nullptr) {
     TORCH_CHECK(b.minb == 2 || b.minb == 3, "deltapack_cuda: onepass_min_blocks must be 2 or 3, not ", b.minb);
     const bool tight = b.minb == 3;
@@ -1146,7 +1320,7 @@ void delta_decode(const at::Tensor& x, at::Tensor y, const at::Tensor& t, const 
                   int64_t max_parts, const at::Tensor& row_idx, const at::Tensor& start, const at::Tensor& slot, const std::vector<int64_t>& fields,
                   int64_t wlen, bool lowrank, bool dense, int64_t rows_per_warp, int64_t shrink_rows, bool pdl, const c10::optional<at::Tensor>& sync,
                   int64_t onepass_a_blocks, int64_t onepass_min_blocks, const c10::optional<at::Tensor>& trace, bool identity, int64_t u_words,
-                  bool onepass_prefetch, int64_t apply_subtiles, int64_t apply_min_blocks, int64_t shrink_warps) {
+                  bool onepass_prefetch, int64_t apply_subtiles, int64_t apply_min_blocks, int64_t shrink_warps, bool lut) {
   TORCH_CHECK(x.is_cuda(), "deltapack_cuda: x must be a CUDA tensor");
   const at::Device dev = x.device();
   TORCH_CHECK(y.device() == dev && table.device() == dev, "deltapack_cuda: x, y and the table must be on one device");
@@ -1211,7 +1385,7 @@ void delta_decode(const at::Tensor& x, at::Tensor y, const at::Tensor& t, const 
   const Batch b{x, y, t, w, table, static_cast<int>(max_parts), row_idx, start, slot, wlen, lowrank, dense, static_cast<int>(shrink_rows), x_vec, pdl, f, sync_ptr, sms,
                 static_cast<int>(onepass_a_blocks), static_cast<int>(onepass_min_blocks), trace_ptr,
                 trace_ptr != nullptr ? trace->numel() : 0, identity, u_words, onepass_prefetch, static_cast<int>(apply_subtiles),
-                static_cast<int>(apply_min_blocks), static_cast<int>(shrink_warps)};
+                static_cast<int>(apply_min_blocks), static_cast<int>(shrink_warps), lut};
   const int nr = static_cast<int>(rows_per_warp);
   switch (x.scalar_type()) {
     case at::kFloat:
@@ -1238,10 +1412,11 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
         pybind11::arg("rows_per_warp"), pybind11::arg("shrink_rows"), pybind11::arg("pdl") = true, pybind11::arg("sync") = pybind11::none(),
         pybind11::arg("onepass_a_blocks") = 0, pybind11::arg("onepass_min_blocks") = 2, pybind11::arg("trace") = pybind11::none(),
         pybind11::arg("identity") = false, pybind11::arg("u_words") = 0, pybind11::arg("onepass_prefetch") = false, pybind11::arg("apply_subtiles") = 1,
-        pybind11::arg("apply_min_blocks") = 1, pybind11::arg("shrink_warps") = kShrinkWarps);
+        pybind11::arg("apply_min_blocks") = 1, pybind11::arg("shrink_warps") = kShrinkWarps, pybind11::arg("lut") = false);
   m.attr("TRACE_SLOTS") = static_cast<int>(kTrSlots);
   m.attr("APPLY_WARPS") = kApplyWarps;
   m.attr("SHRINK_WARPS") = kShrinkWarps;
   m.attr("MAX_PARTS") = kMaxParts;
+  m.attr("LUT_THREADS") = kLutThreads;
   m.attr("CHUNKS_IN_FLIGHT") = kChunksInFlight;
 }

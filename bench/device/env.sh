@@ -2,3 +2,17 @@
 # working tree and point Python at it.
 python3 -m pip install -q --no-index --no-deps --upgrade --target /tmp/site .whl/*.whl && cp /tmp/site/deltapack/_core*.so python/deltapack/
 export PYTHONPATH=$PWD/python:$PWD PYTHONUNBUFFERED=1 DELTAPACK_COMMIT=${DELTAPACK_COMMIT:-wip}
+
+# build_cuda [TGZ]: build the CUDA extension, or restore it. A carried .cudacache/build.tgz (an
+# earlier call's packed build folder, same sources and torch) is unpacked into the extension
+# cache first and touched newer than the sources, so that ninja finds nothing to do; with TGZ
+# the build folder is packed there for the next call (carry it back as .cudacache/build.tgz).
+build_cuda() {
+  local cache=${XDG_CACHE_HOME:-$HOME/.cache}/deltapack/cuda t0=$(date +%s)
+  if [ -f .cudacache/build.tgz ]; then
+    mkdir -p "$cache" && tar -xzf .cudacache/build.tgz -C "$cache" && find "$cache" -type f -exec touch {} +
+  fi
+  python3 -c "from deltapack.kernels import cuda; print('cuda available', cuda.available(), cuda.build_error())"
+  echo "cuda build $(( $(date +%s) - t0 )) s"
+  if [ -n "$1" ]; then tar -czf "$1" -C "$cache" .; fi
+}

@@ -167,8 +167,16 @@ def test_scope_rejects_batches():
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv(kcuda.ENV_SEGMENTS, "0")
         assert not kcuda.eligible(torch.randn(4, 200), tab, RowGroups.segments([0, 0, 1, -1], "cpu"))
-    # more than MAX_ROWS rows
-    assert not kcuda.eligible(torch.randn(kcuda.MAX_ROWS + 1, 200), tab, RowGroups.per_row(torch.zeros(kcuda.MAX_ROWS + 1, dtype=torch.int64)))
+    # more than MAX_ROWS rows: only while every group is short (many distinct deltas)
+    M = kcuda.MAX_ROWS + 36
+    assert kcuda.eligible(torch.randn(M, 200), tab, RowGroups.per_row(torch.zeros(M, dtype=torch.int64)))
+    short = [i // (kcuda.PER_ROW_MAX_LEN - 1) for i in range(M)]  # short segments (too short for the prefill path)
+    assert kcuda.eligible(torch.randn(M, 200), tab, RowGroups.segments(short, "cpu"))
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("DELTAPACK_TRITON_DEQUANT_MIN_ROWS", "0")  # no prefill path: only the length decides
+        long = [0] * (kcuda.PER_ROW_MAX_LEN + 1) + [1] * (M - kcuda.PER_ROW_MAX_LEN - 1)
+        assert not kcuda.eligible(torch.randn(M, 200), tab, RowGroups.segments(long, "cpu"))
+        assert kcuda.eligible(torch.randn(kcuda.MAX_ROWS, 200), tab, RowGroups.segments(long[: kcuda.MAX_ROWS], "cpu"))
     # activation dtype
     assert not kcuda.eligible(torch.randn(2, 200).double(), tab, RowGroups.per_row(torch.zeros(2, dtype=torch.int64)))
     # strided features
@@ -208,6 +216,24 @@ def test_apply_subtiles(monkeypatch):
     monkeypatch.setenv(kcuda.ENV_APPLY_SUBTILES, "16")
     assert kcuda.apply_subtiles(tab128, sms, 1, 4096, 4) == 4  # the override, capped
     assert kcuda.apply_subtiles(dense, sms, 1, 4096, 4) == 16
+
+
+def test_lut_scope(monkeypatch):
+    """The lookup-table kernel takes tables of dense 1- and 2-bit parts only, and (by default)
+    batches whose grid fills the GPU; DELTAPACK_CUDA_LUT forces it off or on."""
+    monkeypatch.delenv(kcuda.ENV_LUT, raising=False)
+    dense = _cpu_table([SPECS[s] for s in ("bitdelta", "q1g32", "q2row", "q2tensor", "q1g128")], multi=True)
+    assert kcuda.lut_table(dense)
+    for other in (["q3g32"], ["bitdelta", "q4g32"], ["dc1"], ["bitdelta", "dc1"]):
+        assert not kcuda.lut_table(_cpu_table([SPECS[s] for s in other]))
+    sms, tiles = 132, -(-4096 // kcuda.LUT_THREADS)
+    assert not kcuda.use_lut(dense, sms, 1, 4096)  # B = 1: 16 blocks
+    assert kcuda.use_lut(dense, sms, -(-sms // tiles), 4096)
+    monkeypatch.setenv(kcuda.ENV_LUT, "1")
+    assert kcuda.use_lut(dense, sms, 1, 4096)
+    assert not kcuda.use_lut(_cpu_table([SPECS["dc1"]]), sms, 64, 4096)
+    monkeypatch.setenv(kcuda.ENV_LUT, "0")
+    assert not kcuda.use_lut(dense, sms, 64, 4096)
 
 
 # ---- the kernel (GPU) -----------------------------------------------------------------------------
@@ -348,6 +374,54 @@ def test_many_rows_and_segments(built, dtype, monkeypatch):
         want = reference.delta_apply(x, base, [k.dense() for k in kds], torch.tensor(slots, device="cuda"))
         got = kcuda.delta_apply(x, torch.full_like(y, float("nan")), tab, groups, base=W)
         assert _rel_err(got, want, base) <= 2 * TOL[dtype]
+
+
+LUT_SPECS = ["bitdelta", "q1g32", "q1g128", "q1row", "q1tensor", "q2g32", "q2g128", "q2row", "q2tensor"]
+
+
+@gpu
+@pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: str(d).split(".")[-1])
+def test_lut_dense(built, dtype, monkeypatch):
+    """The lookup-table kernel (forced on) for every 1- and 2-bit dense encoding, a slot of
+    several parts, odd shapes (partial words, N past a block's 256 outputs) and inputs longer
+    than one table step (2048 1-bit / 1024 2-bit codes), against the reference and against the
+    warp-per-row apply."""
+    for out, inp in ((72, 200), (33, 100), (300, 2100), (257, 4200)):
+        kds, tab = _tables([SPECS[s] for s in LUT_SPECS], out, inp, "cuda", seed=out + inp, multi=True)
+        assert kcuda.lut_table(tab)
+        for M in (1, 5, 16):
+            monkeypatch.setenv(kcuda.ENV_LUT, "1")
+            check(kds, tab, M, dtype, seed=out + M)
+            g = torch.Generator().manual_seed(M)
+            x = torch.randn(M, inp, generator=g).to("cuda", dtype)
+            y = torch.randn(M, out, generator=g).to("cuda", dtype)
+            groups = RowGroups.per_row(_slots(M, len(kds), g).cuda())
+            lut = kcuda.delta_apply(x, y.clone(), tab, groups)
+            monkeypatch.setenv(kcuda.ENV_LUT, "0")
+            warp = kcuda.delta_apply(x, y.clone(), tab, groups)
+            assert _rel_err(lut, warp, y) <= 2 * TOL[dtype]
+
+
+@gpu
+@pytest.mark.parametrize("lut", ["0", "1"])
+def test_many_distinct_deltas(built, lut, monkeypatch):
+    """Batches past MAX_ROWS rows whose groups are short (one distinct delta per row or a few
+    rows each) stay on these kernels, per row, with and without the lookup-table kernel."""
+    monkeypatch.setenv(kcuda.ENV_LUT, lut)
+    kds, tab = _tables([SPECS[s] for s in ("bitdelta", "q2g128", "q1row", "q1g32") * 2], 300, 512, "cuda", seed=43)
+    M = kcuda.MAX_ROWS + 37
+    check(kds, tab, M, torch.bfloat16, seed=M)  # one group per row
+    # segments (rows sorted by slot) of at most 13 rows: 8 slots over 101 rows, some rows without
+    slots = [i % 8 if i % 10 else -1 for i in range(M)]
+    g = torch.Generator().manual_seed(9)
+    x = torch.randn(M, 512, generator=g).to("cuda", torch.bfloat16)
+    y = torch.randn(M, 300, generator=g).to("cuda", torch.bfloat16)
+    groups = RowGroups.segments(slots, "cuda")
+    assert 1 < groups.max_len <= kcuda.PER_ROW_MAX_LEN
+    assert kcuda.handles(x, tab, groups)
+    want = reference.delta_apply(x, y, [k.dense() for k in kds], torch.tensor(slots, device="cuda"))
+    got = kcuda.delta_apply(x, y.clone(), tab, groups)
+    assert _rel_err(got, want, y) <= TOL[torch.bfloat16]
 
 
 @gpu

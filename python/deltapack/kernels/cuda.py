@@ -64,6 +64,10 @@ from .packed import (
 log = logging.getLogger(__name__)
 
 MAX_ROWS = 64
+# Beyond MAX_ROWS rows, batches whose row groups hold at most this many rows (many distinct
+# deltas: gather style, or short segments) are still served one group per row. Each row then
+# reads its delta once, as the Triton decode path would (triton.DECODE_MAX_ROWS), only faster.
+PER_ROW_MAX_LEN = 16
 # Rows up to which ``base`` is fused into the delta launch (every fused block reads its row's
 # base rows again; H100, bench/results/kernels_h100_s5/call1: fused 46.7 vs 56.5 µs unfused at
 # B = 1, 94.4 vs 80.9 at B = D = 4, 297 vs 190 at B = D = 16). DELTAPACK_CUDA_FUSE_MAX_ROWS overrides.
@@ -90,6 +94,9 @@ ENV_SEGMENTS = "DELTAPACK_CUDA_SEGMENTS"  # 0: segment batches (max_len > 1) go 
 ENV_APPLY_MIN_BLOCKS = "DELTAPACK_CUDA_APPLY_MIN_BLOCKS"  # unfused apply: 1 (no register bound) or 3 blocks per SM (benchmarks)
 ENV_SHRINK_WARPS = "DELTAPACK_CUDA_SHRINK_WARPS"  # warps per shrink block, 1-8 (benchmarks; default: shrink_warps())
 ENV_APPLY_SUBTILES = "DELTAPACK_CUDA_APPLY_SUBTILES"  # unfused apply: sub-tiles per block (benchmarks; default: apply_subtiles())
+ENV_LUT = "DELTAPACK_CUDA_LUT"  # 0: never the lookup-table kernel; 1: wherever the table allows it (tests); unset: use_lut()
+LUT_BITS = (1, 2)  # code widths of the lookup-table kernel's dense parts
+LUT_THREADS = 256  # csrc kLutThreads: outputs per lookup-table block
 TRACE_SLOTS = 8  # csrc kTrSlots: start, claims done, shrink items run, base GEMV done, t waited, end, t-independent operands staged
 # The table's layout as the kernel reads it (csrc/delta_decode.cu struct Fields, in this order;
 # each operand's 8 fields follow A_BITS / B_BITS in packed.py's order).
@@ -296,14 +303,15 @@ def as_per_row(groups: RowGroups, m: int) -> RowGroups:
 
 def eligible(x: torch.Tensor, tab: DeltaTable, groups: RowGroups) -> bool:
     """:func:`handles` less the device and build checks: the batch and the table are in the
-    kernel's scope. Segment batches of at most :data:`MAX_ROWS` rows are served one group per
-    row (:func:`as_per_row`; ``DELTAPACK_CUDA_SEGMENTS=0``: only gather batches) when their
-    layout is known (``RowGroups.contiguous_groups``) and their groups are too short for the
-    Triton prefill path."""
+    kernel's scope. Segment batches are served one group per row (:func:`as_per_row`;
+    ``DELTAPACK_CUDA_SEGMENTS=0``: only gather batches) when their layout is known
+    (``RowGroups.contiguous_groups``) and their groups are too short for the Triton prefill
+    path. Batches of up to :data:`MAX_ROWS` rows, or of any size whose groups hold at most
+    :data:`PER_ROW_MAX_LEN` rows."""
     return (
         (groups.max_len == 1 or (segments_per_row() and groups.row_idx.numel() == x.shape[0] and groups.contiguous_groups and not _prefill(groups)))
         and x.dim() == 2
-        and x.shape[0] <= MAX_ROWS
+        and (x.shape[0] <= MAX_ROWS or groups.max_len <= PER_ROW_MAX_LEN)
         and x.dtype in DTYPES
         and x.shape[1] == tab.in_features
         and x.stride(1) == 1
@@ -347,7 +355,31 @@ def rows_per_warp(x: torch.Tensor, n_groups: int, n_out: int) -> int:
 
 def fuse_max_rows() -> int:
     env = os.environ.get(ENV_FUSE_MAX_ROWS)
-    return int(env) if env else FUSE_MAX_ROWS
+    return min(int(env) if env else FUSE_MAX_ROWS, MAX_ROWS)
+
+
+def lut_table(tab: DeltaTable) -> bool:
+    """Whether the lookup-table kernel can serve ``tab``: every part of every delta dense with
+    1- or 2-bit codes (BitDelta, RTN q1 / q2), no low-rank part (cached on the table)."""
+    ok = getattr(tab, "_cuda_lut_ok", None)
+    if ok is None:
+        ok = not tab.has_lowrank and all(isinstance(p, DensePart) and p.w.bits in LUT_BITS for d in tab.deltas for p in d.parts)
+        object.__setattr__(tab, "_cuda_lut_ok", bool(ok))
+    return ok
+
+
+def use_lut(tab: DeltaTable, sms: int, n_groups: int, n_out: int) -> bool:
+    """Unfused batches of a :func:`lut_table` table take the lookup-table kernel (a nibble of
+    codes per shared-memory lookup instead of ~3.5 instructions per code) when its grid — one
+    block per :data:`LUT_THREADS` outputs and row group — fills every SM at least once: at a few
+    rows, the warp-per-row apply spreads the work over more blocks. ``DELTAPACK_CUDA_LUT``: 0
+    never, 1 whenever the table allows."""
+    if not lut_table(tab):
+        return False
+    env = os.environ.get(ENV_LUT, "").strip()
+    if env:
+        return env == "1"
+    return n_groups * -(-n_out // LUT_THREADS) >= sms
 
 
 def apply_subtiles(tab: DeltaTable, sms: int, n_groups: int, n_out: int, nr: int) -> int:
@@ -455,7 +487,9 @@ def delta_apply(
         return y
     wlen, dense, u_words = _shape_info(tab)
     nr = rows_per_warp(x, groups.n_groups, N)
-    nsub = 1 if fuse else apply_subtiles(tab, _sm_count(x.device.index if x.device.index is not None else torch.cuda.current_device()), groups.n_groups, N, nr)
+    sms = _sm_count(x.device.index if x.device.index is not None else torch.cuda.current_device())
+    nsub = 1 if fuse else apply_subtiles(tab, sms, groups.n_groups, N, nr)
+    lut = not fuse and use_lut(tab, sms, groups.n_groups, N)
     if tab.has_lowrank:
         if t is None or t.shape[0] != M or t.shape[1] < tab.max_rank or t.dtype != torch.float32 or t.stride(1) != 1 or t.device != x.device:
             t = torch.empty((M, tab.max_rank), device=x.device, dtype=torch.float32)
@@ -491,6 +525,7 @@ def delta_apply(
         nsub,
         apply_min_blocks(nsub),
         shrink_warps(K),
+        lut,
     )
     return y
 
