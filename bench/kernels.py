@@ -32,6 +32,7 @@ import os
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 import torch
@@ -54,11 +55,14 @@ METHODS = {  # label: (method, bits/param, writer options)
     "delta-come@0.5": ("delta-come", 0.5, {}),
     "bitdelta@1": ("bitdelta", 1.0, {}),
     "lowrank@1": ("lowrank", 1.0, {}),
+    "lowrank@0.5": ("lowrank", 0.5, {}),
     "deltazip@2": ("deltazip", 2.0, {"bits": 2}),  # 2:4 + 2-bit: its smallest budget
 }
 BATCHES = (1, 2, 4, 8, 16, 32, 64, 512, 2048)
 BASELINE_MAX_D = 64  # per-tenant dense copies and per-delta PyTorch loops beyond this: not run
 N_SOURCES = 4  # distinct random deltas generated per (shape, method); more are device copies
+DECODE_METHODS = ("delta-come@1", "bitdelta@1")  # the decode step runs for those of these in --methods
+DECODE_SHAPES = ("4096x4096", "11008x4096", "4096x11008")
 
 
 def commit() -> str:
@@ -162,13 +166,16 @@ def run_layer(shape, label, pool: DeltaPool, batches, bw: float, dtype, delta_ap
         torch.cuda.empty_cache()
 
 
-def decode_step(pools: dict[str, DeltaPool], dtype, delta_apply, fused_apply, n_layers: int, rows: list[dict]) -> None:
-    """Seven Llama-7B projections per layer, ``n_layers`` layers, one CUDA graph per variant."""
+def decode_step(pools: dict[str, DeltaPool], label: str, dtype, delta_apply, fused_apply, n_layers: int, rows: list[dict], with_base: bool = True) -> None:
+    """Seven Llama-7B projections per layer, ``n_layers`` layers, one CUDA graph per variant;
+    ``pools``: the method's deltas per shape; ``with_base``: also the base-only steps."""
     shapes = [(4096, 4096)] * 4 + [(11008, 4096)] * 2 + [(4096, 11008)]
     Ws = [torch.randn(o, i, device="cuda", dtype=dtype) / i**0.5 for _ in range(n_layers) for (o, i) in shapes]
     variants = [(1, 0, False), (1, 1, False), (32, 0, False), (32, 1, False), (32, 32, False)]
     if fused_apply is not None:  # B = 32 is past FUSE_MAX_ROWS: delta_apply(..., base=W) runs cuBLAS + delta there
         variants += [(1, 1, True)]
+    if not with_base:
+        variants = [v for v in variants if v[1]]
     for B, D, fused in variants:
         tabs = []
         if D:
@@ -199,8 +206,8 @@ def decode_step(pools: dict[str, DeltaPool], dtype, delta_apply, fused_apply, n_
         ms = bench_ms(g.replay, rep=100)
         base_bytes = sum(W.numel() * W.element_size() for W in Ws)
         dbytes = sum(tb.nbytes() for tb in tabs)
-        rows.append({"layers": n_layers, "B": B, "D": D, "fused": fused, "ms": ms, "weight_bytes": base_bytes, "delta_bytes": dbytes})
-        print(f"  decode step, {n_layers} layers x 7 projections, B={B} D={D}{' fused' if fused else ''}: {ms * 1e3:.1f} us  ({(base_bytes + dbytes) / ms / 1e6:.0f} GB/s)")
+        rows.append({"method": label if D else "base", "layers": n_layers, "B": B, "D": D, "fused": fused, "ms": ms, "weight_bytes": base_bytes, "delta_bytes": dbytes})
+        print(f"  decode step {label}, {n_layers} layers x 7 projections, B={B} D={D}{' fused' if fused else ''}: {ms * 1e3:.1f} us  ({(base_bytes + dbytes) / ms / 1e6:.0f} GB/s)")
         del g, tabs, ts
         torch.cuda.empty_cache()
 
@@ -219,10 +226,11 @@ def summarize(rows: list[dict], steps: list[dict], meta: dict) -> str:
         rt = lambda k: f"{r[k] / best:.2f}" if k in r else "–"  # noqa: E731
         out.append(f"| {r['shape']} | {r['method']} | {r['B']} | {r['D']} | {f('base_ms')} | {f('ours_ms')} | {f('fused_ms')} | {f('delta_ms')} | {f('floor_ms')} | {best / r['floor_ms']:.2f} | {best / r['base_ms']:.2f} | {rt('torch_deq_ms')} | {rt('dense_ms')} |")
     if steps:
-        out += ["", "## Decode step (CUDA graph, Llama-7B projections)", "", "| layers | B | D | fused | µs | vs base-only |", "|---|---|---|---|---|---|"]
-        base = {s["B"]: s["ms"] for s in steps if s["D"] == 0}
+        out += ["", "## Decode step (CUDA graph, Llama-7B projections)", "", "| method | layers | B | D | fused | µs | vs base-only |", "|---|---|---|---|---|---|---|"]
+        base = {(s["layers"], s["B"]): s["ms"] for s in steps if s["D"] == 0}
         for s in steps:
-            out.append(f"| {s['layers']} | {s['B']} | {s['D']} | {'yes' if s.get('fused') else 'no'} | {s['ms'] * 1e3:.1f} | {s['ms'] / base[s['B']]:.3f} |")
+            ref = base.get((s["layers"], s["B"]), float("nan"))
+            out.append(f"| {s.get('method', 'delta-come@1') if s['D'] else 'base'} | {s['layers']} | {s['B']} | {s['D']} | {'yes' if s.get('fused') else 'no'} | {s['ms'] * 1e3:.1f} | {s['ms'] / ref:.3f} |")
     return "\n".join(out) + "\n"
 
 
@@ -251,6 +259,21 @@ def plot(rows: list[dict], path: Path) -> None:
     fig.savefig(path, dpi=110)
 
 
+def merge(paths: list[str], out: Path) -> None:
+    """One result set from runs of one sweep split over several calls: their rows in order, the
+    first run's metadata with every run's commit, date and copy bandwidth listed."""
+    runs = [json.loads(Path(p).read_text()) for p in paths]
+    meta = dict(runs[0]["meta"])
+    for k in ("commit", "date"):
+        vals = list(dict.fromkeys(r["meta"][k] for r in runs))
+        meta[k] = vals[0] if len(vals) == 1 else " / ".join(vals)
+    if len({r["meta"]["gpu"] for r in runs}) != 1:
+        raise SystemExit("--merge: the runs were measured on different GPUs")
+    meta["copy_GBps"] = sum(r["meta"]["copy_GBps"] for r in runs) / len(runs)
+    meta["runs"] = len(runs)
+    write_results(out, meta, [row for r in runs for row in r["layers"]], [st for r in runs for st in r["decode"]])
+
+
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--shapes", default=",".join(SHAPES))
@@ -261,7 +284,10 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--decode-layers", type=int, default=4)
     ap.add_argument("--quick", action="store_true", help="4096x4096 and 4096x11008, B in 1,8,32,512")
     ap.add_argument("--out", default="bench/results")
+    ap.add_argument("--merge", nargs="+", metavar="JSON", help="combine the kernels_<gpu>.json of several runs (one sweep split over calls) into one set of results under --out; runs nothing")
     a = ap.parse_args(argv)
+    if a.merge:
+        return merge(a.merge, Path(a.out))
     if not torch.cuda.is_available():
         sys.exit("bench/kernels.py needs a CUDA GPU")
     if a.quick:
@@ -282,7 +308,8 @@ def main(argv: list[str] | None = None) -> None:
     rows: list[dict] = []
     steps: list[dict] = []
     batches = [int(b) for b in a.batches.split(",") if b.strip()]
-    pools: dict[str, DeltaPool] = {}
+    pools: dict[tuple[str, str], DeltaPool] = {}
+    t_start = time.perf_counter()
     with tempfile.TemporaryDirectory() as tmp:
         for si, sh in enumerate(a.shapes.split(",")):
             for mi, label in enumerate(a.methods.split(",")):
@@ -290,15 +317,24 @@ def main(argv: list[str] | None = None) -> None:
                 pool = DeltaPool(SHAPES[sh], method, bpp, kw, Path(tmp), seed=1000 * si + 10 * mi)
                 if batches:  # --batches '': only the decode step
                     run_layer(SHAPES[sh], label, pool, batches, bw, dtype, delta_apply, fused_apply, rows)
-                if label == "delta-come@1":
-                    pools[sh] = pool
+                if label in DECODE_METHODS:
+                    pool.copies = pool.copies[:32]  # the decode step takes at most 32 deltas per layer
+                    pools[(label, sh)] = pool
                 else:
                     del pool
                 torch.cuda.empty_cache()
-        if a.decode_layers and all(s in pools for s in ("4096x4096", "11008x4096", "4096x11008")):
-            decode_step(pools, dtype, delta_apply, fused_apply, a.decode_layers, steps)
-    out = Path(a.out)
+                print(f"  [{label} {sh}: {time.perf_counter() - t_start:.0f} s since start]")
+        first = True
+        for label in DECODE_METHODS:
+            if a.decode_layers and all((label, s) in pools for s in DECODE_SHAPES):
+                decode_step({s: pools[(label, s)] for s in DECODE_SHAPES}, label, dtype, delta_apply, fused_apply, a.decode_layers, steps, with_base=first)
+                first = False
+    write_results(Path(a.out), meta, rows, steps)
+
+
+def write_results(out: Path, meta: dict, rows: list[dict], steps: list[dict]) -> None:
     out.mkdir(parents=True, exist_ok=True)
+    gpu = meta["gpu"]
     tag = "h100" if "H100" in gpu else gpu.split()[-1].lower()
     (out / f"kernels_{tag}.json").write_text(json.dumps({"meta": meta, "layers": rows, "decode": steps}, indent=1))
     keys = ["shape", "method", "B", "D", "base_ms", "ours_ms", "fused_ms", "delta_ms", "floor_ms", "torch_deq_ms", "dense_ms", "delta_bytes", "ours_GBps"]

@@ -1035,8 +1035,55 @@ __device__ __forceinline__ float lut_chunk(const uint32_t (&q)[kLutWords], int c
   return d0 + d1;
 }
 
+// q = words [wb, wb + kLutWords) of a row's step (at ``row``), 0 from nw on.
+__device__ __forceinline__ void lut_load(uint32_t (&q)[kLutWords], const uint32_t* __restrict__ row, int wb, int nw, bool vec) {
+  if (vec && wb + kLutWords <= nw) {
+    const uint4* src = reinterpret_cast<const uint4*>(row + wb);
+#pragma unroll
+    for (int i = 0; i < kLutWords / 4; ++i) {
+      const uint4 u = __ldg(src + i);
+      q[4 * i] = u.x, q[4 * i + 1] = u.y, q[4 * i + 2] = u.z, q[4 * i + 3] = u.w;
+    }
+  } else {
+#pragma unroll
+    for (int i = 0; i < kLutWords; ++i) q[i] = wb + i < nw ? __ldg(row + wb + i) : 0u;
+  }
+}
+
+// The open scale group of a row's walk: Σ q x and Σ x so far, its index and where it ends.
+struct LutGroup {
+  float dg = 0.f, sg = 0.f;
+  int64_t gi = 0, kflush = 0;
+};
+
+// Looks up words [wb, wb + kLutWords) of the step at k0 (held in q) and closes the scale groups
+// that end in them: acc += s (Σ q x − z Σ x).
+template <int B>
+__device__ __forceinline__ void lut_words(const uint32_t (&q)[kLutWords], int wb, int nw, int k0, int K, const float* __restrict__ lut,
+                                          const float* __restrict__ csum, const Operand& w, int64_t sbase, LutGroup& gr, float& acc) {
+#pragma unroll
+  for (int ci = 0; ci < kLutWords / B; ++ci) {
+    const int c = wb / B + ci;  // chunk of the step
+    if (c * B < nw) {
+      gr.dg += lut_chunk<B>(q, ci, lut + wb * 128);
+      gr.sg += csum[c];
+      const int64_t kend = k0 + 32 * (c + 1);
+      if (kend >= gr.kflush || kend >= K) {  // warp-uniform: the end of a scale group
+        const float s = __half2float(__ldg(w.scales + sbase + gr.gi));
+        const float z = w.zeros != nullptr ? static_cast<float>(__ldg(w.zeros + sbase + gr.gi)) : w.zc;
+        acc = fmaf(s, fmaf(-z, gr.sg, gr.dg), acc);
+        gr.dg = gr.sg = 0.f;
+        ++gr.gi;
+        gr.kflush += w.group;
+      }
+    }
+  }
+}
+
 // acc += Σ_k W[n, k] x[k] for one dense part of B-bit codes (threads past N build tables only).
-template <class D, int B>
+// PF: two register buffers of words, the next loaded before the current is looked up, so that a
+// warp's loads stay in flight while it computes.
+template <class D, int B, bool PF>
 __device__ __forceinline__ void lut_part(const Operand& w, int n, int N, const typename D::E* __restrict__ xr, int K, float* __restrict__ lut,
                                          float* __restrict__ csum, float& acc) {
   constexpr int kStepCodes = 4 * kLutTables / B;
@@ -1047,44 +1094,31 @@ __device__ __forceinline__ void lut_part(const Operand& w, int n, int N, const t
   const int64_t sbase = nn * w.srow;
   const bool vec = (reinterpret_cast<uintptr_t>(w.codes) & 15) == 0 && (w.stride & 3) == 0;
   const int row_words = (K * B + 31) / 32;  // words holding codes < K (≤ stride)
-  float dg = 0.f, sg = 0.f;                 // Σ q x and Σ x of the open scale group
-  int64_t gi = 0, kflush = w.group < K ? w.group : static_cast<int64_t>(K);
+  LutGroup gr;
+  gr.kflush = w.group < K ? w.group : static_cast<int64_t>(K);
   for (int k0 = 0; k0 < K; k0 += kStepCodes) {
+    const int w0 = k0 / 32 * B;
+    const int nw = min(kStepWords, row_words - w0);
     __syncthreads();  // the previous step's tables are consumed
     lut_build<D, B>(xr, k0, K, lut, csum);
     __syncthreads();
     if (!live) continue;
-    const int w0 = k0 / 32 * B;
-    const int nw = min(kStepWords, row_words - w0);
-    for (int wb = 0; wb < nw; wb += kLutWords) {
-      uint32_t q[kLutWords];
-      if (vec && wb + kLutWords <= nw) {
-        const uint4* src = reinterpret_cast<const uint4*>(row + w0 + wb);
-#pragma unroll
-        for (int i = 0; i < kLutWords / 4; ++i) {
-          const uint4 u = __ldg(src + i);
-          q[4 * i] = u.x, q[4 * i + 1] = u.y, q[4 * i + 2] = u.z, q[4 * i + 3] = u.w;
+    uint32_t q0[kLutWords], q1[kLutWords];
+    if constexpr (PF) {
+      lut_load(q0, row + w0, 0, nw, vec);
+      for (int wb = 0; wb < nw; wb += 2 * kLutWords) {
+        const bool second = wb + kLutWords < nw;
+        if (second) lut_load(q1, row + w0, wb + kLutWords, nw, vec);
+        lut_words<B>(q0, wb, nw, k0, K, lut, csum, w, sbase, gr, acc);
+        if (second) {
+          if (wb + 2 * kLutWords < nw) lut_load(q0, row + w0, wb + 2 * kLutWords, nw, vec);
+          lut_words<B>(q1, wb + kLutWords, nw, k0, K, lut, csum, w, sbase, gr, acc);
         }
-      } else {
-#pragma unroll
-        for (int i = 0; i < kLutWords; ++i) q[i] = wb + i < nw ? __ldg(row + w0 + wb + i) : 0u;
       }
-#pragma unroll
-      for (int ci = 0; ci < kLutWords / B; ++ci) {
-        const int c = wb / B + ci;  // chunk of the step
-        if (c * B < nw) {
-          dg += lut_chunk<B>(q, ci, lut + wb * 128);
-          sg += csum[c];
-          const int64_t kend = k0 + 32 * (c + 1);
-          if (kend >= kflush || kend >= K) {  // warp-uniform: the end of a scale group
-            const float s = __half2float(__ldg(w.scales + sbase + gi));
-            const float z = w.zeros != nullptr ? static_cast<float>(__ldg(w.zeros + sbase + gi)) : w.zc;
-            acc = fmaf(s, fmaf(-z, sg, dg), acc);
-            dg = sg = 0.f;
-            ++gi;
-            kflush += w.group;
-          }
-        }
+    } else {
+      for (int wb = 0; wb < nw; wb += kLutWords) {
+        lut_load(q0, row + w0, wb, nw, vec);
+        lut_words<B>(q0, wb, nw, k0, K, lut, csum, w, sbase, gr, acc);
       }
     }
   }
@@ -1092,7 +1126,7 @@ __device__ __forceinline__ void lut_part(const Operand& w, int n, int N, const t
 
 // Grid (tile of kLutThreads outputs, row group). Only for tables whose parts are all dense with
 // 1- or 2-bit codes (the loader checks: cuda.lut_table), unfused: y[row] += Δ x[row].
-template <class D>
+template <class D, bool PF>
 __global__ void __launch_bounds__(kLutThreads)
     lut_dense_kernel(const typename D::E* __restrict__ x, int64_t sx, typename D::E* __restrict__ y, int64_t sy, const int64_t* __restrict__ tab, int max_parts,
                      const int* __restrict__ row_idx, const int* __restrict__ gstart, const int* __restrict__ gslot, int N, int K, bool identity, Fields f) {
@@ -1111,9 +1145,9 @@ __global__ void __launch_bounds__(kLutThreads)
     if (sp.p[p].kind != kDense) continue;  // block-uniform
     const Operand w = sp.p[p].a;
     if (w.bits == 1) {
-      lut_part<D, 1>(w, n, N, xr, K, lut, csum, acc);
+      lut_part<D, 1, PF>(w, n, N, xr, K, lut, csum, acc);
     } else {
-      lut_part<D, 2>(w, n, N, xr, K, lut, csum, acc);
+      lut_part<D, 2, PF>(w, n, N, xr, K, lut, csum, acc);
     }
   }
   if (n < N) {
@@ -1160,6 +1194,7 @@ struct Batch {
   int apply_minb;   // unfused apply: 1 (no register bound) or 3 blocks per SM (at most 80 registers)
   int shrink_warps;  // warps per shrink block (two launches): more warps share one staged x
   bool lut;          // dense 1-/2-bit parts only, unfused: the lookup-table kernel (lut_dense_kernel)
+  bool lut_prefetch;  // lookup-table kernel: load the next words of a row before looking up the current ones
 };
 
 // Shared memory (floats) of an apply block past x: the fold's factors and zeros (2 · wlen), then
@@ -1246,7 +1281,8 @@ void launch_lut(const Batch& b, cudaStream_t stream) {
   const int K = static_cast<int>(b.x.size(1));
   TORCH_CHECK(groups <= 65535, "deltapack_cuda: at most 65535 row groups");
   const unsigned tiles = static_cast<unsigned>((N + kLutThreads - 1) / kLutThreads);
-  lut_dense_kernel<D><<<dim3(tiles, static_cast<unsigned>(groups)), kLutThreads, 0, stream>>>(
+  auto kernel = b.lut_prefetch ? lut_dense_kernel<D, true> : lut_dense_kernel<D, false>;
+  kernel<<<dim3(tiles, static_cast<unsigned>(groups)), kLutThreads, 0, stream>>>(
       reinterpret_cast<const E*>(b.x.data_ptr()), b.x.stride(0), reinterpret_cast<E*>(b.y.data_ptr()), b.y.stride(0), b.table.data_ptr<int64_t>(),
       b.max_parts, b.row_idx.data_ptr<int>(), b.start.data_ptr<int>(), b.slot.data_ptr<int>(), N, K, b.identity, b.f);
   C10_CUDA_KERNEL_LAUNCH_CHECK();
@@ -1320,7 +1356,7 @@ void delta_decode(const at::Tensor& x, at::Tensor y, const at::Tensor& t, const 
                   int64_t max_parts, const at::Tensor& row_idx, const at::Tensor& start, const at::Tensor& slot, const std::vector<int64_t>& fields,
                   int64_t wlen, bool lowrank, bool dense, int64_t rows_per_warp, int64_t shrink_rows, bool pdl, const c10::optional<at::Tensor>& sync,
                   int64_t onepass_a_blocks, int64_t onepass_min_blocks, const c10::optional<at::Tensor>& trace, bool identity, int64_t u_words,
-                  bool onepass_prefetch, int64_t apply_subtiles, int64_t apply_min_blocks, int64_t shrink_warps, bool lut) {
+                  bool onepass_prefetch, int64_t apply_subtiles, int64_t apply_min_blocks, int64_t shrink_warps, bool lut, bool lut_prefetch) {
   TORCH_CHECK(x.is_cuda(), "deltapack_cuda: x must be a CUDA tensor");
   const at::Device dev = x.device();
   TORCH_CHECK(y.device() == dev && table.device() == dev, "deltapack_cuda: x, y and the table must be on one device");
@@ -1385,7 +1421,7 @@ void delta_decode(const at::Tensor& x, at::Tensor y, const at::Tensor& t, const 
   const Batch b{x, y, t, w, table, static_cast<int>(max_parts), row_idx, start, slot, wlen, lowrank, dense, static_cast<int>(shrink_rows), x_vec, pdl, f, sync_ptr, sms,
                 static_cast<int>(onepass_a_blocks), static_cast<int>(onepass_min_blocks), trace_ptr,
                 trace_ptr != nullptr ? trace->numel() : 0, identity, u_words, onepass_prefetch, static_cast<int>(apply_subtiles),
-                static_cast<int>(apply_min_blocks), static_cast<int>(shrink_warps), lut};
+                static_cast<int>(apply_min_blocks), static_cast<int>(shrink_warps), lut, lut_prefetch};
   const int nr = static_cast<int>(rows_per_warp);
   switch (x.scalar_type()) {
     case at::kFloat:
@@ -1412,7 +1448,7 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
         pybind11::arg("rows_per_warp"), pybind11::arg("shrink_rows"), pybind11::arg("pdl") = true, pybind11::arg("sync") = pybind11::none(),
         pybind11::arg("onepass_a_blocks") = 0, pybind11::arg("onepass_min_blocks") = 2, pybind11::arg("trace") = pybind11::none(),
         pybind11::arg("identity") = false, pybind11::arg("u_words") = 0, pybind11::arg("onepass_prefetch") = false, pybind11::arg("apply_subtiles") = 1,
-        pybind11::arg("apply_min_blocks") = 1, pybind11::arg("shrink_warps") = kShrinkWarps, pybind11::arg("lut") = false);
+        pybind11::arg("apply_min_blocks") = 1, pybind11::arg("shrink_warps") = kShrinkWarps, pybind11::arg("lut") = false, pybind11::arg("lut_prefetch") = true);
   m.attr("TRACE_SLOTS") = static_cast<int>(kTrSlots);
   m.attr("APPLY_WARPS") = kApplyWarps;
   m.attr("SHRINK_WARPS") = kShrinkWarps;

@@ -486,7 +486,7 @@ def test_through_the_op(built):
 @gpu
 def test_out_of_scope_falls_back_to_triton(built):
     """Raw low-rank factors, segment groups the custom op rebuilt (their layout unknown) and more
-    than MAX_ROWS rows: handles() is False and the
+    than MAX_ROWS rows in long groups: handles() is False and the
     ``cuda`` backend (and cuda.delta_apply itself) still gives the reference result, through
     Triton."""
     dev, dtype = "cuda", torch.float16
@@ -496,13 +496,14 @@ def test_out_of_scope_falls_back_to_triton(built):
     cases = [
         (lr_kds, lr_tab, torch.tensor([0, 1, -1, 0]), "row"),  # raw f16 low-rank factors
         (dn_kds, dn_tab, torch.tensor([0, 0, 1, -1, 1]), "seg"),  # max_len > 1
-        (dn_kds, dn_tab, torch.randint(0, 2, (kcuda.MAX_ROWS + 1,), generator=g), "row"),  # too many rows
+        (dn_kds, dn_tab, torch.randint(0, 2, (kcuda.MAX_ROWS + 1,), generator=g), "long"),  # too many rows, long groups
     ]
     for kds, tab, slots, mode in cases:
         M = slots.shape[0]
         x = torch.randn(M, 200, generator=g).to(dev, dtype)
         y = torch.randn(M, 72, generator=g).to(dev, dtype)
         groups = RowGroups.per_row(slots.to(dev)) if mode == "row" else RowGroups.segments(slots, dev)
+        assert mode != "long" or groups.max_len > kcuda.PER_ROW_MAX_LEN
         if mode == "seg":  # as the custom op rebuilds them: without the layout flag
             groups = RowGroups(groups.row_idx, groups.start, groups.length, groups.slot, groups.max_len)
         assert not kcuda.handles(x, tab, groups)

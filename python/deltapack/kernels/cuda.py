@@ -95,6 +95,7 @@ ENV_APPLY_MIN_BLOCKS = "DELTAPACK_CUDA_APPLY_MIN_BLOCKS"  # unfused apply: 1 (no
 ENV_SHRINK_WARPS = "DELTAPACK_CUDA_SHRINK_WARPS"  # warps per shrink block, 1-8 (benchmarks; default: shrink_warps())
 ENV_APPLY_SUBTILES = "DELTAPACK_CUDA_APPLY_SUBTILES"  # unfused apply: sub-tiles per block (benchmarks; default: apply_subtiles())
 ENV_LUT = "DELTAPACK_CUDA_LUT"  # 0: never the lookup-table kernel; 1: wherever the table allows it (tests); unset: use_lut()
+ENV_LUT_PREFETCH = "DELTAPACK_CUDA_LUT_PREFETCH"  # 0: the lookup-table kernel loads a row's next words only after the current ones (benchmarks)
 LUT_BITS = (1, 2)  # code widths of the lookup-table kernel's dense parts
 LUT_THREADS = 256  # csrc kLutThreads: outputs per lookup-table block
 TRACE_SLOTS = 8  # csrc kTrSlots: start, claims done, shrink items run, base GEMV done, t waited, end, t-independent operands staged
@@ -526,6 +527,7 @@ def delta_apply(
         apply_min_blocks(nsub),
         shrink_warps(K),
         lut,
+        os.environ.get(ENV_LUT_PREFETCH, "1").strip() != "0",
     )
     return y
 
