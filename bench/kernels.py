@@ -74,7 +74,34 @@ def commit() -> str:
         return "unknown"
 
 
-def bench_ms(fn, rep: int = 40) -> float:
+_GRAPH_FAILS: set[str] = set()
+
+
+def bench_ms(fn, rep: int = 40, graph: bool = True, what: str = "") -> float:
+    """Median ms per call, L2 flushed before each (triton.testing.do_bench). With ``graph`` the
+    call is captured once in a CUDA graph and the graph replayed, so the time is the GPU's and
+    not Python's launch overhead (as a serving loop with graphs sees it; the eager numbers of
+    multi-launch paths varied 2× between runs with the host's speed). A call that cannot be
+    captured is timed eagerly (noted once per ``what``)."""
+    if graph:
+        try:
+            fn()
+            side = torch.cuda.Stream()
+            side.wait_stream(torch.cuda.current_stream())
+            with torch.cuda.stream(side):
+                fn()
+            torch.cuda.current_stream().wait_stream(side)
+            g = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(g):
+                fn()
+            ms = float(triton.testing.do_bench(g.replay, warmup=10, rep=rep, return_mode="median"))
+            del g
+            return ms
+        except Exception as e:  # noqa: BLE001 - time it eagerly instead
+            torch.cuda.synchronize()
+            if what not in _GRAPH_FAILS:
+                _GRAPH_FAILS.add(what)
+                print(f"  ({what or 'a call'} not capturable in a CUDA graph, timed eagerly: {type(e).__name__}: {e})")
     return float(triton.testing.do_bench(fn, warmup=10, rep=rep, return_mode="median"))
 
 
@@ -82,7 +109,7 @@ def copy_bandwidth(nbytes: int = 1 << 30) -> float:
     """Device-to-device copy, bytes read + written per second."""
     src = torch.empty(nbytes // 2, dtype=torch.float16, device="cuda").normal_()
     dst = torch.empty_like(src)
-    ms = bench_ms(lambda: dst.copy_(src), rep=100)
+    ms = bench_ms(lambda: dst.copy_(src), rep=100, graph=False)
     return 2 * nbytes / (ms * 1e-3)
 
 
@@ -125,11 +152,12 @@ def run_layer(shape, label, pool: DeltaPool, batches, bw: float, dtype, delta_ap
                 delta_apply(x, y, tab, groups, t=t)
 
             r = {"shape": f"{out}x{inp}", "method": label, "B": B, "D": D}
-            r["base_ms"] = bench_ms(lambda: torch.matmul(x, W.T, out=y))
-            r["ours_ms"] = bench_ms(ours)
-            r["delta_ms"] = bench_ms(lambda: delta_apply(x, y, tab, groups, t=t))
+            r["base_ms"] = bench_ms(lambda: torch.matmul(x, W.T, out=y), what="base")
+            r["ours_ms"] = bench_ms(ours, what=f"ours {label}")
+            r["ours_eager_ms"] = bench_ms(ours, graph=False)  # with Python's launch overhead
+            r["delta_ms"] = bench_ms(lambda: delta_apply(x, y, tab, groups, t=t), what=f"delta {label}")
             if fused_apply is not None and fusable(groups, B):
-                r["fused_ms"] = bench_ms(lambda: fused_apply(x, y, tab, groups, t=t, base=W))
+                r["fused_ms"] = bench_ms(lambda: fused_apply(x, y, tab, groups, t=t, base=W), what=f"fused {label}")
             delta_bytes = tab.nbytes()
             act = (B * inp + B * out) * x.element_size()
             r["delta_bytes"] = delta_bytes
@@ -144,14 +172,14 @@ def run_layer(shape, label, pool: DeltaPool, batches, bw: float, dtype, delta_ap
                     for d, rows_d in zip(used, idx):
                         y.index_add_(0, rows_d, d.forward_reference(x.index_select(0, rows_d)).to(dtype))
 
-                r["torch_deq_ms"] = bench_ms(torch_deq, rep=20)
+                r["torch_deq_ms"] = bench_ms(torch_deq, rep=20, what="torch_deq")
                 try:
                     merged = torch.stack([(W.float() + d.dense()).to(dtype) for d in used])  # [D, out, in]
                     if D == 1:
-                        r["dense_ms"] = bench_ms(lambda: torch.matmul(x, merged[0].T, out=y))
+                        r["dense_ms"] = bench_ms(lambda: torch.matmul(x, merged[0].T, out=y), what="dense")
                     else:
                         xs = x.view(D, B // D, inp)
-                        r["dense_ms"] = bench_ms(lambda: torch.bmm(xs, merged.transpose(1, 2)))
+                        r["dense_ms"] = bench_ms(lambda: torch.bmm(xs, merged.transpose(1, 2)), what="dense")
                     del merged
                 except torch.OutOfMemoryError:
                     pass
@@ -203,7 +231,7 @@ def decode_step(pools: dict[str, DeltaPool], label: str, dtype, delta_apply, fus
         g = torch.cuda.CUDAGraph()
         with torch.cuda.graph(g):
             step()
-        ms = bench_ms(g.replay, rep=100)
+        ms = bench_ms(g.replay, rep=100, graph=False)
         base_bytes = sum(W.numel() * W.element_size() for W in Ws)
         dbytes = sum(tb.nbytes() for tb in tabs)
         rows.append({"method": label if D else "base", "layers": n_layers, "B": B, "D": D, "fused": fused, "ms": ms, "weight_bytes": base_bytes, "delta_bytes": dbytes})
@@ -214,7 +242,7 @@ def decode_step(pools: dict[str, DeltaPool], label: str, dtype, delta_apply, fus
 
 def summarize(rows: list[dict], steps: list[dict], meta: dict) -> str:
     out = [f"# Multi-delta kernels on {meta['gpu']}", "", f"commit {meta['commit']}, {meta['date']}, torch {meta['torch']}, triton {meta['triton']}, dtype {meta['dtype']}, backend {meta['backend']}; copy bandwidth {meta['copy_GBps']:.0f} GB/s (read + write).", ""]
-    out.append("Times in µs (median, L2 flushed). `floor` = (base + active delta bytes + activations) / copy bandwidth. Ratios: ours / floor, ours / base, torch_deq / ours, dense / ours.")
+    out.append("Times in µs: median of CUDA-graph replays of one call, L2 flushed before each (Python's launch overhead excluded; `ours_eager_ms` in the CSV has it). `floor` = (base + active delta bytes + activations) / copy bandwidth. Ratios: ours / floor, ours / base, torch_deq / ours, dense / ours.")
     out.append("")
     out.append("`best` = the faster of ours and fused (fused: base GEMV inside the delta launch, per-row decode batches).")
     out.append("")
@@ -324,6 +352,7 @@ def main(argv: list[str] | None = None) -> None:
                     del pool
                 torch.cuda.empty_cache()
                 print(f"  [{label} {sh}: {time.perf_counter() - t_start:.0f} s since start]")
+                write_results(Path(a.out), meta, rows, steps, quiet=True)  # so far: a run cut short keeps what it measured
         first = True
         for label in DECODE_METHODS:
             if a.decode_layers and all((label, s) in pools for s in DECODE_SHAPES):
@@ -332,18 +361,19 @@ def main(argv: list[str] | None = None) -> None:
     write_results(Path(a.out), meta, rows, steps)
 
 
-def write_results(out: Path, meta: dict, rows: list[dict], steps: list[dict]) -> None:
+def write_results(out: Path, meta: dict, rows: list[dict], steps: list[dict], quiet: bool = False) -> None:
     out.mkdir(parents=True, exist_ok=True)
     gpu = meta["gpu"]
     tag = "h100" if "H100" in gpu else gpu.split()[-1].lower()
     (out / f"kernels_{tag}.json").write_text(json.dumps({"meta": meta, "layers": rows, "decode": steps}, indent=1))
-    keys = ["shape", "method", "B", "D", "base_ms", "ours_ms", "fused_ms", "delta_ms", "floor_ms", "torch_deq_ms", "dense_ms", "delta_bytes", "ours_GBps"]
+    keys = ["shape", "method", "B", "D", "base_ms", "ours_ms", "ours_eager_ms", "fused_ms", "delta_ms", "floor_ms", "torch_deq_ms", "dense_ms", "delta_bytes", "ours_GBps"]
     (out / f"kernels_{tag}.csv").write_text("\n".join([",".join(keys)] + [",".join(str(r.get(k, "")) for k in keys) for r in rows]) + "\n")
     md = summarize(rows, steps, meta)
     (out / f"kernels_{tag}.md").write_text(md)
-    if rows:
+    if rows and not quiet:
         plot(rows, out / f"kernels_{tag}.png")
-    print(md)
+    if not quiet:
+        print(md)
 
 
 if __name__ == "__main__":

@@ -2,9 +2,10 @@
 and nvcc exist, with :func:`torch.utils.cpp_extension.load`, into
 ``~/.cache/deltapack/cuda/<hash of the sources, torch version and GPU archs>``.
 
-Scope: decode batches of at most :data:`MAX_ROWS` rows, one row per group (``groups.max_len ==
-1``; segment batches are converted, :func:`as_per_row`, unless their groups are long enough for
-the Triton prefill path), whose deltas are made of
+Scope: decode batches of at most :data:`MAX_ROWS` rows, or of any size whose row groups hold at
+most :data:`PER_ROW_MAX_LEN` rows (many distinct deltas), served one row per group (segment
+batches are converted, :func:`as_per_row`, unless their groups are long enough for the Triton
+prefill path), whose deltas are made of
 
 - dense packed parts (BitDelta ``q1``, RTN ``q{1,2,3,4,8}``) whose scale groups hold whole
   32-code chunks, and
@@ -19,7 +20,9 @@ blocks start the base GEMV at once while shrink items (t = Vt·x) run beside the
 apply block waits for its row's t only after its base GEMV (counters in a small per-stream
 scratch, :func:`sync_scratch`; ``DELTAPACK_CUDA_ONEPASS=0`` takes the two launches instead).
 Otherwise two launches (shrink for the low-rank parts, then apply), or one without low-rank
-parts; with ``base`` the apply launch also computes the base GEMV. The apply launch is a
+parts; with ``base`` the apply launch also computes the base GEMV. Tables of dense 1- and
+2-bit parts only (BitDelta, RTN q1 / q2) take a lookup-table kernel instead of the apply when
+the batch fills the GPU (:func:`use_lut`): a nibble of codes per shared-memory lookup. The apply launch is a
 programmatic dependent of the shrink (Hopper): its blocks start while the shrink runs, stage x
 and compute the base GEMV, and wait for t only before the low-rank products
 (``DELTAPACK_CUDA_PDL=0`` turns this off). A build
@@ -95,7 +98,10 @@ ENV_APPLY_MIN_BLOCKS = "DELTAPACK_CUDA_APPLY_MIN_BLOCKS"  # unfused apply: 1 (no
 ENV_SHRINK_WARPS = "DELTAPACK_CUDA_SHRINK_WARPS"  # warps per shrink block, 1-8 (benchmarks; default: shrink_warps())
 ENV_APPLY_SUBTILES = "DELTAPACK_CUDA_APPLY_SUBTILES"  # unfused apply: sub-tiles per block (benchmarks; default: apply_subtiles())
 ENV_LUT = "DELTAPACK_CUDA_LUT"  # 0: never the lookup-table kernel; 1: wherever the table allows it (tests); unset: use_lut()
-ENV_LUT_PREFETCH = "DELTAPACK_CUDA_LUT_PREFETCH"  # 0: the lookup-table kernel loads a row's next words only after the current ones (benchmarks)
+# 1: the lookup-table kernel loads a row's next words before looking up the current ones (two register
+# buffers). Off by default: slower on the H100 (BitDelta B = D = 32, 4096²: 88 vs 68 µs; ncu: 30 vs 40 %
+# occupancy, a 64-byte stack frame; bench/results/kernels_h100_s7/call2)
+ENV_LUT_PREFETCH = "DELTAPACK_CUDA_LUT_PREFETCH"
 LUT_BITS = (1, 2)  # code widths of the lookup-table kernel's dense parts
 LUT_THREADS = 256  # csrc kLutThreads: outputs per lookup-table block
 TRACE_SLOTS = 8  # csrc kTrSlots: start, claims done, shrink items run, base GEMV done, t waited, end, t-independent operands staged
@@ -527,7 +533,7 @@ def delta_apply(
         apply_min_blocks(nsub),
         shrink_warps(K),
         lut,
-        os.environ.get(ENV_LUT_PREFETCH, "1").strip() != "0",
+        os.environ.get(ENV_LUT_PREFETCH, "0").strip() == "1",
     )
     return y
 
