@@ -2,11 +2,11 @@
 # (argument: which part). Every method at 1 bit/param (and 0.5 where it reaches it), B in 1..2048,
 # D in {1, B}; part "decode" adds the decode step (2 layers; delta-come and bitdelta). The build
 # comes from .cudacache/build.tgz (call 2). Results: $OUT/<part>.json / .md, merged here with
-# bench/kernels.py --merge.
+# bench/kernels.py --merge. PACK=<path>: also pack the build there.
 source bench/device/env.sh
 export DELTAPACK_COMMIT=$(cat .commit 2>/dev/null || echo wip)
 t0=$(date +%s)
-build_cuda > $OUT/cuda_build_$1.log 2>&1; tail -2 $OUT/cuda_build_$1.log
+build_cuda $PACK > $OUT/cuda_build_$1.log 2>&1; tail -2 $OUT/cuda_build_$1.log
 M=delta-come@1,delta-come@0.5,bitdelta@1,lowrank@1,lowrank@0.5,deltazip@2
 case $1 in
   a) S=4096x4096,11008x4096; D=0 ;;
