@@ -288,8 +288,9 @@ def plot(rows: list[dict], path: Path) -> None:
 
 
 def merge(paths: list[str], out: Path) -> None:
-    """One result set from runs of one sweep split over several calls: their rows in order, the
-    first run's metadata with every run's commit, date and copy bandwidth listed."""
+    """One result set from runs of one sweep split over several calls: their rows in order (a
+    later run's row for the same shape, method, B and D replaces an earlier one: re-measured
+    after a change), the first run's metadata with every run's commit and date listed."""
     runs = [json.loads(Path(p).read_text()) for p in paths]
     meta = dict(runs[0]["meta"])
     for k in ("commit", "date"):
@@ -299,7 +300,13 @@ def merge(paths: list[str], out: Path) -> None:
         raise SystemExit("--merge: the runs were measured on different GPUs")
     meta["copy_GBps"] = sum(r["meta"]["copy_GBps"] for r in runs) / len(runs)
     meta["runs"] = len(runs)
-    write_results(out, meta, [row for r in runs for row in r["layers"]], [st for r in runs for st in r["decode"]])
+    rows: dict[tuple, dict] = {}
+    for r in runs:
+        for row in r["layers"]:
+            key = (row["shape"], row["method"], row["B"], row["D"])
+            rows.pop(key, None)  # the re-measured row goes where the later run put it
+            rows[key] = dict(row, commit=r["meta"]["commit"])
+    write_results(out, meta, list(rows.values()), [dict(st, commit=r["meta"]["commit"]) for r in runs for st in r["decode"]])
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -366,7 +373,7 @@ def write_results(out: Path, meta: dict, rows: list[dict], steps: list[dict], qu
     gpu = meta["gpu"]
     tag = "h100" if "H100" in gpu else gpu.split()[-1].lower()
     (out / f"kernels_{tag}.json").write_text(json.dumps({"meta": meta, "layers": rows, "decode": steps}, indent=1))
-    keys = ["shape", "method", "B", "D", "base_ms", "ours_ms", "ours_eager_ms", "fused_ms", "delta_ms", "floor_ms", "torch_deq_ms", "dense_ms", "delta_bytes", "ours_GBps"]
+    keys = ["shape", "method", "B", "D", "base_ms", "ours_ms", "ours_eager_ms", "fused_ms", "delta_ms", "floor_ms", "torch_deq_ms", "dense_ms", "delta_bytes", "ours_GBps", "commit"]
     (out / f"kernels_{tag}.csv").write_text("\n".join([",".join(keys)] + [",".join(str(r.get(k, "")) for k in keys) for r in rows]) + "\n")
     md = summarize(rows, steps, meta)
     (out / f"kernels_{tag}.md").write_text(md)

@@ -1,5 +1,5 @@
-// Decode kernels for deltapack: y[row] (+)= Δ_slot(row) · x[row] for batches of at most 64 rows,
-// one row per group (gather mode), where launch overhead and memory bandwidth dominate. The deltas
+// Decode kernels for deltapack: y[row] (+)= Δ_slot(row) · x[row], one row per group (gather mode),
+// for batches where launch overhead and memory bandwidth dominate. The deltas
 // are read straight from the packed .dpk layout (docs/FORMAT.md §3.2, §3.4): one little-endian
 // bit stream of b-bit codes per row, rows padded to 32-bit words, value = (code − zero) · scale,
 // scale index = row · srow + col / group, zero from a u8 grid with the same index or an f32
@@ -10,7 +10,9 @@
 // - dense (BitDelta q1, RTN q{b}): b ∈ {1, 2, 3, 4, 8}, scale groups of whole 32-code chunks;
 // - low-rank (Delta-CoMe blocks): Vt [r, in] as stored, Ut through its rank-major copy [out, r]
 //   (same codes, same bit width), b ∈ {1, 2, 3, 4, 8}; f16 singular values s; an optional
-//   act-order permutation of x.
+//   act-order permutation of x;
+// - 2:4 sparse (DeltaZip s24q2: 2-bit kept values, 2-bit positions, constant zero), by the
+//   lookup-table kernel only.
 //
 // Launches:
 // - shrink (low-rank parts only): t[row, roff + j] = Σ_k Vt[j, k] · x[row, perm(k)].
@@ -25,6 +27,8 @@
 //   which leaves a plain integer-code GEMV over rank-major rows (no per-code scale load), run
 //   part by part (a warp-uniform bit width; ut_items).
 //   After a shrink it is a programmatic dependent launch: it starts while the shrink runs.
+// - lookup table (dense 1-/2-bit and 2:4 2-bit parts only, unfused): a thread per output row, a
+//   shared-memory table of partial sums of x per nibble of codes (lut_dense_kernel).
 // - one pass (fused with low-rank parts): the shrink's items and the fused apply's in one grid;
 //   apply blocks run their base GEMV while shrink items compute t beside them, and wait for
 //   their row's t (device-wide counters) only before the low-rank products (onepass_kernel).
@@ -67,8 +71,10 @@ struct Fields {
   int a_bits;  // first of the 8 operand fields A_BITS, A_CODES, A_STRIDE, A_SCALES, A_SROW, A_GROUP, A_ZEROS, A_ZCONST
   int b_bits;  // first of the same 8 fields of operand B (Ut, B_CODES = its rank-major codes)
   int kind_lowrank, kind_dense;
+  int a_idx, a_istride;  // a 2:4 part's index stream (A_IDX, A_ISTRIDE)
+  int kind_s24;
 };
-constexpr int kNumFields = 10;
+constexpr int kNumFields = 13;
 
 // One packed operand as a table entry describes it.
 struct Operand {
@@ -386,7 +392,7 @@ __host__ __device__ __forceinline__ int x_floats(int kp) { return kp + ((kp / 32
 // shared memory. Low-rank parts also get their offsets in the apply kernel's flat index spaces:
 // woff (folded activations, each part's rank padded to 32) and uoff (words of a rank-major Ut
 // row, all parts).
-enum PartKind : int { kNone = 0, kLowRank = 1, kDense = 2 };
+enum PartKind : int { kNone = 0, kLowRank = 1, kDense = 2, kSparse24 = 3 };
 
 struct PartDesc {
   Operand a;  // Vt (low-rank) or W (dense)
@@ -417,9 +423,13 @@ __device__ __forceinline__ void load_parts(const int64_t* __restrict__ base, int
     const int64_t* e = sp.raw + p * f.nf;
     const int64_t kind = e[f.kind];
     PartDesc& d = sp.p[p];
-    d.kind = kind == f.kind_lowrank ? kLowRank : (kind == f.kind_dense ? kDense : kNone);
+    d.kind = kind == f.kind_lowrank ? kLowRank : (kind == f.kind_dense ? kDense : (kind == f.kind_s24 ? kSparse24 : kNone));
     d.a = read_operand(e, f.a_bits);
     d.b = read_operand(e, f.b_bits);
+    if (d.kind == kSparse24) {  // a 2:4 part has no operand B: its index stream travels there (codes, stride)
+      d.b.codes = reinterpret_cast<const uint32_t*>(static_cast<uintptr_t>(e[f.a_idx]));
+      d.b.stride = e[f.a_istride];
+    }
     d.s = reinterpret_cast<const __half*>(static_cast<uintptr_t>(e[f.s]));
     d.perm = reinterpret_cast<const int*>(static_cast<uintptr_t>(e[f.perm]));
     d.rank = static_cast<int>(e[f.rank]);
@@ -984,8 +994,13 @@ constexpr int kLutTables = 512;   // nibble tables per K step: 2048 (1-bit) or 1
 constexpr int kLutWords = 16;     // words of its row a thread loads at once (64 bytes)
 
 // Tables and chunk sums for the step at k0 (x = 0 past K). Every thread of the block calls it.
-template <class D, int B>
-__device__ __forceinline__ void lut_build(const typename D::E* __restrict__ xr, int k0, int K, float* __restrict__ lut, float* __restrict__ csum) {
+// MODE 1 / 2: B-bit dense codes as above; MODE 24: a 2:4 part's 2-bit kept values with constant
+// zero zc (DeltaZip): table i covers the block x[k0 + 4i .. + 4) of one kept pair, and a kept
+// value's nibble (position i in bits 0-1, code q in bits 2-3) looks up (q − zc) x[k0 + 4i + pos];
+// no chunk sums (the zero is in the tables).
+template <class D, int MODE>
+__device__ __forceinline__ void lut_build(const typename D::E* __restrict__ xr, int k0, int K, float* __restrict__ lut, float* __restrict__ csum, float zc = 0.f) {
+  constexpr int B = MODE == 24 ? 1 : MODE;  // x per table: 4 / B
   constexpr int kCodes = 4 / B;           // codes per table
   constexpr int kPerChunk = 32 / kCodes;  // tables per 32-code chunk: 8 or 16
   const int lane = threadIdx.x & 31;
@@ -995,13 +1010,13 @@ __device__ __forceinline__ void lut_build(const typename D::E* __restrict__ xr, 
 #pragma unroll
     for (int c = 0; c < kCodes; ++c) v[c] = k + c < K ? D::load1(xr + k + c) : 0.f;
     float e[16];
-    if constexpr (B == 1) {
-      e[0] = 0.f;
+    if constexpr (MODE == 24) {
 #pragma unroll
-      for (int bit = 0; bit < 4; ++bit) {
+      for (int j = 0; j < 16; ++j) e[j] = (static_cast<float>(j >> 2) - zc) * v[j & 3];
+    } else if constexpr (B == 1) {  // sums of the low and the high pair: one flat loop (constant indices)
+      const float lo[4] = {0.f, v[0], v[1], v[0] + v[1]}, hi[4] = {0.f, v[2], v[3], v[2] + v[3]};
 #pragma unroll
-        for (int j = 0; j < (1 << bit); ++j) e[(1 << bit) + j] = e[j] + v[bit];
-      }
+      for (int j = 0; j < 16; ++j) e[j] = lo[j & 3] + hi[j >> 2];
     } else {
 #pragma unroll
       for (int j = 0; j < 16; ++j) e[j] = static_cast<float>(j & 3) * v[0] + static_cast<float>(j >> 2) * v[1];
@@ -1009,12 +1024,14 @@ __device__ __forceinline__ void lut_build(const typename D::E* __restrict__ xr, 
     float4* dst = reinterpret_cast<float4*>(lut + 16 * i);
 #pragma unroll
     for (int q = 0; q < 4; ++q) dst[q] = make_float4(e[4 * q], e[4 * q + 1], e[4 * q + 2], e[4 * q + 3]);
-    float s = 0.f;
+    if constexpr (MODE != 24) {
+      float s = 0.f;
 #pragma unroll
-    for (int c = 0; c < kCodes; ++c) s += v[c];
+      for (int c = 0; c < kCodes; ++c) s += v[c];
 #pragma unroll
-    for (int off = 1; off < kPerChunk; off <<= 1) s += __shfl_xor_sync(0xFFFFFFFFu, s, off);
-    if ((lane & (kPerChunk - 1)) == 0) csum[i / kPerChunk] = s;
+      for (int off = 1; off < kPerChunk; off <<= 1) s += __shfl_xor_sync(0xFFFFFFFFu, s, off);
+      if ((lane & (kPerChunk - 1)) == 0) csum[i / kPerChunk] = s;
+    }
   }
 }
 
@@ -1035,18 +1052,19 @@ __device__ __forceinline__ float lut_chunk(const uint32_t (&q)[kLutWords], int c
   return d0 + d1;
 }
 
-// q = words [wb, wb + kLutWords) of a row's step (at ``row``), 0 from nw on.
-__device__ __forceinline__ void lut_load(uint32_t (&q)[kLutWords], const uint32_t* __restrict__ row, int wb, int nw, bool vec) {
-  if (vec && wb + kLutWords <= nw) {
+// q = words [wb, wb + W) of a row's step (at ``row``), 0 from nw on.
+template <int W>
+__device__ __forceinline__ void lut_load(uint32_t (&q)[W], const uint32_t* __restrict__ row, int wb, int nw, bool vec) {
+  if (vec && wb + W <= nw) {
     const uint4* src = reinterpret_cast<const uint4*>(row + wb);
 #pragma unroll
-    for (int i = 0; i < kLutWords / 4; ++i) {
+    for (int i = 0; i < W / 4; ++i) {
       const uint4 u = __ldg(src + i);
       q[4 * i] = u.x, q[4 * i + 1] = u.y, q[4 * i + 2] = u.z, q[4 * i + 3] = u.w;
     }
   } else {
 #pragma unroll
-    for (int i = 0; i < kLutWords; ++i) q[i] = wb + i < nw ? __ldg(row + wb + i) : 0u;
+    for (int i = 0; i < W; ++i) q[i] = wb + i < nw ? __ldg(row + wb + i) : 0u;
   }
 }
 
@@ -1124,10 +1142,75 @@ __device__ __forceinline__ void lut_part(const Operand& w, int n, int N, const t
   }
 }
 
+// acc += Σ_k W[n, k] x[k] for one 2:4 part (DeltaZip s24q2, constant zero): the codes and the
+// index stream have the same layout (2 bits per kept value), so word w of both holds kept values
+// 16w .. 16w + 15, i.e. kept pairs (tables) 8w .. 8w + 7 of the step. Their nibbles (position |
+// code << 2) come out of the two words with two masks: lo holds the first value of each pair,
+// hi the second; both look up the pair's table.
+template <class D>
+__device__ __forceinline__ void lut_s24_part(const Operand& w, const uint32_t* __restrict__ idx, int64_t istride, int n, int N,
+                                             const typename D::E* __restrict__ xr, int K, float* __restrict__ lut, float* __restrict__ csum, float& acc) {
+  constexpr int kStepCodes = 4 * kLutTables;     // dense columns per step
+  constexpr int kStepWords = kStepCodes / 2 / 16;  // words of kept values (and of positions) per step
+  constexpr int kW = kLutWords / 2;                // words of each stream a thread loads at once
+  const int kc = K / 2;                           // kept values per row (K is a multiple of 4)
+  const bool live = n < N;
+  const int64_t nn = live ? n : 0;
+  const uint32_t* __restrict__ row = w.codes + nn * w.stride;
+  const uint32_t* __restrict__ irow = idx + nn * istride;
+  const int64_t sbase = nn * w.srow;
+  const bool vec = (reinterpret_cast<uintptr_t>(w.codes) & 15) == 0 && (w.stride & 3) == 0 && (reinterpret_cast<uintptr_t>(idx) & 15) == 0 &&
+                   (istride & 3) == 0;
+  const int row_words = (kc * 2 + 31) / 32;
+  LutGroup gr;
+  gr.kflush = w.group < kc ? w.group : static_cast<int64_t>(kc);
+  for (int k0 = 0; k0 < K; k0 += kStepCodes) {
+    __syncthreads();  // the previous step's tables are consumed
+    lut_build<D, 24>(xr, k0, K, lut, csum, w.zc);
+    __syncthreads();
+    if (!live) continue;
+    const int kept0 = k0 / 2, w0 = k0 / 32;
+    const int nw = min(kStepWords, row_words - w0);
+    for (int wb = 0; wb < nw; wb += kW) {
+      uint32_t q[kW], p[kW];
+      lut_load(q, row + w0, wb, nw, vec);
+      lut_load(p, irow + w0, wb, nw, vec);
+#pragma unroll
+      for (int ci = 0; ci < kW / 2; ++ci) {  // 32 kept values: 2 words
+        const int c = wb / 2 + ci;
+        if (c * 2 < nw) {
+          float d0 = 0.f, d1 = 0.f;
+#pragma unroll
+          for (int i = 0; i < 2; ++i) {
+            const uint32_t cw = q[2 * ci + i], pw = p[2 * ci + i];
+            const uint32_t lo = (pw & 0x33333333u) | ((cw & 0x33333333u) << 2);
+            const uint32_t hi = ((pw >> 2) & 0x33333333u) | (cw & 0xCCCCCCCCu);
+            const float* tb = lut + (wb + 2 * ci + i) * 128;
+#pragma unroll
+            for (int m = 0; m < 8; ++m) {
+              d0 += tb[16 * m + ((lo >> (4 * m)) & 15u)];
+              d1 += tb[16 * m + ((hi >> (4 * m)) & 15u)];
+            }
+          }
+          gr.dg += d0 + d1;
+          const int64_t kend = kept0 + 32 * (c + 1);
+          if (kend >= gr.kflush || kend >= kc) {  // warp-uniform: the end of a scale group
+            acc = fmaf(__half2float(__ldg(w.scales + sbase + gr.gi)), gr.dg, acc);
+            gr.dg = 0.f;
+            ++gr.gi;
+            gr.kflush += w.group;
+          }
+        }
+      }
+    }
+  }
+}
+
 // Grid (tile of kLutThreads outputs, row group). Only for tables whose parts are all dense with
-// 1- or 2-bit codes (the loader checks: cuda.lut_table), unfused: y[row] += Δ x[row].
+// 1- or 2-bit codes or 2:4 with 2-bit kept values and a constant zero (the loader checks:
+// cuda.lut_table), unfused: y[row] += Δ x[row].
 template <class D, bool PF>
-__global__ void __launch_bounds__(kLutThreads)
+__global__ void __launch_bounds__(kLutThreads, 4)
     lut_dense_kernel(const typename D::E* __restrict__ x, int64_t sx, typename D::E* __restrict__ y, int64_t sy, const int64_t* __restrict__ tab, int max_parts,
                      const int* __restrict__ row_idx, const int* __restrict__ gstart, const int* __restrict__ gslot, int N, int K, bool identity, Fields f) {
   __shared__ __align__(16) float lut[kLutTables * 16];
@@ -1142,7 +1225,11 @@ __global__ void __launch_bounds__(kLutThreads)
   const typename D::E* xr = x + static_cast<int64_t>(row) * sx;
   float acc = 0.f;
   for (int p = 0; p < max_parts; ++p) {
-    if (sp.p[p].kind != kDense) continue;  // block-uniform
+    if (sp.p[p].kind == kSparse24) {  // block-uniform
+      lut_s24_part<D>(sp.p[p].a, sp.p[p].b.codes, sp.p[p].b.stride, n, N, xr, K, lut, csum, acc);
+      continue;
+    }
+    if (sp.p[p].kind != kDense) continue;
     const Operand w = sp.p[p].a;
     if (w.bits == 1) {
       lut_part<D, 1, PF>(w, n, N, xr, K, lut, csum, acc);
@@ -1379,6 +1466,9 @@ void delta_decode(const at::Tensor& x, at::Tensor y, const at::Tensor& t, const 
   f.b_bits = static_cast<int>(fields[7]);
   f.kind_lowrank = static_cast<int>(fields[8]);
   f.kind_dense = static_cast<int>(fields[9]);
+  f.a_idx = static_cast<int>(fields[10]);
+  f.a_istride = static_cast<int>(fields[11]);
+  f.kind_s24 = static_cast<int>(fields[12]);
   TORCH_CHECK(table.scalar_type() == at::kLong && table.dim() == 3 && table.is_contiguous() && table.size(1) == max_parts && table.size(2) == f.nf,
               "deltapack_cuda: the table must be a contiguous int64 [n_slots, max_parts, NF] tensor");
   if (lowrank) {

@@ -39,3 +39,12 @@ def test_merge(tmp_path):
     assert res["meta"]["commit"] == "abc" and res["meta"]["runs"] == 2
     md = (tmp_path / "all" / "kernels_h100.md").read_text()
     assert md.count("| bitdelta@1 | 2 | 1 | 1 | yes | 400.0 | 1.250 |") == 2  # both runs' steps against the one base-only step
+    # a later run re-measuring a row replaces it
+    again = _run("def", "4096x4096", with_base=False)
+    again["layers"][0]["ours_ms"] = 0.05
+    p = tmp_path / "run2.json"
+    p.write_text(json.dumps(again))
+    kernels.main(["--merge", *paths, str(p), "--out", str(tmp_path / "all")])
+    res = json.loads((tmp_path / "all" / "kernels_h100.json").read_text())
+    assert [(r["shape"], r["ours_ms"], r["commit"]) for r in res["layers"]] == [("14336x4096", 0.06, "abc"), ("4096x4096", 0.05, "def")]
+    assert res["meta"]["commit"] == "abc / def"

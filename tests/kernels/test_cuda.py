@@ -36,6 +36,9 @@ DTYPES = [torch.float32, torch.float16, torch.bfloat16]
 # odd shapes: partial last words, N not a multiple of a block's outputs, rows of x not 16-byte
 # aligned in 16-bit dtypes (33×100: the element-by-element activation path)
 SHAPES = [(72, 200), (33, 100), (130, 1032)]
+# DeltaZip's 2:4 with 2-bit kept values: only the lookup-table kernel reads it (not in SPECS, whose
+# tests run the warp kernels)
+S24Q2 = ("deltazip", 2.0, {"bits": 2})
 
 
 def _tables(specs: list[tuple[str, float, dict]], out: int, inp: int, device: str, seed: int, multi: bool = False):
@@ -139,13 +142,13 @@ def test_scope_tables():
     "specs",
     [
         [("lowrank", 2.0, {})],  # raw f16 factors
-        [("deltazip", 2.0, {"bits": 2})],  # 2:4 sparse
+        [("deltazip", 2.0, {"bits": 3})],  # 2:4 sparse with 3-bit kept values (2-bit ones: the lookup-table kernel's)
         [("rtn", 8.0, {"bits": 8, "group": 48})],  # a group that splits a 32-code chunk
         [("rtn", 1.0, {"bits": 1, "group": 16})],  # group smaller than a chunk's 32 codes
         [("delta-come", 1.0, {"group": 16})],  # Ut groups of 16 outputs: an apply block spans two
         [SPECS["q4g32"], ("lowrank", 2.0, {})],  # one out-of-scope slot is enough
     ],
-    ids=["lowrank", "s24", "group48", "q1g16", "delta-come-g16", "mixed-lowrank"],
+    ids=["lowrank", "s24q3", "group48", "q1g16", "delta-come-g16", "mixed-lowrank"],
 )
 def test_scope_rejects_tables(specs):
     tab = _cpu_table(specs)
@@ -226,6 +229,11 @@ def test_lut_scope(monkeypatch):
     assert kcuda.lut_table(dense)
     for other in (["q3g32"], ["bitdelta", "q4g32"], ["dc1"], ["bitdelta", "dc1"]):
         assert not kcuda.lut_table(_cpu_table([SPECS[s] for s in other]))
+    # DeltaZip's 2:4 parts with 2-bit kept values: only this kernel reads them
+    s24 = _cpu_table([S24Q2, SPECS["bitdelta"]])
+    assert kcuda.lut_table(s24) and not kcuda.table_supported(s24)
+    assert kcuda.eligible(torch.randn(4, 200), s24, RowGroups.per_row(torch.tensor([0, 1, -1, 0])))
+    assert not kcuda.lut_table(_cpu_table([("deltazip", 2.0, {"bits": 4})]))
     sms, tiles = 132, -(-4096 // kcuda.LUT_THREADS)
     assert not kcuda.use_lut(dense, sms, 1, 4096)  # B = 1: 16 blocks
     assert kcuda.use_lut(dense, sms, -(-sms // tiles), 4096)
@@ -376,18 +384,18 @@ def test_many_rows_and_segments(built, dtype, monkeypatch):
         assert _rel_err(got, want, base) <= 2 * TOL[dtype]
 
 
-LUT_SPECS = ["bitdelta", "q1g32", "q1g128", "q1row", "q1tensor", "q2g32", "q2g128", "q2row", "q2tensor"]
+LUT_SPECS = ["bitdelta", "q1g32", "q1g128", "q1row", "q1tensor", "q2g32", "q2g128", "q2row", "q2tensor", "s24q2"]
 
 
 @gpu
 @pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: str(d).split(".")[-1])
 def test_lut_dense(built, dtype, monkeypatch):
-    """The lookup-table kernel (forced on) for every 1- and 2-bit dense encoding, a slot of
-    several parts, odd shapes (partial words, N past a block's 256 outputs) and inputs longer
-    than one table step (2048 1-bit / 1024 2-bit codes), against the reference and against the
-    warp-per-row apply."""
+    """The lookup-table kernel (forced on) for every 1- and 2-bit dense encoding and DeltaZip's
+    2:4 s24q2, a slot of several parts, odd shapes (partial words, N past a block's 256 outputs)
+    and inputs longer than one table step (2048 1-bit / 1024 2-bit codes), against the
+    reference and against the other path (the warp-per-row apply; Triton for 2:4)."""
     for out, inp in ((72, 200), (33, 100), (300, 2100), (257, 4200)):
-        kds, tab = _tables([SPECS[s] for s in LUT_SPECS], out, inp, "cuda", seed=out + inp, multi=True)
+        kds, tab = _tables([{**SPECS, "s24q2": S24Q2}[s] for s in LUT_SPECS], out, inp, "cuda", seed=out + inp, multi=True)
         assert kcuda.lut_table(tab)
         for M in (1, 5, 16):
             monkeypatch.setenv(kcuda.ENV_LUT, "1")

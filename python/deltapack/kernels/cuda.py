@@ -48,6 +48,8 @@ import torch
 
 from .packed import (
     A_BITS,
+    A_IDX,
+    A_ISTRIDE,
     B_BITS,
     F_KIND,
     F_PERM,
@@ -56,6 +58,7 @@ from .packed import (
     F_S,
     KIND_DENSE,
     KIND_LOWRANK,
+    KIND_SPARSE24,
     NF,
     DeltaTable,
     DensePart,
@@ -107,7 +110,7 @@ LUT_THREADS = 256  # csrc kLutThreads: outputs per lookup-table block
 TRACE_SLOTS = 8  # csrc kTrSlots: start, claims done, shrink items run, base GEMV done, t waited, end, t-independent operands staged
 # The table's layout as the kernel reads it (csrc/delta_decode.cu struct Fields, in this order;
 # each operand's 8 fields follow A_BITS / B_BITS in packed.py's order).
-FIELDS = (NF, F_KIND, F_RANK, F_ROFF, F_PERM, F_S, A_BITS, B_BITS, KIND_LOWRANK, KIND_DENSE)
+FIELDS = (NF, F_KIND, F_RANK, F_ROFF, F_PERM, F_S, A_BITS, B_BITS, KIND_LOWRANK, KIND_DENSE, A_IDX, A_ISTRIDE, KIND_SPARSE24)
 
 _lock = threading.Lock()
 _sync: dict[tuple[int, int], torch.Tensor] = {}
@@ -322,7 +325,7 @@ def eligible(x: torch.Tensor, tab: DeltaTable, groups: RowGroups) -> bool:
         and x.dtype in DTYPES
         and x.shape[1] == tab.in_features
         and x.stride(1) == 1
-        and table_supported(tab)
+        and (table_supported(tab) or lut_table(tab))
     )
 
 
@@ -335,9 +338,11 @@ def _prefill(groups: RowGroups) -> bool:
 
 
 def handles(x: torch.Tensor, tab: DeltaTable, groups: RowGroups) -> bool:
-    """Whether these kernels serve the batch: a CUDA ``x`` of at most :data:`MAX_ROWS` rows, in
-    gather mode (``groups.max_len == 1``) or as segments (served per row), a table in their scope
-    (:func:`table_supported`), and a built extension."""
+    """Whether these kernels may serve the batch: a CUDA ``x`` of at most :data:`MAX_ROWS` rows
+    (or with short groups), in gather mode (``groups.max_len == 1``) or as segments (served per
+    row), a table in their scope (:func:`table_supported`, or :func:`lut_table` for the
+    lookup-table kernel alone), and a built extension. A table only the lookup-table kernel
+    reads (2:4 parts) still goes to Triton when :func:`use_lut` declines the batch."""
     return x.is_cuda and tab.table.device == x.device and eligible(x, tab, groups) and available()
 
 
@@ -365,12 +370,50 @@ def fuse_max_rows() -> int:
     return min(int(env) if env else FUSE_MAX_ROWS, MAX_ROWS)
 
 
+def _s24_lut_ok(o: Operand, device: torch.device, in_f: int) -> bool:
+    """A 2:4 operand the lookup-table kernel reads: 2-bit kept values with a constant zero
+    (DeltaZip's symmetric s24q2), int32 code and position words on ``device``, f16 scales whose
+    groups (of kept values) hold whole 32-value chunks or a whole row."""
+    kc = in_f // 2
+    g = int(o.group)
+    idx = o.indices
+    return (
+        o.sparse24
+        and o.bits == 2
+        and in_f % 4 == 0
+        and o.zeros is None
+        and o.codes.dtype == torch.int32
+        and o.codes.device == device
+        and o.stride * 32 >= kc * 2
+        and idx is not None
+        and idx.dtype == torch.int32
+        and idx.device == device
+        and idx.dim() == 2
+        and idx.shape[1] * 32 >= kc * 2
+        and idx.stride(1) == 1
+        and o.scales is not None
+        and o.scales.dtype == torch.float16
+        and o.scales.device == device
+        and g > 0
+        and (g % 32 == 0 or g >= kc)
+    )
+
+
 def lut_table(tab: DeltaTable) -> bool:
-    """Whether the lookup-table kernel can serve ``tab``: every part of every delta dense with
-    1- or 2-bit codes (BitDelta, RTN q1 / q2), no low-rank part (cached on the table)."""
+    """Whether the lookup-table kernel can serve ``tab``: no low-rank part, and every part of
+    every delta dense with 1- or 2-bit codes (BitDelta, RTN q1 / q2) or 2:4 with 2-bit kept
+    values and a constant zero (DeltaZip s24q2), on the table's device (cached on the table)."""
     ok = getattr(tab, "_cuda_lut_ok", None)
     if ok is None:
-        ok = not tab.has_lowrank and all(isinstance(p, DensePart) and p.w.bits in LUT_BITS for d in tab.deltas for p in d.parts)
+        t = tab.table
+        dev, in_f = t.device, tab.in_features
+        ok = t.dim() == 3 and t.shape[-1] == NF and t.dtype == torch.int64 and t.is_contiguous() and tab.max_parts <= MAX_PARTS and not tab.has_lowrank
+        ok = ok and all(
+            isinstance(p, DensePart)
+            and (_s24_lut_ok(p.w, dev, in_f) if p.w.sparse24 else (p.w.bits in LUT_BITS and _part_supported(p, tab.out_features, in_f, dev)))
+            for d in tab.deltas
+            for p in d.parts
+        )
         object.__setattr__(tab, "_cuda_lut_ok", bool(ok))
     return ok
 
@@ -379,8 +422,9 @@ def use_lut(tab: DeltaTable, sms: int, n_groups: int, n_out: int) -> bool:
     """Unfused batches of a :func:`lut_table` table take the lookup-table kernel (a nibble of
     codes per shared-memory lookup instead of ~3.5 instructions per code) when its grid — one
     block per :data:`LUT_THREADS` outputs and row group — fills every SM at least once: at a few
-    rows, the warp-per-row apply spreads the work over more blocks. ``DELTAPACK_CUDA_LUT``: 0
-    never, 1 whenever the table allows."""
+    rows, the warp-per-row apply spreads the work over more blocks (a table with 2:4 parts, which
+    no other CUDA kernel reads, then goes to Triton). ``DELTAPACK_CUDA_LUT``: 0 never, 1 whenever
+    the table allows."""
     if not lut_table(tab):
         return False
     env = os.environ.get(ENV_LUT, "").strip()
@@ -482,21 +526,26 @@ def delta_apply(
         raise ValueError(f"x {tuple(x.shape)} / y {tuple(y.shape)} do not match the table's {tab.out_features}×{tab.in_features}")
     if base is not None and (base.shape != (N, K) or base.dtype != x.dtype or base.stride(1) != 1 or base.device != x.device):
         raise ValueError(f"base weight {tuple(base.shape)} {base.dtype} does not match {N}×{K} {x.dtype} with unit stride along the input")
-    if not handles(x, tab, groups) or y.dtype != x.dtype or y.device != x.device or y.stride(1) != 1:
-        from .triton import delta_apply as triton_apply
+    from .triton import delta_apply as triton_apply
 
+    if not handles(x, tab, groups) or y.dtype != x.dtype or y.device != x.device or y.stride(1) != 1:
         return triton_apply(x, y, tab, groups, t=t, base=base)
-    groups = as_per_row(groups, M)
-    fuse = base is not None and groups.n_groups == M and M <= fuse_max_rows()
+    sms = _sm_count(x.device.index if x.device.index is not None else torch.cuda.current_device())
+    per_row = as_per_row(groups, M)
+    warp_ok = table_supported(tab)
+    lut = use_lut(tab, sms, per_row.n_groups, N) if lut_table(tab) else False
+    if not warp_ok and not lut:  # 2:4 parts, and a batch too small for the lookup-table kernel
+        return triton_apply(x, y, tab, groups, t=t, base=base)
+    groups = per_row
+    fuse = warp_ok and base is not None and groups.n_groups == M and M <= fuse_max_rows()
+    lut = lut and not fuse
     if base is not None and not fuse:
         torch.matmul(x, base.T, out=y)
     if M == 0 or (groups.n_groups == 0 and not fuse):
         return y
     wlen, dense, u_words = _shape_info(tab)
     nr = rows_per_warp(x, groups.n_groups, N)
-    sms = _sm_count(x.device.index if x.device.index is not None else torch.cuda.current_device())
     nsub = 1 if fuse else apply_subtiles(tab, sms, groups.n_groups, N, nr)
-    lut = not fuse and use_lut(tab, sms, groups.n_groups, N)
     if tab.has_lowrank:
         if t is None or t.shape[0] != M or t.shape[1] < tab.max_rank or t.dtype != torch.float32 or t.stride(1) != 1 or t.device != x.device:
             t = torch.empty((M, tab.max_rank), device=x.device, dtype=torch.float32)
