@@ -253,6 +253,7 @@ def summarize(rows: list[dict], steps: list[dict], meta: dict) -> str:
         f = lambda k: f"{r[k] * 1e3:.1f}" if k in r else "–"  # noqa: E731
         rt = lambda k: f"{r[k] / best:.2f}" if k in r else "–"  # noqa: E731
         out.append(f"| {r['shape']} | {r['method']} | {r['B']} | {r['D']} | {f('base_ms')} | {f('ours_ms')} | {f('fused_ms')} | {f('delta_ms')} | {f('floor_ms')} | {best / r['floor_ms']:.2f} | {best / r['base_ms']:.2f} | {rt('torch_deq_ms')} | {rt('dense_ms')} |")
+    out += goals(rows, steps)
     if steps:
         out += ["", "## Decode step (CUDA graph, Llama-7B projections)", "", "| method | layers | B | D | fused | µs | vs base-only |", "|---|---|---|---|---|---|---|"]
         base = {(s["layers"], s["B"]): s["ms"] for s in steps if s["D"] == 0}
@@ -260,6 +261,39 @@ def summarize(rows: list[dict], steps: list[dict], meta: dict) -> str:
             ref = base.get((s["layers"], s["B"]), float("nan"))
             out.append(f"| {s.get('method', 'delta-come@1') if s['D'] else 'base'} | {s['layers']} | {s['B']} | {s['D']} | {'yes' if s.get('fused') else 'no'} | {s['ms'] * 1e3:.1f} | {s['ms'] / ref:.3f} |")
     return "\n".join(out) + "\n"
+
+
+def goals(rows: list[dict], steps: list[dict]) -> list[str]:
+    """The issue's goals (MISSION.md) per method, from the measured rows: the range over shapes
+    (and batch sizes) of each ratio, and whether its worst case meets the goal."""
+    if not rows:
+        return []
+
+    def best(r: dict) -> float:
+        return min(r["ours_ms"], r.get("fused_ms", float("inf")))
+
+    def span(vals: list[float], goal: float, low: bool) -> str:
+        if not vals:
+            return "–"
+        worst = max(vals) if low else min(vals)
+        ok = worst <= goal if low else worst >= goal
+        return f"{min(vals):.2f}–{max(vals):.2f} ({'met' if ok else 'missed'})"
+
+    out = ["", "## Goals (per method: range over shapes and batch sizes)", ""]
+    out.append("| method | multi-delta decode, best/floor, D = B in 2..64 (goal ≤ 1.25) | torch_deq/best, every D ≤ 64 row (goal ≥ 3) | dense/best at B = D = 32 (goal ≥ 5) |")
+    out.append("|---|---|---|---|")
+    for m in dict.fromkeys(r["method"] for r in rows):
+        rr = [r for r in rows if r["method"] == m]
+        multi = [best(r) / r["floor_ms"] for r in rr if r["D"] == r["B"] and 2 <= r["B"] <= 64]
+        deq = [r["torch_deq_ms"] / best(r) for r in rr if "torch_deq_ms" in r]
+        dense = [r["dense_ms"] / best(r) for r in rr if r["B"] == r["D"] == 32 and "dense_ms" in r]
+        out.append(f"| {m} | {span(multi, 1.25, True)} | {span(deq, 3.0, False)} | {span(dense, 5.0, False)} |")
+    base = {(s["layers"], s["B"]): s["ms"] for s in steps if s["D"] == 0}
+    one = [(s.get("method", ""), s["ms"] / base[(s["layers"], s["B"])]) for s in steps if s["B"] == 1 and s["D"] == 1 and (s["layers"], 1) in base]
+    if one:
+        out += ["", "One delta, decode step at B = 1 (best of fused and not) against base only (goal ≤ 1.15): " + ", ".join(
+            f"{m} {min(v for mm, v in one if mm == m):.2f}×" for m in dict.fromkeys(m for m, _ in one))]
+    return out
 
 
 def plot(rows: list[dict], path: Path) -> None:

@@ -141,10 +141,17 @@ def apply_segments(x: torch.Tensor, y: torch.Tensor, tab: DeltaTable, groups: Ro
         else:
             rows = groups.row_idx[start : start + length].long()
             xg, yg = x.index_select(0, rows), y.index_select(0, rows)
+        permuted: dict[int, torch.Tensor] = {}  # x's columns gathered once per permutation (a delta's blocks share one)
         for j, p in enumerate(tab.deltas[slot].parts):
             if isinstance(p, LowRankPart):
                 vt = dequantize_operand(tab, slot, j, "a", p.rank, tab.in_features, p.vt.bits, dt, MODE_COLS)
-                xp = xg if p.perm is None else xg.index_select(1, p.perm.long())
+                if p.perm is None:
+                    xp = xg
+                else:
+                    key = p.perm.data_ptr()
+                    if key not in permuted:
+                        permuted[key] = xg.index_select(1, p.perm.long())
+                    xp = permuted[key]
                 u = dequantize_operand(tab, slot, j, "b", tab.out_features, p.rank, p.ut.bits, dt, MODE_UT, with_s=p.s is not None)
                 yg.addmm_(xp @ vt.T, u.T)
             else:
