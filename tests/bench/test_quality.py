@@ -7,6 +7,7 @@ import csv
 import json
 
 import pytest
+import torch
 
 pytest.importorskip("transformers")
 pytest.importorskip("matplotlib")
@@ -54,7 +55,7 @@ def test_quality_rows(quality_run):
     bd = by[("bitdelta", "1.0")]
     assert not bd["skipped"] and 0.5 <= float(bd["delta_share"]) <= 1.0
     meta = json.loads((quality_run / "quality.json").read_text())["meta"]
-    assert meta["preset"] == "tiny" and meta["device_kind"] == "cpu"
+    assert meta["preset"] == "tiny" and meta["device_kind"] == ("cuda" if torch.cuda.is_available() else "cpu")  # the default device
 
 
 def test_merge_refuses_a_task_twice_and_rebuilds_the_report(quality_run, tmp_path):
