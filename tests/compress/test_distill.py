@@ -115,7 +115,10 @@ def test_student_is_the_compressed_model(zoo_pair, calib_file, tmp_path):
     from deltapack.compress.calib import load_tokenizer, read_calib_text, tokens_from_text
 
     base, ft = zoo_pair
-    kw = dict(method="delta-come", plan="auto", bits_per_param=0.15, calib=str(calib_file), **CAL)
+    # on the CPU, where the KL below is computed. On the H100 (session 7, call 6) this test
+    # failed, its traceback not captured; likely cause: the distillation's loss came from GPU
+    # float32 forward passes and the KL from CPU ones, which differ by more than 1e-4 relative
+    kw = dict(method="delta-come", plan="auto", bits_per_param=0.15, calib=str(calib_file), device="cpu", **CAL)
     rep = compress(base, ft, tmp_path / "p.dpk", **kw)
     assert 0 < sum(r["bits_per_param"] == 0 for r in rep.matrices) < len(rep.matrices)  # some left without a delta
     compress(base, ft, tmp_path / "d.dpk", distill=True, distill_steps=1, distill_lr=1e-6, **kw)
