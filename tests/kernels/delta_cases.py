@@ -139,7 +139,7 @@ def fused_base(device: str = "cpu", dtype=torch.float32) -> int:
 
     specs = [("delta-come", 1.0, {"group": 32, "act_order": True}), ("bitdelta", 1.0, {}), ("deltazip", 2.0, {"bits": 3}), ("lowrank", 1.0, {})]
     n = 0
-    for M, mode, cfg in ((1, "row", None), (9, "row", None), (5, "row", LaunchConfig(block_kb=64, block_n=16, split_k=2)), (12, "seg", None), (40, "seg", None), (20, "row", None)):
+    for M, mode, cfg in ((1, "row", None), (2, "row", None), (9, "row", None), (2, "row", LaunchConfig(block_kb=64, block_n=16, split_k=2)), (12, "seg", None), (40, "seg", None), (20, "row", None)):
         check(specs, 80, 200, M, mode, dtype, device, seed=60 + M, cfg=cfg, fused=True)
         n += 1
     return n

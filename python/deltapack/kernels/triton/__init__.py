@@ -119,10 +119,13 @@ def pick_config(tab: DeltaTable, groups: RowGroups, cfg: LaunchConfig | None = N
 
 
 # Rows up to which the base GEMV is fused into the delta launch. Each row's blocks read the base
-# weight again (from L2 at best), which pays at a few rows and not at 32: the decode step over
+# weight again (from L2 at best), which pays at a row or two and not beyond: the decode step over
 # 7B layers at B = D = 32 took 23.3 ms fused against 9.1 ms cuBLAS + delta on the H100
-# (bench/results/kernels_h100_s4/, _s5/call6), while at B = 1 fusing is faster.
-FUSE_MAX_ROWS = 16
+# (bench/results/kernels_h100_s4/, _s5/call6), and in session 7's sweep the Triton-served methods
+# fused at 4-16 rows took 1.7-28x their unfused time (4096², lowrank@1 B = D = 4 / 8 / 16: 489 /
+# 862 / 1576 µs against 52 / 58 / 57; deltazip@2 B = D = 4 / 8: 138 / 251 against 79 / 128;
+# bench/results/kernels_h100_s7/), while at 1-2 rows the two are within 10 %.
+FUSE_MAX_ROWS = 2
 
 
 def fusable(groups: RowGroups, m: int) -> bool:
