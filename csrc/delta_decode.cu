@@ -977,7 +977,7 @@ __global__ void __launch_bounds__(kApplyWarps * 32, MINB)
                           x_vec, ucache_ok, f, smem, sp, tw, tr);
 }
 
-// ---- lookup-table apply: dense 1- and 2-bit parts (BitDelta, RTN q1 / q2) ---------------------------
+// ---- lookup-table apply: dense 1-/2-bit parts (BitDelta, RTN q1 / q2) and 2:4 s24q2 (DeltaZip) ----
 // The decode above spends ~3.5 instructions per 1-bit code (extract, to float, FMA), which makes
 // multi-delta batches issue-bound (ncu: DRAM 5-10 %, SM 54-72 %). Here a 4-bit nibble of codes is
 // one shared-memory lookup and one add: per K step the block builds, from its row of x, a table of
