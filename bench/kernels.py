@@ -15,12 +15,15 @@ For each layer shape, method (at its budget), batch rows B and distinct deltas D
 
 Then a decode step over a stack of Llama-7B layers' seven projections, captured in a CUDA
 graph: base only vs one delta vs 32 distinct deltas (B = 32), with the delta launches after
-cuBLAS and (Triton or CUDA, per-row batches) with the base fused into them. Times are medians of
-``triton.testing.do_bench`` (CUDA events, L2 flushed between repetitions). Writes
-``kernels_<gpu>.csv`` / ``.json`` / ``.md`` and a plot under ``--out``.
+cuBLAS and (Triton or CUDA, per-row batches) with the base fused into them (for Delta-CoMe and
+BitDelta). Times are medians of ``triton.testing.do_bench`` over CUDA-graph replays of one call
+(CUDA events, L2 flushed between repetitions; the eager time of ``ours`` is kept in the CSV).
+Writes ``kernels_<gpu>.csv`` / ``.json`` / ``.md`` (with a goals table) and a plot under
+``--out``, after every (shape, method) too.
 
-    python bench/kernels.py --out bench/results            # full sweep (~5 min on an H100)
-    python bench/kernels.py --quick --out /tmp/k           # a few shapes and batch sizes
+    python bench/kernels.py --backend cuda --out bench/results    # full sweep (~12 min on an H100)
+    python bench/kernels.py --quick --out /tmp/k                  # a few shapes and batch sizes
+    python bench/kernels.py --merge a.json b.json --out dir       # one report from a split sweep
 """
 
 from __future__ import annotations
