@@ -21,7 +21,7 @@ BitDelta). Times are medians of ``triton.testing.do_bench`` over CUDA-graph repl
 Writes ``kernels_<gpu>.csv`` / ``.json`` / ``.md`` (with a goals table) and a plot under
 ``--out``, after every (shape, method) too.
 
-    python bench/kernels.py --backend cuda --out bench/results    # full sweep (~12 min on an H100)
+    python bench/kernels.py --backend cuda --out bench/results    # full sweep (~8 min on an H100, plus the CUDA build)
     python bench/kernels.py --quick --out /tmp/k                  # a few shapes and batch sizes
     python bench/kernels.py --merge a.json b.json --out dir       # one report from a split sweep
 """
