@@ -222,8 +222,9 @@ def test_apply_subtiles(monkeypatch):
 
 
 def test_lut_scope(monkeypatch):
-    """The lookup-table kernel takes tables of dense 1- and 2-bit parts only, and (by default)
-    batches whose grid fills the GPU; DELTAPACK_CUDA_LUT forces it off or on."""
+    """The lookup-table kernel takes tables of dense 1- and 2-bit parts and DeltaZip's 2:4
+    s24q2 parts only, and (by default) batches whose grid fills the GPU; DELTAPACK_CUDA_LUT
+    forces it off or on."""
     monkeypatch.delenv(kcuda.ENV_LUT, raising=False)
     dense = _cpu_table([SPECS[s] for s in ("bitdelta", "q1g32", "q2row", "q2tensor", "q1g128")], multi=True)
     assert kcuda.lut_table(dense)
