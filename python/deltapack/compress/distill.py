@@ -46,17 +46,25 @@ DEFAULT_LR = {"bitdelta": 1e-4, "low_rank": 3e-2}
 BATCH = 4  # sequences per step (the paper's)
 
 
-class _ScaledSign(nn.Module):
-    """W = W_base + α·sign(Δ)."""
+# Both parametrizations take W_base from the parametrized tensor itself (``w``): the student's
+# weight is overwritten with the base's before registering, so the student holds one copy of
+# each matrix, not the fine-tune's plus the base's. ``base`` is given only for a weight tied to
+# another module (its tensor must keep the fine-tune's values for the other use).
 
-    def __init__(self, base: torch.Tensor, codes: torch.Tensor, alpha: float):
+
+class _ScaledSign(nn.Module):
+    """W = W_base + α·sign(Δ), the signs kept as one bool per weight."""
+
+    def __init__(self, codes: torch.Tensor, alpha: float, base: torch.Tensor | None = None):
         super().__init__()
+        self.register_buffer("positive", codes.to(torch.bool))  # code 1: +α, code 0: −α
         self.register_buffer("base", base)
-        self.register_buffer("sign", codes.to(base.dtype) * 2 - 1)
         self.alpha = nn.Parameter(torch.tensor(float(alpha), dtype=torch.float32))
 
-    def forward(self, _w: torch.Tensor) -> torch.Tensor:
-        return self.base + self.alpha.to(self.base.dtype) * self.sign
+    def forward(self, w: torch.Tensor) -> torch.Tensor:
+        b = w if self.base is None else self.base
+        a = self.alpha.to(b.dtype)
+        return torch.where(self.positive, b + a, b - a)
 
     def trained(self) -> nn.Parameter:
         return self.alpha
@@ -66,15 +74,16 @@ class _ScaledLowRank(nn.Module):
     """W = W_base + Û·diag(s₀·m)·V̂ᵀ (input permutation undone): the reference path's
     reconstruction with a trainable per-rank multiplier m."""
 
-    def __init__(self, base: torch.Tensor, delta: nn.Module):
+    def __init__(self, delta: nn.Module, base: torch.Tensor | None = None):
         super().__init__()
         self.register_buffer("base", base)
         self.delta = delta  # nn.delta.LowRankDelta, float32
         self.mult = nn.Parameter(torch.ones_like(delta.s, dtype=torch.float32))
 
-    def forward(self, _w: torch.Tensor) -> torch.Tensor:
+    def forward(self, w: torch.Tensor) -> torch.Tensor:
+        b = w if self.base is None else self.base
         d = self.delta.dense(self.delta.s.float() * self.mult)
-        return (self.base.float() + d).to(self.base.dtype)
+        return (b.float() + d).to(b.dtype)
 
     def trained(self) -> nn.Parameter:
         return self.mult
@@ -208,16 +217,24 @@ def distill(
         elif cd.form != "low_rank":
             raise ValueError(f"{name}: scale distillation does not apply to form '{cd.form}'")
     lowrank = _lowrank_modules({n: cd for n, cd in deltas.items() if cd.form == "low_rank" and n in params}, device, workdir)
+    users: dict[int, int] = {}  # tensors named more than once are tied to another module
+    for _, t in student.named_parameters(remove_duplicate=False):
+        users[id(t)] = users.get(id(t), 0) + 1
     pars: dict[str, nn.Module] = {}
     for name, cd in deltas.items():
         if name not in params:
             continue  # tied weights: distilled through their owner
         mod_name, _, pname = name.rpartition(".")
         b = base.get(name).to(device, dtype)
+        tied = users[id(params[name])] > 1
+        if not tied:  # the parametrized tensor becomes W_base: one copy of the matrix in the student
+            with torch.no_grad():
+                params[name].copy_(b)
+            b = None
         if cd.form == "dense":
-            p: nn.Module = _ScaledSign(b, cd.parts["delta"].codes.to(device), cd.info["alpha"])
+            p: nn.Module = _ScaledSign(cd.parts["delta"].codes.to(device), cd.info["alpha"], base=b)
         else:
-            p = _ScaledLowRank(b, lowrank[name])
+            p = _ScaledLowRank(lowrank[name], base=b)
         parametrize.register_parametrization(student.get_submodule(mod_name), pname, p, unsafe=True)
         pars[name] = p
     trained = [p.trained() for p in pars.values()]
