@@ -221,3 +221,22 @@ def test_parametrizations_hold_one_copy_of_the_matrix():
     assert torch.allclose(lr.weight, base + p.delta.dense(p.delta.s))
     lr.weight.sum().backward()
     assert p.mult.grad is not None and p.mult.grad.shape == (3,)
+
+
+def test_checkpointed_distillation_gives_the_same_scales(zoo_pair, calib_file, tmp_path):
+    """Recomputing the layers in the backward pass (the default, for memory at 7B) trains the
+    same scales as keeping the activations: the same loss before and after, the same file."""
+    base, ft = zoo_pair
+    kw = dict(method="delta-come", bits_per_param=1.0, calib=str(calib_file), device="cpu", distill=True, distill_steps=3, **CAL)
+    compress(base, ft, tmp_path / "ck.dpk", distill_checkpoint=True, **kw)
+    compress(base, ft, tmp_path / "full.dpk", distill_checkpoint=False, **kw)
+    r_ck = deltapack.open(tmp_path / "ck.dpk").manifest["method"]["params"]["distill_result"]
+    r_full = deltapack.open(tmp_path / "full.dpk").manifest["method"]["params"]["distill_result"]
+    assert r_ck["checkpointed"] and not r_full["checkpointed"]
+    assert r_ck["before"] == r_full["before"]
+    assert r_ck["after"] == pytest.approx(r_full["after"], rel=1e-6, abs=1e-9)
+    s_ck = {t: [f.raw(b["s"]) for b in e["blocks"]] for f in [deltapack.open(tmp_path / "ck.dpk")] for t, e in _low_rank(f).items()}
+    s_full = {t: [f.raw(b["s"]) for b in e["blocks"]] for f in [deltapack.open(tmp_path / "full.dpk")] for t, e in _low_rank(f).items()}
+    assert s_ck.keys() == s_full.keys()
+    differ = sum(not torch.allclose(a.float(), b.float(), rtol=1e-3, atol=0) for t in s_ck for a, b in zip(s_ck[t], s_full[t]))
+    assert differ == 0, differ

@@ -99,6 +99,7 @@ class DistillResult:
     lr: float
     matrices: int
     seconds: float
+    checkpointed: bool = False  # the layers' activations were recomputed in the backward pass
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -114,6 +115,18 @@ def distill_loss(kind: str, student: torch.Tensor, teacher: torch.Tensor) -> tor
         lt, ls = torch.log_softmax(t, -1), torch.log_softmax(s, -1)
         return (lt.exp() * (lt - ls)).sum(-1).mean()
     raise ValueError(f"distill loss must be one of {', '.join(LOSSES)}, not '{kind}'")
+
+
+def _checkpointable(model: nn.Module) -> bool:
+    """Whether the student can recompute its layers in the backward pass without changing the
+    loss: a transformers model that supports gradient checkpointing (it needs train mode) and
+    has no active dropout (train mode would switch it on)."""
+    if not getattr(model, "supports_gradient_checkpointing", False) or not (hasattr(model, "activation_checkpointing_enable") or hasattr(model, "gradient_checkpointing_enable")):
+        return False
+    if any(isinstance(m, nn.Dropout) and m.p > 0 for m in model.modules()):
+        return False
+    cfg = getattr(model, "config", None)
+    return all(float(getattr(cfg, k, 0.0) or 0.0) == 0.0 for k in ("attention_dropout", "hidden_dropout", "dropout"))
 
 
 def _lowrank_modules(deltas: dict[str, CompressedDelta], device: torch.device, workdir: str | Path | None) -> dict[str, nn.Module]:
@@ -255,7 +268,14 @@ def distill(
 
     before = held_loss()
     steps = cfg.distill_steps
+    ckpt = bool(getattr(cfg, "distill_checkpoint", True)) and trained and steps > 0 and _checkpointable(student)
+    if ckpt:  # only the layers' inputs are kept for the backward pass
+        if hasattr(student, "activation_checkpointing_enable"):  # transformers ≥ 5.x's name
+            student.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+        else:
+            student.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     if trained and steps > 0:
+        student.train(ckpt)  # transformers checkpoints in train mode only (no dropout: _checkpointable)
         opt = torch.optim.AdamW(trained, lr=lr, weight_decay=0.0)
         sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 0.5 * (1 + math.cos(math.pi * s / max(steps, 1))))
         g = torch.Generator().manual_seed(cfg.seed)
@@ -269,6 +289,7 @@ def distill(
             loss.backward()
             opt.step()
             sched.step()
+        student.eval()
     after = held_loss() if trained and steps > 0 else before
     kept = math.isfinite(after) and after < before and all(bool(torch.isfinite(t).all()) for t in trained)
     if not kept:
@@ -285,7 +306,7 @@ def distill(
             s = s0 * p.mult.detach()
             set_lowrank_scales(cd, p.delta, s)
             cd.info["s_change"] = float((s - s0).norm() / s0.norm().clamp(min=1e-30))
-    res = DistillResult(kind, before, after, kept, steps, lr, len(pars), time.perf_counter() - t0)
+    res = DistillResult(kind, before, after, kept, steps, lr, len(pars), time.perf_counter() - t0, ckpt)
     del teacher, student, pars, lowrank
     return res
 

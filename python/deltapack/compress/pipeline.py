@@ -61,6 +61,10 @@ class CompressConfig:
     # BitDelta paper's). KL ended closer to the fine-tune on held-out text on two tiny zoos
     # (docs/notes/2026-11-22-quality.md, session 6)
     distill_loss: str = "kl"
+    # recompute each decoder layer's activations in the backward pass instead of keeping them
+    # (transformers' gradient checkpointing; for models without active dropout): at 7B, 4 × 2048
+    # tokens keep ~40 GB of activations otherwise
+    distill_checkpoint: bool = True
     device: str | None = None
     seed: int = 0
     progress: bool = True
