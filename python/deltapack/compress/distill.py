@@ -268,7 +268,7 @@ def distill(
 
     before = held_loss()
     steps = cfg.distill_steps
-    ckpt = bool(getattr(cfg, "distill_checkpoint", True)) and trained and steps > 0 and _checkpointable(student)
+    ckpt = bool(getattr(cfg, "distill_checkpoint", True) and trained and steps > 0 and _checkpointable(student))
     if ckpt:  # only the layers' inputs are kept for the backward pass
         if hasattr(student, "activation_checkpointing_enable"):  # transformers ≥ 5.x's name
             student.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
