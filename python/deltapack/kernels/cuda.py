@@ -212,24 +212,26 @@ def preferred() -> bool:
     return available()
 
 
-def _operand_ok(o: Operand, device: torch.device, along: int) -> bool:
-    """A packed operand the kernels decode: 1/2/3/4/8-bit int32 words on ``device``, f16 scales,
-    u8 or constant zeros, and scale groups (along a row of ``along`` codes) that hold whole
-    32-code chunks."""
-    g = int(o.group)
+def _grids_ok(o: Operand, device: torch.device) -> bool:
+    """f16 scales and u8 or constant zeros on ``device``."""
     return (
-        not o.sparse24
-        and o.bits in BITS
-        and o.codes.dtype == torch.int32
-        and o.codes.device == device
-        and o.stride * 32 >= o.cols * o.bits
-        and o.scales is not None
+        o.scales is not None
         and o.scales.dtype == torch.float16
         and o.scales.device == device
         and (o.zeros is None or (o.zeros.dtype == torch.uint8 and o.zeros.device == device))
-        and g > 0
-        and (g % 32 == 0 or g >= along)
     )
+
+
+def _words_ok(o: Operand, device: torch.device, n: int, along: int) -> bool:
+    """int32 code words on ``device`` holding rows of ``n`` codes, :func:`_grids_ok` scales and
+    zeros, and scale groups (along a row of ``along`` codes) that hold whole 32-code chunks."""
+    g = int(o.group)
+    return o.codes.dtype == torch.int32 and o.codes.device == device and o.stride * 32 >= n * o.bits and _grids_ok(o, device) and g > 0 and (g % 32 == 0 or g >= along)
+
+
+def _operand_ok(o: Operand, device: torch.device, along: int) -> bool:
+    """A packed operand the kernels decode: 1/2/3/4/8-bit codes (:func:`_words_ok`), not 2:4."""
+    return not o.sparse24 and o.bits in BITS and _words_ok(o, device, o.cols, along)
 
 
 def _part_supported(p, out_f: int, in_f: int, device: torch.device) -> bool:
@@ -243,10 +245,7 @@ def _part_supported(p, out_f: int, in_f: int, device: torch.device) -> bool:
         (vt.rows, vt.cols, ut.rows, ut.cols) == (p.rank, in_f, p.rank, out_f)
         and _operand_ok(vt, device, in_f)
         and ut.bits in BITS
-        and ut.scales is not None
-        and ut.scales.dtype == torch.float16
-        and ut.scales.device == device
-        and (ut.zeros is None or (ut.zeros.dtype == torch.uint8 and ut.zeros.device == device))
+        and _grids_ok(ut, device)
         # an apply block's outputs (at most 32, aligned) share one scale group of Ut
         and (ut_group % 32 == 0 or ut_group >= out_f)
         and u is not None
@@ -259,15 +258,20 @@ def _part_supported(p, out_f: int, in_f: int, device: torch.device) -> bool:
     )
 
 
+def _table_layout_ok(tab: DeltaTable) -> bool:
+    """The descriptor table as the kernels index it: contiguous int64 [slots, parts, NF], at
+    most :data:`MAX_PARTS` parts per slot."""
+    t = tab.table
+    return t.dim() == 3 and t.shape[-1] == NF and t.dtype == torch.int64 and t.is_contiguous() and tab.max_parts <= MAX_PARTS
+
+
 def table_supported(tab: DeltaTable) -> bool:
     """Every part of every delta in the kernels' scope (see the module doc), at most
     :data:`MAX_PARTS` parts per slot, on the table's device. Read from the host-side parts (no
     device sync) and cached on the table."""
     ok = getattr(tab, "_cuda_decode_ok", None)
     if ok is None:
-        t = tab.table
-        ok = t.dim() == 3 and t.shape[-1] == NF and t.dtype == torch.int64 and t.is_contiguous() and tab.max_parts <= MAX_PARTS
-        ok = ok and all(_part_supported(p, tab.out_features, tab.in_features, t.device) for d in tab.deltas for p in d.parts)
+        ok = _table_layout_ok(tab) and all(_part_supported(p, tab.out_features, tab.in_features, tab.table.device) for d in tab.deltas for p in d.parts)
         object.__setattr__(tab, "_cuda_decode_ok", bool(ok))
     return ok
 
@@ -375,27 +379,19 @@ def _s24_lut_ok(o: Operand, device: torch.device, in_f: int) -> bool:
     (DeltaZip's symmetric s24q2), int32 code and position words on ``device``, f16 scales whose
     groups (of kept values) hold whole 32-value chunks or a whole row."""
     kc = in_f // 2
-    g = int(o.group)
     idx = o.indices
     return (
         o.sparse24
         and o.bits == 2
         and in_f % 4 == 0
         and o.zeros is None
-        and o.codes.dtype == torch.int32
-        and o.codes.device == device
-        and o.stride * 32 >= kc * 2
+        and _words_ok(o, device, kc, kc)
         and idx is not None
         and idx.dtype == torch.int32
         and idx.device == device
         and idx.dim() == 2
         and idx.shape[1] * 32 >= kc * 2
         and idx.stride(1) == 1
-        and o.scales is not None
-        and o.scales.dtype == torch.float16
-        and o.scales.device == device
-        and g > 0
-        and (g % 32 == 0 or g >= kc)
     )
 
 
@@ -405,10 +401,8 @@ def lut_table(tab: DeltaTable) -> bool:
     values and a constant zero (DeltaZip s24q2), on the table's device (cached on the table)."""
     ok = getattr(tab, "_cuda_lut_ok", None)
     if ok is None:
-        t = tab.table
-        dev, in_f = t.device, tab.in_features
-        ok = t.dim() == 3 and t.shape[-1] == NF and t.dtype == torch.int64 and t.is_contiguous() and tab.max_parts <= MAX_PARTS and not tab.has_lowrank
-        ok = ok and all(
+        dev, in_f = tab.table.device, tab.in_features
+        ok = _table_layout_ok(tab) and not tab.has_lowrank and all(
             isinstance(p, DensePart)
             and (_s24_lut_ok(p.w, dev, in_f) if p.w.sparse24 else (p.w.bits in LUT_BITS and _part_supported(p, tab.out_features, in_f, dev)))
             for d in tab.deltas
