@@ -243,6 +243,16 @@ def decode_step(pools: dict[str, DeltaPool], label: str, dtype, delta_apply, fus
         torch.cuda.empty_cache()
 
 
+def best_ms(r: dict) -> float:
+    """A layer row's time: the faster of ours and fused."""
+    return min(r["ours_ms"], r.get("fused_ms", float("inf")))
+
+
+def base_steps(steps: list[dict]) -> dict[tuple[int, int], float]:
+    """The base-only decode steps' times by (layers, B)."""
+    return {(s["layers"], s["B"]): s["ms"] for s in steps if s["D"] == 0}
+
+
 def summarize(rows: list[dict], steps: list[dict], meta: dict) -> str:
     out = [f"# Multi-delta kernels on {meta['gpu']}", "", f"commit {meta['commit']}, {meta['date']}, torch {meta['torch']}, triton {meta['triton']}, dtype {meta['dtype']}, backend {meta['backend']}; copy bandwidth {meta['copy_GBps']:.0f} GB/s (read + write).", ""]
     out.append("Times in µs: median of CUDA-graph replays of one call, L2 flushed before each (Python's launch overhead excluded; `ours_eager_ms` in the CSV has it). `floor` = (base + active delta bytes + activations) / copy bandwidth. Ratios: ours / floor, ours / base, torch_deq / ours, dense / ours.")
@@ -252,14 +262,14 @@ def summarize(rows: list[dict], steps: list[dict], meta: dict) -> str:
     out.append("| shape | method | B | D | base | ours | fused | delta | floor | best/floor | best/base | torch_deq/best | dense/best |")
     out.append("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     for r in rows:
-        best = min(r["ours_ms"], r.get("fused_ms", float("inf")))
+        best = best_ms(r)
         f = lambda k: f"{r[k] * 1e3:.1f}" if k in r else "–"  # noqa: E731
         rt = lambda k: f"{r[k] / best:.2f}" if k in r else "–"  # noqa: E731
         out.append(f"| {r['shape']} | {r['method']} | {r['B']} | {r['D']} | {f('base_ms')} | {f('ours_ms')} | {f('fused_ms')} | {f('delta_ms')} | {f('floor_ms')} | {best / r['floor_ms']:.2f} | {best / r['base_ms']:.2f} | {rt('torch_deq_ms')} | {rt('dense_ms')} |")
     out += goals(rows, steps)
     if steps:
         out += ["", "## Decode step (CUDA graph, Llama-7B projections)", "", "| method | layers | B | D | fused | µs | vs base-only |", "|---|---|---|---|---|---|---|"]
-        base = {(s["layers"], s["B"]): s["ms"] for s in steps if s["D"] == 0}
+        base = base_steps(steps)
         for s in steps:
             ref = base.get((s["layers"], s["B"]), float("nan"))
             out.append(f"| {s.get('method', 'delta-come@1') if s['D'] else 'base'} | {s['layers']} | {s['B']} | {s['D']} | {'yes' if s.get('fused') else 'no'} | {s['ms'] * 1e3:.1f} | {s['ms'] / ref:.3f} |")
@@ -271,9 +281,6 @@ def goals(rows: list[dict], steps: list[dict]) -> list[str]:
     (and batch sizes) of each ratio, and whether its worst case meets the goal."""
     if not rows:
         return []
-
-    def best(r: dict) -> float:
-        return min(r["ours_ms"], r.get("fused_ms", float("inf")))
 
     def span(vals: list[float], goal: float, low: bool) -> str:
         if not vals:
@@ -287,11 +294,11 @@ def goals(rows: list[dict], steps: list[dict]) -> list[str]:
     out.append("|---|---|---|---|")
     for m in dict.fromkeys(r["method"] for r in rows):
         rr = [r for r in rows if r["method"] == m]
-        multi = [best(r) / r["floor_ms"] for r in rr if r["D"] == r["B"] and 2 <= r["B"] <= 64]
-        deq = [r["torch_deq_ms"] / best(r) for r in rr if "torch_deq_ms" in r]
-        dense = [r["dense_ms"] / best(r) for r in rr if r["B"] == r["D"] == 32 and "dense_ms" in r]
+        multi = [best_ms(r) / r["floor_ms"] for r in rr if r["D"] == r["B"] and 2 <= r["B"] <= 64]
+        deq = [r["torch_deq_ms"] / best_ms(r) for r in rr if "torch_deq_ms" in r]
+        dense = [r["dense_ms"] / best_ms(r) for r in rr if r["B"] == r["D"] == 32 and "dense_ms" in r]
         out.append(f"| {m} | {span(multi, 1.25, True)} | {span(deq, 3.0, False)} | {span(dense, 5.0, False)} |")
-    base = {(s["layers"], s["B"]): s["ms"] for s in steps if s["D"] == 0}
+    base = base_steps(steps)
     one = [(s.get("method", ""), s["ms"] / base[(s["layers"], s["B"])]) for s in steps if s["B"] == 1 and s["D"] == 1 and (s["layers"], 1) in base]
     if one:
         out += ["", "One delta, decode step at B = 1 (best of fused and not) against base only (goal ≤ 1.15): " + ", ".join(
