@@ -1,51 +1,46 @@
-"""Where the prefill path's time goes (H100): per-kernel times (torch profiler) of
-``triton.dequant.apply_segments`` for one delta and B rows, and the dequantization kernels alone
-at several tile shapes.
+"""Where the prefill path's time goes (H100): ``triton.dequant.apply_segments`` for one delta and
+B rows, timed as CUDA-graph replays (bench/kernels.py's ``bench_ms``) next to the base GEMM, with
+the per-kernel times (torch profiler) of one call.
 
     python bench/device/prefill_profile.py
 """
 
 from __future__ import annotations
 
+import sys
 import tempfile
 from pathlib import Path
 
 import torch
-from triton.testing import do_bench
 
-from deltapack.kernels.packed import DeltaTable, KernelDelta, LowRankPart, RowGroups
-from deltapack.kernels.synthetic import write_synthetic
-from deltapack.kernels.triton import dequant
-from tune_decode import kernel_times  # bench/device/
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # bench/
+from kernels import bench_ms  # noqa: E402
+from tune_decode import kernel_times  # noqa: E402  (bench/device/)
+
+from deltapack.kernels.packed import DeltaTable, KernelDelta, LowRankPart, RowGroups  # noqa: E402
+from deltapack.kernels.synthetic import write_synthetic  # noqa: E402
+from deltapack.kernels.triton import dequant  # noqa: E402
 
 
 def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
-        for method in ("delta-come", "bitdelta"):
-            f = write_synthetic(Path(tmp) / f"{method}.dpk", [("l", 4096, 4096, method, 1.0)], seed=0)
-            kd = KernelDelta.from_entry(f, f.manifest["deltas"][0], (4096, 4096), device="cuda")
-            tab = DeltaTable.build([kd])
-            for B in (32, 512):
-                x = torch.randn(B, 4096, device="cuda", dtype=torch.bfloat16)
-                y = torch.zeros(B, 4096, device="cuda", dtype=torch.bfloat16)
-                groups = RowGroups.single(B, "cuda")
-                fn = lambda: dequant.apply_segments(x, y, tab, groups)  # noqa: E731
-                us = do_bench(fn, warmup=10, rep=50) * 1e3
-                ks = kernel_times(fn, 10, label=lambda k: k[:40], min_count=1)
-                print(f"{method} B={B}: {us:.1f} us/call; kernels: " + "  ".join(f"{k} {v:.1f}" for k, v in sorted(ks.items(), key=lambda kv: -kv[1])[:8]))
-            for j, p in enumerate(kd.parts):
-                ops = [("a", p.vt.rows, 4096, p.vt.bits, dequant.MODE_COLS)] if isinstance(p, LowRankPart) else [("a", 4096, 4096, p.w.bits, dequant.MODE_COLS)]
-                if isinstance(p, LowRankPart):
-                    ops.append(("b", 4096, p.rank, p.ut.bits, dequant.MODE_UT))
-                for which, rows, cols, bits, mode in ops:
-                    res = []
-                    for br, bc in ((32, 128), (16, 128), (64, 128), (32, 256), (8, 512)):
-                        dequant.BLOCK_R, dequant.BLOCK_C = br, bc
-                        us = do_bench(lambda: dequant.dequantize_operand(tab, 0, j, which, rows, cols, bits, torch.bfloat16, mode), warmup=5, rep=30) * 1e3
-                        res.append(f"{br}x{bc} {us:.1f}")
-                    dequant.BLOCK_R, dequant.BLOCK_C = 32, 128
-                    mb = rows * cols * 2 / 1e6
-                    print(f"  {method} part {j} {which} [{rows}x{cols}] {bits}-bit ({mb:.1f} MB out): " + "  ".join(res))
+        for out, inp in ((4096, 4096), (4096, 11008)):
+            W = torch.randn(out, inp, device="cuda", dtype=torch.bfloat16) / inp**0.5
+            for method in ("delta-come", "bitdelta"):
+                f = write_synthetic(Path(tmp) / f"{method}-{inp}.dpk", [("l", out, inp, method, 1.0)], seed=0)
+                kd = KernelDelta.from_entry(f, f.manifest["deltas"][0], (out, inp), device="cuda")
+                tab = DeltaTable.build([kd])
+                ranks = [p.rank for p in kd.parts if isinstance(p, LowRankPart)]
+                for B in (512, 2048):
+                    x = torch.randn(B, inp, device="cuda", dtype=torch.bfloat16)
+                    y = torch.zeros(B, out, device="cuda", dtype=torch.bfloat16)
+                    groups = RowGroups.single(B, "cuda")
+                    fn = lambda: dequant.apply_segments(x, y, tab, groups)  # noqa: E731
+                    us = bench_ms(fn) * 1e3
+                    base = bench_ms(lambda: torch.matmul(x, W.T, out=y)) * 1e3
+                    ks = kernel_times(fn, 10, label=lambda k: k[:48], min_count=1)
+                    top = "  ".join(f"{k} {v:.1f}" for k, v in sorted(ks.items(), key=lambda kv: -kv[1])[:8])
+                    print(f"{out}x{inp} {method} ranks {ranks} B={B}: delta {us:.1f} us, base GEMM {base:.1f} us ({us / base:.2f}x); kernels: {top}", flush=True)
 
 
 if __name__ == "__main__":

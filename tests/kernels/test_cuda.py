@@ -223,7 +223,8 @@ def test_apply_subtiles(monkeypatch):
 
 def test_lut_scope(monkeypatch):
     """The lookup-table kernel takes tables of dense 1- and 2-bit parts and DeltaZip's 2:4
-    s24q2 parts only, and (by default) batches whose grid fills the GPU; DELTAPACK_CUDA_LUT
+    s24q2 parts only, and (by default) batches of at least LUT_MIN_GROUPS row groups and a
+    grid of a block per three SMs; DELTAPACK_CUDA_LUT
     forces it off or on."""
     monkeypatch.delenv(kcuda.ENV_LUT, raising=False)
     dense = _cpu_table([SPECS[s] for s in ("bitdelta", "q1g32", "q2row", "q2tensor", "q1g128")], multi=True)
@@ -235,9 +236,11 @@ def test_lut_scope(monkeypatch):
     assert kcuda.lut_table(s24) and not kcuda.table_supported(s24)
     assert kcuda.eligible(torch.randn(4, 200), s24, RowGroups.per_row(torch.tensor([0, 1, -1, 0])))
     assert not kcuda.lut_table(_cpu_table([("deltazip", 2.0, {"bits": 4})]))
-    sms, tiles = 132, -(-4096 // kcuda.LUT_THREADS)
-    assert not kcuda.use_lut(dense, sms, 1, 4096)  # B = 1: 16 blocks
-    assert kcuda.use_lut(dense, sms, -(-sms // tiles), 4096)
+    sms, low = 132, kcuda.LUT_MIN_GROUPS
+    assert not kcuda.use_lut(dense, sms, low - 1, 4096)  # few groups: the warp-per-row apply
+    assert kcuda.use_lut(dense, sms, low, 4096)  # 4 × 16 blocks ≥ 132 / 3
+    assert not kcuda.use_lut(dense, sms, low, 512)  # 4 × 2 blocks: too small a grid
+    assert kcuda.use_lut(dense, sms, 32, 512)
     monkeypatch.setenv(kcuda.ENV_LUT, "1")
     assert kcuda.use_lut(dense, sms, 1, 4096)
     assert not kcuda.use_lut(_cpu_table([SPECS["dc1"]]), sms, 64, 4096)

@@ -21,8 +21,8 @@ apply block waits for its row's t only after its base GEMV (counters in a small 
 scratch, :func:`sync_scratch`; ``DELTAPACK_CUDA_ONEPASS=0`` takes the two launches instead).
 Otherwise two launches (shrink for the low-rank parts, then apply), or one without low-rank
 parts; with ``base`` the apply launch also computes the base GEMV. Tables of dense 1- and
-2-bit parts only (BitDelta, RTN q1 / q2) take a lookup-table kernel instead of the apply when
-the batch fills the GPU (:func:`use_lut`): a nibble of codes per shared-memory lookup. The apply launch is a
+2-bit parts only (BitDelta, RTN q1 / q2) take a lookup-table kernel instead of the apply from
+four row groups on (:func:`use_lut`): a nibble of codes per shared-memory lookup. The apply launch is a
 programmatic dependent of the shrink (Hopper): its blocks start while the shrink runs, stage x
 and compute the base GEMV, and wait for t only before the low-rank products
 (``DELTAPACK_CUDA_PDL=0`` turns this off). A build
@@ -107,6 +107,7 @@ ENV_LUT = "DELTAPACK_CUDA_LUT"  # 0: never the lookup-table kernel; 1: wherever 
 ENV_LUT_PREFETCH = "DELTAPACK_CUDA_LUT_PREFETCH"
 LUT_BITS = (1, 2)  # code widths of the lookup-table kernel's dense parts
 LUT_THREADS = 256  # csrc kLutThreads: outputs per lookup-table block
+LUT_MIN_GROUPS = 4  # use_lut(): fewer row groups take the warp-per-row apply
 TRACE_SLOTS = 8  # csrc kTrSlots: start, claims done, shrink items run, base GEMV done, t waited, end, t-independent operands staged
 # The table's layout as the kernel reads it (csrc/delta_decode.cu struct Fields, in this order;
 # each operand's 8 fields follow A_BITS / B_BITS in packed.py's order).
@@ -414,17 +415,19 @@ def lut_table(tab: DeltaTable) -> bool:
 
 def use_lut(tab: DeltaTable, sms: int, n_groups: int, n_out: int) -> bool:
     """Unfused batches of a :func:`lut_table` table take the lookup-table kernel (a nibble of
-    codes per shared-memory lookup instead of ~3.5 instructions per code) when its grid — one
-    block per :data:`LUT_THREADS` outputs and row group — fills every SM at least once: at a few
-    rows, the warp-per-row apply spreads the work over more blocks (a table with 2:4 parts, which
-    no other CUDA kernel reads, then goes to Triton). ``DELTAPACK_CUDA_LUT``: 0 never, 1 whenever
-    the table allows."""
+    codes per shared-memory lookup instead of ~3.5 instructions per code) from
+    :data:`LUT_MIN_GROUPS` row groups on, if its grid (one block per :data:`LUT_THREADS` outputs
+    and row group) holds at least a block per three SMs. Its time hardly grows with the groups
+    while the warp-per-row apply's does: on the H100 (4096 outputs, bench/results/kernels_h100_s8/)
+    the apply wins at 2 groups (BitDelta 42 vs 51 µs) and the lookup table from 4 (52 vs 58 µs;
+    at 8: 53 vs 85). A table with 2:4 parts, which no other CUDA kernel reads, goes to Triton when
+    this declines. ``DELTAPACK_CUDA_LUT``: 0 never, 1 whenever the table allows."""
     if not lut_table(tab):
         return False
     env = os.environ.get(ENV_LUT, "").strip()
     if env:
         return env == "1"
-    return n_groups * -(-n_out // LUT_THREADS) >= sms
+    return n_groups >= LUT_MIN_GROUPS and 3 * n_groups * -(-n_out // LUT_THREADS) >= sms
 
 
 def apply_subtiles(tab: DeltaTable, sms: int, n_groups: int, n_out: int, nr: int) -> int:

@@ -91,10 +91,17 @@ def dequant_words_kernel(e, out, stride_o, rows, cols, FB: tl.constexpr, BITS: t
     tl.store(out + r[:, None] * stride_o + c[None, :], v.to(out.dtype.element_ty), mask=rmask[:, None] & cmask[None, :])
 
 
-def dequantize_operand(tab: DeltaTable, slot: int, part: int, which: str, rows: int, cols: int, bits: int, dtype: torch.dtype, mode: int, with_s: bool = False) -> torch.Tensor:
+def dequantize_operand(
+    tab: DeltaTable, slot: int, part: int, which: str, rows: int, cols: int, bits: int, dtype: torch.dtype, mode: int, with_s: bool = False, out: torch.Tensor | None = None
+) -> torch.Tensor:
     """One operand of ``tab``'s (slot, part) entry as a dense ``[rows, cols]`` tensor of ``dtype``
-    (``which``: 'a' = Vt / W, 'b' = Ut; ``with_s``: Û's columns times the part's s)."""
-    out = torch.empty((rows, cols), device=tab.table.device, dtype=dtype)
+    (``which``: 'a' = Vt / W, 'b' = Ut; ``with_s``: Û's columns times the part's s), written
+    into ``out`` where given (a ``[rows, cols]`` view with unit stride along its columns: a slice
+    of a larger buffer)."""
+    if out is None:
+        out = torch.empty((rows, cols), device=tab.table.device, dtype=dtype)
+    elif out.shape != (rows, cols) or out.stride(1) != 1:
+        raise ValueError(f"out {tuple(out.shape)} (strides {out.stride()}) is not a [{rows}, {cols}] view with unit column stride")
     if not (rows and cols):
         return out
     e = tab.table[slot, part]
@@ -124,12 +131,44 @@ def _group_of(tab: DeltaTable, slot: int, part: int, which: str) -> int:
     return p.w.group
 
 
+RANK_ALIGN = 8  # the stacked rank is padded to this many (16-byte rows of t and Û in 16-bit dtypes: cuBLAS's aligned kernels)
+
+
+def stacked_lowrank(tab: DeltaTable, slot: int, dtype: torch.dtype) -> list[tuple[torch.Tensor | None, torch.Tensor, torch.Tensor]]:
+    """The low-rank parts of ``slot``'s delta that share one act-order permutation (Delta-CoMe's
+    8/3/2-bit blocks do) stacked into one factor pair each: ``(perm, V̂ [R', in], Û diag s
+    [out, R'])`` with ``R'`` the parts' summed rank rounded up to :data:`RANK_ALIGN` (zero rows
+    and columns). One pair of GEMMs then reads x once for all blocks, and the rank is aligned."""
+    stacks: dict[int, list[tuple[int, LowRankPart]]] = {}
+    for j, p in enumerate(tab.deltas[slot].parts):
+        if isinstance(p, LowRankPart):
+            stacks.setdefault(-1 if p.perm is None else p.perm.data_ptr(), []).append((j, p))
+    res = []
+    for members in stacks.values():
+        rank = sum(p.rank for _, p in members)
+        rp = -(-rank // RANK_ALIGN) * RANK_ALIGN
+        vt = torch.empty((rp, tab.in_features), device=tab.table.device, dtype=dtype)
+        u = torch.empty((tab.out_features, rp), device=tab.table.device, dtype=dtype)
+        if rp > rank:
+            vt[rank:].zero_()
+            u[:, rank:].zero_()
+        off = 0
+        for j, p in members:
+            dequantize_operand(tab, slot, j, "a", p.rank, tab.in_features, p.vt.bits, dtype, MODE_COLS, out=vt[off : off + p.rank])
+            dequantize_operand(tab, slot, j, "b", tab.out_features, p.rank, p.ut.bits, dtype, MODE_UT, with_s=p.s is not None, out=u[:, off : off + p.rank])
+            off += p.rank
+        res.append((members[0][1].perm, vt, u))
+    return res
+
+
 def apply_segments(x: torch.Tensor, y: torch.Tensor, tab: DeltaTable, groups: RowGroups) -> torch.Tensor:
     """``y[rows] += Δ_slot · x[rows]`` for every segment group, by dequantized factors and
-    cuBLAS: per low-rank part ``t = x[:, perm] · V̂ᵀ`` and ``y += t · (Û diag s)ᵀ``, per dense
-    part ``y += x · Ŵᵀ``, each product accumulated into y's rows by ``addmm_`` (fp32
-    accumulation inside the GEMM). Rows stay in place where the batch is in slot order
-    (``RowGroups.rows_in_order``), else the group's rows are gathered and scattered back."""
+    cuBLAS: per stack of low-rank parts (:func:`stacked_lowrank`) ``t = x[:, perm] · V̂ᵀ`` and
+    ``y += t · (Û diag s)ᵀ``, per dense part ``y += x · Ŵᵀ``, each product accumulated into y's
+    rows by ``addmm_`` (fp32 accumulation inside the GEMM). The permutation moves V̂'s columns
+    (``V̂ᵀ`` scattered by perm) when the group has more rows than the stack has ranks, else x's.
+    Rows stay in place where the batch is in slot order (``RowGroups.rows_in_order``), else the
+    group's rows are gathered and scattered back."""
     assert groups.host_segments is not None
     dt = x.dtype
     for start, length, slot in groups.host_segments:
@@ -141,20 +180,16 @@ def apply_segments(x: torch.Tensor, y: torch.Tensor, tab: DeltaTable, groups: Ro
         else:
             rows = groups.row_idx[start : start + length].long()
             xg, yg = x.index_select(0, rows), y.index_select(0, rows)
-        permuted: dict[int, torch.Tensor] = {}  # x's columns gathered once per permutation (a delta's blocks share one)
-        for j, p in enumerate(tab.deltas[slot].parts):
-            if isinstance(p, LowRankPart):
-                vt = dequantize_operand(tab, slot, j, "a", p.rank, tab.in_features, p.vt.bits, dt, MODE_COLS)
-                if p.perm is None:
-                    xp = xg
-                else:
-                    key = p.perm.data_ptr()
-                    if key not in permuted:
-                        permuted[key] = xg.index_select(1, p.perm.long())
-                    xp = permuted[key]
-                u = dequantize_operand(tab, slot, j, "b", tab.out_features, p.rank, p.ut.bits, dt, MODE_UT, with_s=p.s is not None)
-                yg.addmm_(xp @ vt.T, u.T)
+        for perm, vt, u in stacked_lowrank(tab, slot, dt):
+            if perm is None:
+                xp = xg
+            elif length > vt.shape[0]:  # x·P·V̂ᵀ = x·(V̂ scattered to perm's columns)ᵀ: move the smaller operand
+                xp, vt = xg, torch.empty_like(vt).index_copy_(1, perm.long(), vt)
             else:
+                xp = xg.index_select(1, perm.long())
+            yg.addmm_(xp @ vt.T, u.T)
+        for j, p in enumerate(tab.deltas[slot].parts):
+            if not isinstance(p, LowRankPart):
                 wd = dequantize_operand(tab, slot, j, "a", tab.out_features, tab.in_features, p.w.bits, dt, MODE_S24 if p.w.sparse24 else MODE_COLS)
                 yg.addmm_(xg, wd.T)
         if rows is not None:

@@ -1,4 +1,4 @@
-# Session 7, call 8 (not run: the session's device time was spent). The next session's first call:
+# Session 8, call 1 (planned as session 7, call 8):
 # 1. the CUDA tests that failed in call 7 (mixed slots, Llama shapes; deselected from every run
 #    since session 5), with tracebacks;
 # 2. the lookup-table kernel's threshold: BitDelta and DeltaZip at B = D = 2..8 with the kernel
