@@ -20,7 +20,7 @@ import triton
 import triton.language as tl
 
 from ..packed import A_BITS, B_BITS, DeltaTable, LowRankPart, RowGroups
-from .delta_gemm import A_IDX, A_ISTRIDE, F_S, _deq_s24_tile, _deq_tile, _deq_u_tile, _operand
+from .delta_gemm import A_IDX, A_ISTRIDE, F_S, _codes_at, _deq_s24_tile, _deq_tile, _deq_u_tile, _operand, _scale_zero
 
 BLOCK_R, BLOCK_C = 32, 128
 MODE_COLS, MODE_UT, MODE_S24 = 0, 1, 2
@@ -91,13 +91,49 @@ def dequant_words_kernel(e, out, stride_o, rows, cols, FB: tl.constexpr, BITS: t
     tl.store(out + r[:, None] * stride_o + c[None, :], v.to(out.dtype.element_ty), mask=rmask[:, None] & cmask[None, :])
 
 
+@triton.jit
+def dequant_unperm_kernel(e, inv, out, stride_o, rows, cols, FB: tl.constexpr, BITS: tl.constexpr, BR: tl.constexpr, BC: tl.constexpr):
+    """MODE_COLS with an act-order permutation undone: ``out[r, j] = V̂[r, inv[j]]`` (``inv`` =
+    perm⁻¹), so that ``x · outᵀ = x[:, perm] · V̂ᵀ`` without permuting x. The codes of a row are
+    gathered (a row's words stay in L1 / L2), the writes stay coalesced; scales by the source
+    column's group."""
+    pr = tl.program_id(0)
+    pc = tl.program_id(1)
+    r = pr * BR + tl.arange(0, BR)
+    j = pc * BC + tl.arange(0, BC)
+    jmask = j < cols
+    src = tl.load(inv + j, mask=jmask, other=0)
+    codes, stride, scales, srow, group, zeros, zc = _operand(e, FB)
+    r2 = r[:, None]
+    m2 = (r < rows)[:, None] & jmask[None, :]
+    if BITS == 16:
+        v = tl.load(codes.to(tl.pointer_type(tl.float16)) + r2 * stride + src[None, :], mask=m2, other=0.0).to(tl.float32)
+    else:
+        q = _codes_at(codes.to(tl.pointer_type(tl.int32)), stride, r2, src[None, :], m2, BITS)
+        sv, zv = _scale_zero(scales, srow, group, zeros, zc, r2, src[None, :], m2)
+        v = (q.to(tl.float32) - zv) * sv
+    tl.store(out + r2 * stride_o + j[None, :], v.to(out.dtype.element_ty), mask=m2)
+
+
 def dequantize_operand(
-    tab: DeltaTable, slot: int, part: int, which: str, rows: int, cols: int, bits: int, dtype: torch.dtype, mode: int, with_s: bool = False, out: torch.Tensor | None = None
+    tab: DeltaTable,
+    slot: int,
+    part: int,
+    which: str,
+    rows: int,
+    cols: int,
+    bits: int,
+    dtype: torch.dtype,
+    mode: int,
+    with_s: bool = False,
+    out: torch.Tensor | None = None,
+    inv_perm: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """One operand of ``tab``'s (slot, part) entry as a dense ``[rows, cols]`` tensor of ``dtype``
     (``which``: 'a' = Vt / W, 'b' = Ut; ``with_s``: Û's columns times the part's s), written
     into ``out`` where given (a ``[rows, cols]`` view with unit stride along its columns: a slice
-    of a larger buffer)."""
+    of a larger buffer). ``inv_perm`` (MODE_COLS): the inverse of the part's act-order
+    permutation, whose columns are put back in x's order (:func:`dequant_unperm_kernel`)."""
     if out is None:
         out = torch.empty((rows, cols), device=tab.table.device, dtype=dtype)
     elif out.shape != (rows, cols) or out.stride(1) != 1:
@@ -106,6 +142,12 @@ def dequantize_operand(
         return out
     e = tab.table[slot, part]
     fb = A_BITS if which == "a" else B_BITS
+    if inv_perm is not None:
+        if mode != MODE_COLS or inv_perm.shape != (cols,):
+            raise ValueError(f"a permutation of {tuple(inv_perm.shape)} applies to MODE_COLS operands of {cols} columns only")
+        br, bc = FALLBACK_TILES[MODE_COLS]
+        dequant_unperm_kernel[(triton.cdiv(rows, br), triton.cdiv(cols, bc))](e, inv_perm, out, out.stride(0), rows, cols, FB=fb, BITS=bits, BR=br, BC=bc)
+        return out
     if bits in (1, 2, 4, 8) and mode != MODE_S24:
         # whole words, a scale per tile row / column: the tile must lie in one scale group
         group = int(_group_of(tab, slot, part, which))
@@ -134,41 +176,49 @@ def _group_of(tab: DeltaTable, slot: int, part: int, which: str) -> int:
 RANK_ALIGN = 8  # the stacked rank is padded to this many (16-byte rows of t and Û in 16-bit dtypes: cuBLAS's aligned kernels)
 
 
-def stacked_lowrank(tab: DeltaTable, slot: int, dtype: torch.dtype) -> list[tuple[torch.Tensor | None, torch.Tensor, torch.Tensor]]:
-    """The low-rank parts of ``slot``'s delta that share one act-order permutation (Delta-CoMe's
-    8/3/2-bit blocks do) stacked into one factor pair each: ``(perm, V̂ [R', in], Û diag s
-    [out, R'])`` with ``R'`` the parts' summed rank rounded up to :data:`RANK_ALIGN` (zero rows
-    and columns). One pair of GEMMs then reads x once for all blocks, and the rank is aligned."""
-    stacks: dict[int, list[tuple[int, LowRankPart]]] = {}
-    for j, p in enumerate(tab.deltas[slot].parts):
-        if isinstance(p, LowRankPart):
-            stacks.setdefault(-1 if p.perm is None else p.perm.data_ptr(), []).append((j, p))
-    res = []
-    for members in stacks.values():
-        rank = sum(p.rank for _, p in members)
-        rp = -(-rank // RANK_ALIGN) * RANK_ALIGN
-        vt = torch.empty((rp, tab.in_features), device=tab.table.device, dtype=dtype)
-        u = torch.empty((tab.out_features, rp), device=tab.table.device, dtype=dtype)
-        if rp > rank:
-            vt[rank:].zero_()
-            u[:, rank:].zero_()
-        off = 0
-        for j, p in members:
-            dequantize_operand(tab, slot, j, "a", p.rank, tab.in_features, p.vt.bits, dtype, MODE_COLS, out=vt[off : off + p.rank])
-            dequantize_operand(tab, slot, j, "b", tab.out_features, p.rank, p.ut.bits, dtype, MODE_UT, with_s=p.s is not None, out=u[:, off : off + p.rank])
-            off += p.rank
-        res.append((members[0][1].perm, vt, u))
-    return res
+def inverse_permutation(perm: torch.Tensor) -> torch.Tensor:
+    """``inv`` with ``inv[perm[c]] = c`` (int32, perm's device)."""
+    p = perm.long()
+    return torch.empty_like(p).scatter_(0, p, torch.arange(p.numel(), device=p.device)).to(torch.int32)
+
+
+def stacked_lowrank(tab: DeltaTable, slot: int, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """The low-rank parts of ``slot``'s delta (Delta-CoMe's 8/3/2-bit blocks) stacked into one
+    factor pair ``(V̂ [R', in], Û diag s [out, R'])``, each block's act-order permutation undone
+    in its rows of V̂ (:func:`dequant_unperm_kernel`), so that ``Δ·x = Û diag s · V̂ · x``. ``R'``
+    is the summed rank rounded up to :data:`RANK_ALIGN` (zero rows and columns). One pair of
+    GEMMs then reads x once for all blocks, at an aligned rank; None without low-rank parts."""
+    members = [(j, p) for j, p in enumerate(tab.deltas[slot].parts) if isinstance(p, LowRankPart)]
+    if not members:
+        return None
+    rank = sum(p.rank for _, p in members)
+    rp = -(-rank // RANK_ALIGN) * RANK_ALIGN
+    vt = torch.empty((rp, tab.in_features), device=tab.table.device, dtype=dtype)
+    u = torch.empty((tab.out_features, rp), device=tab.table.device, dtype=dtype)
+    if rp > rank:
+        vt[rank:].zero_()
+        u[:, rank:].zero_()
+    inverses: dict[int, torch.Tensor] = {}  # one inverse per permutation (a delta's blocks share one)
+    off = 0
+    for j, p in members:
+        inv = None
+        if p.perm is not None:
+            inv = inverses.get(p.perm.data_ptr())
+            if inv is None:
+                inv = inverses[p.perm.data_ptr()] = inverse_permutation(p.perm)
+        dequantize_operand(tab, slot, j, "a", p.rank, tab.in_features, p.vt.bits, dtype, MODE_COLS, out=vt[off : off + p.rank], inv_perm=inv)
+        dequantize_operand(tab, slot, j, "b", tab.out_features, p.rank, p.ut.bits, dtype, MODE_UT, with_s=p.s is not None, out=u[:, off : off + p.rank])
+        off += p.rank
+    return vt, u
 
 
 def apply_segments(x: torch.Tensor, y: torch.Tensor, tab: DeltaTable, groups: RowGroups) -> torch.Tensor:
     """``y[rows] += Δ_slot · x[rows]`` for every segment group, by dequantized factors and
-    cuBLAS: per stack of low-rank parts (:func:`stacked_lowrank`) ``t = x[:, perm] · V̂ᵀ`` and
+    cuBLAS: for the low-rank parts stacked (:func:`stacked_lowrank`) ``t = x · V̂ᵀ`` and
     ``y += t · (Û diag s)ᵀ``, per dense part ``y += x · Ŵᵀ``, each product accumulated into y's
-    rows by ``addmm_`` (fp32 accumulation inside the GEMM). The permutation moves V̂'s columns
-    (``V̂ᵀ`` scattered by perm) when the group has more rows than the stack has ranks, else x's.
-    Rows stay in place where the batch is in slot order (``RowGroups.rows_in_order``), else the
-    group's rows are gathered and scattered back."""
+    rows by ``addmm_`` (fp32 accumulation inside the GEMM). Rows stay in place where the batch
+    is in slot order (``RowGroups.rows_in_order``), else the group's rows are gathered and
+    scattered back."""
     assert groups.host_segments is not None
     dt = x.dtype
     for start, length, slot in groups.host_segments:
@@ -180,14 +230,10 @@ def apply_segments(x: torch.Tensor, y: torch.Tensor, tab: DeltaTable, groups: Ro
         else:
             rows = groups.row_idx[start : start + length].long()
             xg, yg = x.index_select(0, rows), y.index_select(0, rows)
-        for perm, vt, u in stacked_lowrank(tab, slot, dt):
-            if perm is None:
-                xp = xg
-            elif length > vt.shape[0]:  # x·P·V̂ᵀ = x·(V̂ scattered to perm's columns)ᵀ: move the smaller operand
-                xp, vt = xg, torch.empty_like(vt).index_copy_(1, perm.long(), vt)
-            else:
-                xp = xg.index_select(1, perm.long())
-            yg.addmm_(xp @ vt.T, u.T)
+        stack = stacked_lowrank(tab, slot, dt)
+        if stack is not None:
+            vt, u = stack
+            yg.addmm_(xg @ vt.T, u.T)
         for j, p in enumerate(tab.deltas[slot].parts):
             if not isinstance(p, LowRankPart):
                 wd = dequantize_operand(tab, slot, j, "a", tab.out_features, tab.in_features, p.w.bits, dt, MODE_S24 if p.w.sparse24 else MODE_COLS)
