@@ -133,11 +133,11 @@ class DeltaPool:
         return self.copies[:d]
 
 
-def run_layer(shape, label, pool: DeltaPool, batches, bw: float, dtype, delta_apply, fused_apply, rows: list[dict]) -> None:
+def run_layer(shape, label, pool: DeltaPool, batches, bw: float, dtype, delta_apply, fused_apply, rows: list[dict], distinct: str = "both") -> None:
     out, inp = shape
     W = torch.randn(out, inp, device="cuda", dtype=dtype) / inp**0.5
     for B in batches:
-        for D in sorted({1, B}):
+        for D in sorted({"both": {1, B}, "one": {1}, "all": {B}}[distinct]):
             try:
                 deltas = pool.take(D)
             except torch.OutOfMemoryError:
@@ -358,6 +358,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--shapes", default=",".join(SHAPES))
     ap.add_argument("--methods", default=",".join(METHODS))
     ap.add_argument("--batches", default=",".join(map(str, BATCHES)))
+    ap.add_argument("--distinct", choices=["both", "one", "all"], default="both", help="distinct deltas per batch: D = 1 and D = B (both), only 1, or only B")
     ap.add_argument("--dtype", default="bfloat16")
     ap.add_argument("--backend", default=os.environ.get("DELTAPACK_BACKEND", "triton"))
     ap.add_argument("--decode-layers", type=int, default=4)
@@ -395,7 +396,7 @@ def main(argv: list[str] | None = None) -> None:
                 method, bpp, kw = METHODS[label]
                 pool = DeltaPool(SHAPES[sh], method, bpp, kw, Path(tmp), seed=1000 * si + 10 * mi)
                 if batches:  # --batches '': only the decode step
-                    run_layer(SHAPES[sh], label, pool, batches, bw, dtype, delta_apply, fused_apply, rows)
+                    run_layer(SHAPES[sh], label, pool, batches, bw, dtype, delta_apply, fused_apply, rows, a.distinct)
                 if label in DECODE_METHODS:
                     pool.copies = pool.copies[:32]  # the decode step takes at most 32 deltas per layer
                     pools[(label, sh)] = pool

@@ -182,42 +182,53 @@ def inverse_permutation(perm: torch.Tensor) -> torch.Tensor:
     return torch.empty_like(p).scatter_(0, p, torch.arange(p.numel(), device=p.device)).to(torch.int32)
 
 
-def stacked_lowrank(tab: DeltaTable, slot: int, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor] | None:
-    """The low-rank parts of ``slot``'s delta (Delta-CoMe's 8/3/2-bit blocks) stacked into one
-    factor pair ``(V̂ [R', in], Û diag s [out, R'])``, each block's act-order permutation undone
-    in its rows of V̂ (:func:`dequant_unperm_kernel`), so that ``Δ·x = Û diag s · V̂ · x``. ``R'``
-    is the summed rank rounded up to :data:`RANK_ALIGN` (zero rows and columns). One pair of
-    GEMMs then reads x once for all blocks, at an aligned rank; None without low-rank parts."""
-    members = [(j, p) for j, p in enumerate(tab.deltas[slot].parts) if isinstance(p, LowRankPart)]
-    if not members:
-        return None
-    rank = sum(p.rank for _, p in members)
-    rp = -(-rank // RANK_ALIGN) * RANK_ALIGN
-    vt = torch.empty((rp, tab.in_features), device=tab.table.device, dtype=dtype)
-    u = torch.empty((tab.out_features, rp), device=tab.table.device, dtype=dtype)
-    if rp > rank:
-        vt[rank:].zero_()
-        u[:, rank:].zero_()
-    inverses: dict[int, torch.Tensor] = {}  # one inverse per permutation (a delta's blocks share one)
-    off = 0
-    for j, p in members:
-        inv = None
-        if p.perm is not None:
-            inv = inverses.get(p.perm.data_ptr())
-            if inv is None:
-                inv = inverses[p.perm.data_ptr()] = inverse_permutation(p.perm)
-        dequantize_operand(tab, slot, j, "a", p.rank, tab.in_features, p.vt.bits, dtype, MODE_COLS, out=vt[off : off + p.rank], inv_perm=inv)
-        dequantize_operand(tab, slot, j, "b", tab.out_features, p.rank, p.ut.bits, dtype, MODE_UT, with_s=p.s is not None, out=u[:, off : off + p.rank])
-        off += p.rank
-    return vt, u
+def stacked_lowrank(tab: DeltaTable, slot: int, dtype: torch.dtype, unpermute: bool = True) -> list[tuple[torch.Tensor | None, torch.Tensor, torch.Tensor]]:
+    """The low-rank parts of ``slot``'s delta (Delta-CoMe's 8/3/2-bit blocks) stacked into factor
+    pairs ``(perm, V̂ [R', in], Û diag s [out, R'])`` with ``Δ·x = Û diag s · V̂ · x[perm]``:
+    ``unpermute`` undoes each block's act-order permutation in its rows of V̂
+    (:func:`dequant_unperm_kernel`: one stack, perm None), else the blocks stack per permutation
+    (a delta's blocks share one) in their stored column order. ``R'`` is the summed rank rounded
+    up to :data:`RANK_ALIGN` (zero rows and columns). One pair of GEMMs then reads x once for all
+    blocks, at an aligned rank."""
+    stacks: dict[int, list[tuple[int, LowRankPart]]] = {}
+    for j, p in enumerate(tab.deltas[slot].parts):
+        if isinstance(p, LowRankPart):
+            key = -1 if unpermute or p.perm is None else p.perm.data_ptr()
+            stacks.setdefault(key, []).append((j, p))
+    inverses: dict[int, torch.Tensor] = {}  # one inverse per permutation
+    res = []
+    for key, members in stacks.items():
+        rank = sum(p.rank for _, p in members)
+        rp = -(-rank // RANK_ALIGN) * RANK_ALIGN
+        vt = torch.empty((rp, tab.in_features), device=tab.table.device, dtype=dtype)
+        u = torch.empty((tab.out_features, rp), device=tab.table.device, dtype=dtype)
+        if rp > rank:
+            vt[rank:].zero_()
+            u[:, rank:].zero_()
+        off = 0
+        for j, p in members:
+            inv = None
+            if unpermute and p.perm is not None:
+                inv = inverses.get(p.perm.data_ptr())
+                if inv is None:
+                    inv = inverses[p.perm.data_ptr()] = inverse_permutation(p.perm)
+            dequantize_operand(tab, slot, j, "a", p.rank, tab.in_features, p.vt.bits, dtype, MODE_COLS, out=vt[off : off + p.rank], inv_perm=inv)
+            dequantize_operand(tab, slot, j, "b", tab.out_features, p.rank, p.ut.bits, dtype, MODE_UT, with_s=p.s is not None, out=u[:, off : off + p.rank])
+            off += p.rank
+        res.append((None if key == -1 else members[0][1].perm, vt, u))
+    return res
 
 
 def apply_segments(x: torch.Tensor, y: torch.Tensor, tab: DeltaTable, groups: RowGroups) -> torch.Tensor:
     """``y[rows] += Δ_slot · x[rows]`` for every segment group, by dequantized factors and
-    cuBLAS: for the low-rank parts stacked (:func:`stacked_lowrank`) ``t = x · V̂ᵀ`` and
+    cuBLAS: per stack of low-rank parts (:func:`stacked_lowrank`) ``t = x[:, perm] · V̂ᵀ`` and
     ``y += t · (Û diag s)ᵀ``, per dense part ``y += x · Ŵᵀ``, each product accumulated into y's
-    rows by ``addmm_`` (fp32 accumulation inside the GEMM). Rows stay in place where the batch
-    is in slot order (``RowGroups.rows_in_order``), else the group's rows are gathered and
+    rows by ``addmm_`` (fp32 accumulation inside the GEMM). The act-order permutation moves the
+    smaller operand: x's columns are gathered for a group of at most as many rows as the delta's
+    summed rank, else V̂'s are put back in x's order as they are dequantized (H100, 4096×11008,
+    rank 1333: at 512 rows the gather of x costs 38 µs and the permuted dequantization 105; at
+    2048 rows the latter 119 µs, bench/results/kernels_h100_s8/). Rows stay in place where the
+    batch is in slot order (``RowGroups.rows_in_order``), else the group's rows are gathered and
     scattered back."""
     assert groups.host_segments is not None
     dt = x.dtype
@@ -230,10 +241,10 @@ def apply_segments(x: torch.Tensor, y: torch.Tensor, tab: DeltaTable, groups: Ro
         else:
             rows = groups.row_idx[start : start + length].long()
             xg, yg = x.index_select(0, rows), y.index_select(0, rows)
-        stack = stacked_lowrank(tab, slot, dt)
-        if stack is not None:
-            vt, u = stack
-            yg.addmm_(xg @ vt.T, u.T)
+        rank = sum(p.rank for p in tab.deltas[slot].parts if isinstance(p, LowRankPart))
+        for perm, vt, u in stacked_lowrank(tab, slot, dt, unpermute=length > rank):
+            xp = xg if perm is None else xg.index_select(1, perm.long())
+            yg.addmm_(xp @ vt.T, u.T)
         for j, p in enumerate(tab.deltas[slot].parts):
             if not isinstance(p, LowRankPart):
                 wd = dequantize_operand(tab, slot, j, "a", tab.out_features, tab.in_features, p.w.bits, dt, MODE_S24 if p.w.sparse24 else MODE_COLS)
