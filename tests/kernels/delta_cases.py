@@ -211,11 +211,14 @@ def prefill_dequant(device: str = "cpu", dtype=torch.float32) -> int:
                 assert dequant.stacked_lowrank(tab, slot, torch.float32) == []
                 continue
             dense = sum(p.dense().float() for p in lr)
-            for unpermute in (True, False):
-                stacks = dequant.stacked_lowrank(tab, slot, torch.float32, unpermute=unpermute)
+            for mode in ("t", "unperm", "rows"):
+                stacks = dequant.stacked_lowrank(tab, slot, torch.float32, mode)
+                unpermute = mode != "rows"
                 assert len(stacks) == (1 if unpermute else len({-1 if p.perm is None else p.perm.data_ptr() for p in lr}))
                 total = torch.zeros_like(dense)
                 for perm, vt, u in stacks:
+                    if mode == "t":
+                        vt = vt.T  # V̂ᵀ [in, R'] as written
                     members = [p for p in lr if unpermute or (p.perm is None) == (perm is None)]
                     rank = sum(p.rank for p in members)
                     assert vt.shape[0] == u.shape[1] and vt.shape[0] % dequant.RANK_ALIGN == 0 and rank <= vt.shape[0] < rank + dequant.RANK_ALIGN
@@ -225,26 +228,29 @@ def prefill_dequant(device: str = "cpu", dtype=torch.float32) -> int:
                         v = p.vt.dense().float()
                         want_vt.append(torch.empty_like(v).index_copy_(1, p.perm.long(), v) if unpermute and p.perm is not None else v)
                     want_u = torch.cat([(p.ut_dense() * (1 if p.s is None else p.s.float()[:, None])).T for p in members], 1)
-                    assert torch.equal(vt[:rank].cpu(), torch.cat(want_vt).cpu()), f"{specs[slot]}: stacked V̂ differs"
+                    assert torch.equal(vt[:rank].cpu(), torch.cat(want_vt).cpu()), f"{specs[slot]} {mode}: stacked V̂ differs"
                     assert torch.allclose(u[:, :rank].cpu(), want_u.cpu(), rtol=1e-6, atol=0), f"{specs[slot]}: stacked Û·s differs"
                     m = u.double() @ vt.double()
                     if perm is not None:  # Δ = M·P: column perm[c] of Δ is column c of M
                         m = torch.empty_like(m).index_copy_(1, perm.long(), m)
                     total += m.float()
                     n += 1
-                assert torch.allclose(total.cpu(), dense.cpu(), rtol=1e-4, atol=1e-5 * dense.abs().max().item()), f"{specs[slot]}: the stacks' product is not Δ"
-            # the permutation on either side: a group of at most as many rows as the rank
-            # gathers x's columns, a longer one dequantizes V̂ in x's order
+                assert torch.allclose(total.cpu(), dense.cpu(), rtol=1e-4, atol=1e-5 * dense.abs().max().item()), f"{specs[slot]} {mode}: the stacks' product is not Δ"
+            # V̂ᵀ in x's order (default), and with DELTAPACK_PREFILL_VT=rows the permutation on
+            # either side: a group of at most as many rows as the rank gathers x's columns, a
+            # longer one dequantizes V̂ in x's order
             rank = sum(p.rank for p in lr)
-            for m in (1, rank + 1):
+            for m, how in ((1, "t"), (rank + 1, "t"), (1, "rows"), (rank + 1, "rows")):
+                os.environ["DELTAPACK_PREFILL_VT"] = how
                 g = torch.Generator().manual_seed(m)
                 x = torch.randn(m, 100, generator=g).to(device=device, dtype=dtype)
                 y = torch.randn(m, 72, generator=g).to(device=device, dtype=dtype)
                 slots = torch.full((m,), slot)
                 got = dequant.apply_segments(x, y.clone(), tab, RowGroups.segments(slots, device))
                 want = reference.delta_apply(x, y, [k.dense() for k in kds], slots.to(device))
+                del os.environ["DELTAPACK_PREFILL_VT"]
                 err = (got.float() - want.float()).abs().max().item() / (want.float() - y.float()).abs().max().item()
-                assert err <= TOL[dtype], f"{specs[slot]} {m} rows: rel err {err:.3g}"
+                assert err <= TOL[dtype], f"{specs[slot]} {m} rows ({how}): rel err {err:.3g}"
                 n += 1
         calls = []
         real = dequant.apply_segments

@@ -15,6 +15,8 @@ groups are long (prefill), not for many short ones, which stay on the one-launch
 
 from __future__ import annotations
 
+import os
+
 import torch
 import triton
 import triton.language as tl
@@ -25,6 +27,7 @@ from .delta_gemm import A_IDX, A_ISTRIDE, F_S, _codes_at, _deq_s24_tile, _deq_ti
 BLOCK_R, BLOCK_C = 32, 128
 MODE_COLS, MODE_UT, MODE_S24 = 0, 1, 2
 FALLBACK_TILES = {MODE_COLS: (8, 512), MODE_UT: (32, 128), MODE_S24: (8, 512)}
+T_TILES = (64, 128)  # dequant_t_kernel: ranks × input columns per program (runs of 64 values per output row)
 
 
 @triton.jit
@@ -115,6 +118,57 @@ def dequant_unperm_kernel(e, inv, out, stride_o, rows, cols, FB: tl.constexpr, B
     tl.store(out + r2 * stride_o + j[None, :], v.to(out.dtype.element_ty), mask=m2)
 
 
+@triton.jit
+def dequant_t_kernel(e, perm, out, stride_o, rows, cols, FB: tl.constexpr, BITS: tl.constexpr, BR: tl.constexpr, BC: tl.constexpr, WORDS: tl.constexpr, PERM: tl.constexpr):
+    """A MODE_COLS operand (V̂ [rows, cols]) dequantized transposed, its act-order permutation
+    undone on the way: ``out[perm[c], r] = V̂[r, c]`` (``out`` [cols, ≥ rows], row stride
+    ``stride_o``), so that ``x · out = x[:, perm] · V̂ᵀ``. The codes are read as stored (whole
+    words with ``WORDS``: 1/2/4/8 bits and a tile in one scale group; else code by code); each
+    tile column lands as a contiguous run of BR values in the row ``perm[c]`` of ``out``."""
+    pr = tl.program_id(0)
+    pc = tl.program_id(1)
+    r = pr * BR + tl.arange(0, BR)
+    rmask = r < rows
+    c = pc * BC + tl.arange(0, BC)
+    cmask = c < cols
+    codes, stride, scales, srow, group, zeros, zc = _operand(e, FB)
+    if WORDS:
+        PER: tl.constexpr = 32 // BITS
+        BW: tl.constexpr = BC // PER
+        w = pc * BW + tl.arange(0, BW)
+        words = tl.load(codes.to(tl.pointer_type(tl.int32)) + r[:, None] * stride + w[None, :], mask=rmask[:, None] & (w < stride)[None, :], other=0)
+        sh = (tl.arange(0, PER) * BITS).to(tl.uint32)
+        q = (words.to(tl.uint32, bitcast=True)[:, :, None] >> sh[None, None, :]) & ((1 << BITS) - 1)
+        q = tl.reshape(q, (BR, BC)).to(tl.float32)
+        sv, zv = _scale_zero(scales, srow, group, zeros, zc, r, pc * BC, rmask)
+        v = (q - zv[:, None]) * sv[:, None]
+    else:
+        v = _deq_tile(codes, stride, scales, srow, group, zeros, zc, r, rmask, pc * BC, cols, BR, BC, BITS, True)
+    if PERM:
+        dest = tl.load(perm + c, mask=cmask, other=0)
+    else:
+        dest = c
+    tl.store(out + dest[None, :] * stride_o + r[:, None], v.to(out.dtype.element_ty), mask=rmask[:, None] & cmask[None, :])
+
+
+def dequantize_vt_t(tab: DeltaTable, slot: int, part: int, out: torch.Tensor) -> torch.Tensor:
+    """The (slot, part) low-rank block's V̂ into ``out`` [in, rank] (a column slice of a larger
+    buffer, unit stride along its columns), transposed and in x's column order
+    (:func:`dequant_t_kernel`)."""
+    p = tab.deltas[slot].parts[part]
+    rows, cols, bits = p.rank, tab.in_features, p.vt.bits
+    if out.shape != (cols, rows) or out.stride(1) != 1:
+        raise ValueError(f"out {tuple(out.shape)} (strides {out.stride()}) is not a [{cols}, {rows}] view with unit column stride")
+    if not (rows and cols):
+        return out
+    br, bc = T_TILES
+    words = bits in (1, 2, 4, 8) and (p.vt.group % bc == 0 or p.vt.group >= cols)
+    perm = p.perm if p.perm is not None else out  # never read without PERM
+    grid = (triton.cdiv(rows, br), triton.cdiv(cols, bc))
+    dequant_t_kernel[grid](tab.table[slot, part], perm, out, out.stride(0), rows, cols, FB=A_BITS, BITS=bits, BR=br, BC=bc, WORDS=words, PERM=p.perm is not None)
+    return out
+
+
 def dequantize_operand(
     tab: DeltaTable,
     slot: int,
@@ -182,56 +236,69 @@ def inverse_permutation(perm: torch.Tensor) -> torch.Tensor:
     return torch.empty_like(p).scatter_(0, p, torch.arange(p.numel(), device=p.device)).to(torch.int32)
 
 
-def stacked_lowrank(tab: DeltaTable, slot: int, dtype: torch.dtype, unpermute: bool = True) -> list[tuple[torch.Tensor | None, torch.Tensor, torch.Tensor]]:
+def stacked_lowrank(tab: DeltaTable, slot: int, dtype: torch.dtype, mode: str = "t") -> list[tuple[torch.Tensor | None, torch.Tensor, torch.Tensor]]:
     """The low-rank parts of ``slot``'s delta (Delta-CoMe's 8/3/2-bit blocks) stacked into factor
-    pairs ``(perm, V̂ [R', in], Û diag s [out, R'])`` with ``Δ·x = Û diag s · V̂ · x[perm]``:
-    ``unpermute`` undoes each block's act-order permutation in its rows of V̂
-    (:func:`dequant_unperm_kernel`: one stack, perm None), else the blocks stack per permutation
-    (a delta's blocks share one) in their stored column order. ``R'`` is the summed rank rounded
-    up to :data:`RANK_ALIGN` (zero rows and columns). One pair of GEMMs then reads x once for all
-    blocks, at an aligned rank."""
+    pairs ``(perm, A, Û diag s [out, R'])``, so that one pair of GEMMs reads x once for all
+    blocks. ``mode`` "t": one stack, ``A = V̂ᵀ`` [in, R'] with every block's act-order
+    permutation undone as it is written (:func:`dequant_t_kernel`; ``Δ·x = Û s · (x · A)``);
+    "unperm": ``A = V̂`` [R', in] in x's column order (:func:`dequant_unperm_kernel`, a gather of
+    codes); "rows": ``A = V̂`` in its stored order, one stack per permutation (a delta's blocks
+    share one), for ``x[:, perm]``. ``R'`` is the summed rank rounded up to :data:`RANK_ALIGN`
+    (zero rows / columns). ``[]`` without low-rank parts."""
+    if mode not in ("t", "unperm", "rows"):
+        raise ValueError(f"unknown stacking mode {mode!r} (t, unperm, rows)")
     stacks: dict[int, list[tuple[int, LowRankPart]]] = {}
     for j, p in enumerate(tab.deltas[slot].parts):
         if isinstance(p, LowRankPart):
-            key = -1 if unpermute or p.perm is None else p.perm.data_ptr()
+            key = p.perm.data_ptr() if mode == "rows" and p.perm is not None else -1
             stacks.setdefault(key, []).append((j, p))
     inverses: dict[int, torch.Tensor] = {}  # one inverse per permutation
+    dev, K, N = tab.table.device, tab.in_features, tab.out_features
     res = []
     for key, members in stacks.items():
         rank = sum(p.rank for _, p in members)
         rp = -(-rank // RANK_ALIGN) * RANK_ALIGN
-        vt = torch.empty((rp, tab.in_features), device=tab.table.device, dtype=dtype)
-        u = torch.empty((tab.out_features, rp), device=tab.table.device, dtype=dtype)
+        a = torch.empty((K, rp) if mode == "t" else (rp, K), device=dev, dtype=dtype)
+        u = torch.empty((N, rp), device=dev, dtype=dtype)
         if rp > rank:
-            vt[rank:].zero_()
+            (a[:, rank:] if mode == "t" else a[rank:]).zero_()
             u[:, rank:].zero_()
         off = 0
         for j, p in members:
-            inv = None
-            if unpermute and p.perm is not None:
-                inv = inverses.get(p.perm.data_ptr())
-                if inv is None:
-                    inv = inverses[p.perm.data_ptr()] = inverse_permutation(p.perm)
-            dequantize_operand(tab, slot, j, "a", p.rank, tab.in_features, p.vt.bits, dtype, MODE_COLS, out=vt[off : off + p.rank], inv_perm=inv)
-            dequantize_operand(tab, slot, j, "b", tab.out_features, p.rank, p.ut.bits, dtype, MODE_UT, with_s=p.s is not None, out=u[:, off : off + p.rank])
+            if mode == "t":
+                dequantize_vt_t(tab, slot, j, a[:, off : off + p.rank])
+            else:
+                inv = None
+                if mode == "unperm" and p.perm is not None:
+                    inv = inverses.get(p.perm.data_ptr())
+                    if inv is None:
+                        inv = inverses[p.perm.data_ptr()] = inverse_permutation(p.perm)
+                dequantize_operand(tab, slot, j, "a", p.rank, K, p.vt.bits, dtype, MODE_COLS, out=a[off : off + p.rank], inv_perm=inv)
+            dequantize_operand(tab, slot, j, "b", N, p.rank, p.ut.bits, dtype, MODE_UT, with_s=p.s is not None, out=u[:, off : off + p.rank])
             off += p.rank
-        res.append((None if key == -1 else members[0][1].perm, vt, u))
+        res.append((None if key == -1 else members[0][1].perm, a, u))
     return res
+
+
+def prefill_stacking() -> str:
+    """How :func:`apply_segments` stacks V̂: ``DELTAPACK_PREFILL_VT`` = t (default) or
+    "rows" (benchmarks: V̂ as stored with the permutation on the smaller operand)."""
+    return os.environ.get("DELTAPACK_PREFILL_VT", "t")
 
 
 def apply_segments(x: torch.Tensor, y: torch.Tensor, tab: DeltaTable, groups: RowGroups) -> torch.Tensor:
     """``y[rows] += Δ_slot · x[rows]`` for every segment group, by dequantized factors and
-    cuBLAS: per stack of low-rank parts (:func:`stacked_lowrank`) ``t = x[:, perm] · V̂ᵀ`` and
-    ``y += t · (Û diag s)ᵀ``, per dense part ``y += x · Ŵᵀ``, each product accumulated into y's
-    rows by ``addmm_`` (fp32 accumulation inside the GEMM). The act-order permutation moves the
-    smaller operand: x's columns are gathered for a group of at most as many rows as the delta's
-    summed rank, else V̂'s are put back in x's order as they are dequantized (H100, 4096×11008,
-    rank 1333: at 512 rows the gather of x costs 38 µs and the permuted dequantization 105; at
-    2048 rows the latter 119 µs, bench/results/kernels_h100_s8/). Rows stay in place where the
-    batch is in slot order (``RowGroups.rows_in_order``), else the group's rows are gathered and
-    scattered back."""
+    cuBLAS: for the low-rank parts stacked (:func:`stacked_lowrank`, mode t) ``t = x · V̂ᵀ``
+    (V̂ᵀ already in x's column order) and ``y += t · (Û diag s)ᵀ``, per dense part
+    ``y += x · Ŵᵀ``, each product accumulated into y's rows by ``addmm_`` (fp32 accumulation
+    inside the GEMM). With ``DELTAPACK_PREFILL_VT=rows`` the permutation moves the smaller
+    operand instead: x's columns are gathered for a group of at most as many rows as the
+    delta's summed rank, else V̂ is dequantized in x's order (mode unperm). Rows stay in place
+    where the batch is in slot order (``RowGroups.rows_in_order``), else the group's rows are
+    gathered and scattered back."""
     assert groups.host_segments is not None
     dt = x.dtype
+    transposed = prefill_stacking() == "t"
     for start, length, slot in groups.host_segments:
         if slot < 0 or length == 0:
             continue
@@ -241,10 +308,14 @@ def apply_segments(x: torch.Tensor, y: torch.Tensor, tab: DeltaTable, groups: Ro
         else:
             rows = groups.row_idx[start : start + length].long()
             xg, yg = x.index_select(0, rows), y.index_select(0, rows)
-        rank = sum(p.rank for p in tab.deltas[slot].parts if isinstance(p, LowRankPart))
-        for perm, vt, u in stacked_lowrank(tab, slot, dt, unpermute=length > rank):
-            xp = xg if perm is None else xg.index_select(1, perm.long())
-            yg.addmm_(xp @ vt.T, u.T)
+        if transposed:
+            for _, vt_t, u in stacked_lowrank(tab, slot, dt, "t"):
+                yg.addmm_(xg @ vt_t, u.T)
+        else:
+            rank = sum(p.rank for p in tab.deltas[slot].parts if isinstance(p, LowRankPart))
+            for perm, vt, u in stacked_lowrank(tab, slot, dt, "unperm" if length > rank else "rows"):
+                xp = xg if perm is None else xg.index_select(1, perm.long())
+                yg.addmm_(xp @ vt.T, u.T)
         for j, p in enumerate(tab.deltas[slot].parts):
             if not isinstance(p, LowRankPart):
                 wd = dequantize_operand(tab, slot, j, "a", tab.out_features, tab.in_features, p.w.bits, dt, MODE_S24 if p.w.sparse24 else MODE_COLS)
