@@ -185,6 +185,7 @@ def prefill_dequant(device: str = "cpu", dtype=torch.float32) -> int:
         [("rtn", 3.0, {"bits": 3, "group": 48}), ("delta-come", 2.0, {"group": 64, "act_order": True})],
         [("rtn", 4.0, {"bits": 4, "granularity": "row"}), ("delta-come", 1.0, {})],
         [("rtn", 8.0, {"bits": 8, "granularity": "tensor"}), ("rtn", 2.0, {"bits": 2, "group": 32})],
+        [("deltazip", 2.0, {"bits": 4}), ("deltazip", 2.0, {"bits": 8}), ("deltazip", 2.0, {"bits": 3})],
     ]
     n = 0
     for i, specs in enumerate(sets):
@@ -211,9 +212,9 @@ def prefill_dequant(device: str = "cpu", dtype=torch.float32) -> int:
                 assert dequant.stacked_lowrank(tab, slot, torch.float32) == []
                 continue
             dense = sum(p.dense().float() for p in lr)
-            for mode in ("t", "unperm", "rows"):
-                stacks = dequant.stacked_lowrank(tab, slot, torch.float32, mode)
-                unpermute = mode != "rows"
+            for unpermute in (True, False):
+                mode = "t" if unpermute else "rows"
+                stacks = dequant.stacked_lowrank(tab, slot, torch.float32, transposed=unpermute)
                 assert len(stacks) == (1 if unpermute else len({-1 if p.perm is None else p.perm.data_ptr() for p in lr}))
                 total = torch.zeros_like(dense)
                 for perm, vt, u in stacks:
@@ -236,11 +237,11 @@ def prefill_dequant(device: str = "cpu", dtype=torch.float32) -> int:
                     total += m.float()
                     n += 1
                 assert torch.allclose(total.cpu(), dense.cpu(), rtol=1e-4, atol=1e-5 * dense.abs().max().item()), f"{specs[slot]} {mode}: the stacks' product is not Δ"
-            # V̂ᵀ in x's order (default), and with DELTAPACK_PREFILL_VT=rows the permutation on
-            # either side: a group of at most as many rows as the rank gathers x's columns, a
-            # longer one dequantizes V̂ in x's order
+            # both stackings through apply_segments, chosen by the rows (a short group gathers
+            # x's permuted columns, a long one takes V̂ᵀ in x's order) and forced
             rank = sum(p.rank for p in lr)
-            for m, how in ((1, "t"), (rank + 1, "t"), (1, "rows"), (rank + 1, "rows")):
+            assert not dequant.transposed_stack(1, rank) and dequant.transposed_stack(rank, rank)
+            for m, how in ((1, ""), (rank, ""), (1, "t"), (rank, "rows")):
                 os.environ["DELTAPACK_PREFILL_VT"] = how
                 g = torch.Generator().manual_seed(m)
                 x = torch.randn(m, 100, generator=g).to(device=device, dtype=dtype)

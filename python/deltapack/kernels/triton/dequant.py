@@ -27,6 +27,7 @@ from .delta_gemm import A_IDX, A_ISTRIDE, F_S, _codes_at, _deq_s24_tile, _deq_ti
 BLOCK_R, BLOCK_C = 32, 128
 MODE_COLS, MODE_UT, MODE_S24 = 0, 1, 2
 FALLBACK_TILES = {MODE_COLS: (8, 512), MODE_UT: (32, 128), MODE_S24: (8, 512)}
+S24_WORD_ROWS, S24_WORD_TILES = 16, (256, 128, 64)  # dequant_s24_words_kernel: rows per program, dense columns tried widest first
 T_TILES = (64, 128)  # dequant_t_kernel: ranks × input columns per program (runs of 64 values per output row)
 
 
@@ -95,27 +96,39 @@ def dequant_words_kernel(e, out, stride_o, rows, cols, FB: tl.constexpr, BITS: t
 
 
 @triton.jit
-def dequant_unperm_kernel(e, inv, out, stride_o, rows, cols, FB: tl.constexpr, BITS: tl.constexpr, BR: tl.constexpr, BC: tl.constexpr):
-    """MODE_COLS with an act-order permutation undone: ``out[r, j] = V̂[r, inv[j]]`` (``inv`` =
-    perm⁻¹), so that ``x · outᵀ = x[:, perm] · V̂ᵀ`` without permuting x. The codes of a row are
-    gathered (a row's words stay in L1 / L2), the writes stay coalesced; scales by the source
-    column's group."""
+def dequant_s24_words_kernel(e, out, stride_o, rows, cols, FB: tl.constexpr, BITS: tl.constexpr, BR: tl.constexpr, BC: tl.constexpr):
+    """MODE_S24 for 2/4/8-bit kept values, whole words at a time: a tile of BR rows × BC dense
+    columns reads its BC / 2 kept values' code words and position words (2 bits each) once,
+    then puts each pair of kept values at its two positions in its 4 dense columns. The tile's
+    kept values lie in one scale group (the host checks)."""
+    KC: tl.constexpr = BC // 2
+    PER: tl.constexpr = 32 // BITS
+    BW: tl.constexpr = KC // PER
+    IW: tl.constexpr = KC // 16
     pr = tl.program_id(0)
     pc = tl.program_id(1)
     r = pr * BR + tl.arange(0, BR)
-    j = pc * BC + tl.arange(0, BC)
-    jmask = j < cols
-    src = tl.load(inv + j, mask=jmask, other=0)
+    rmask = r < rows
     codes, stride, scales, srow, group, zeros, zc = _operand(e, FB)
-    r2 = r[:, None]
-    m2 = (r < rows)[:, None] & jmask[None, :]
-    if BITS == 16:
-        v = tl.load(codes.to(tl.pointer_type(tl.float16)) + r2 * stride + src[None, :], mask=m2, other=0.0).to(tl.float32)
-    else:
-        q = _codes_at(codes.to(tl.pointer_type(tl.int32)), stride, r2, src[None, :], m2, BITS)
-        sv, zv = _scale_zero(scales, srow, group, zeros, zc, r2, src[None, :], m2)
-        v = (q.to(tl.float32) - zv) * sv
-    tl.store(out + r2 * stride_o + j[None, :], v.to(out.dtype.element_ty), mask=m2)
+    w = pc * BW + tl.arange(0, BW)
+    words = tl.load(codes.to(tl.pointer_type(tl.int32)) + r[:, None] * stride + w[None, :], mask=rmask[:, None] & (w < stride)[None, :], other=0)
+    q = (words.to(tl.uint32, bitcast=True)[:, :, None] >> (tl.arange(0, PER) * BITS).to(tl.uint32)[None, None, :]) & ((1 << BITS) - 1)
+    q = tl.reshape(q, (BR, KC)).to(tl.float32)
+    ip = tl.load(e + A_IDX).to(tl.pointer_type(tl.int32))
+    istride = tl.load(e + A_ISTRIDE)
+    iw = pc * IW + tl.arange(0, IW)
+    iwords = tl.load(ip + r[:, None] * istride + iw[None, :], mask=rmask[:, None] & (iw < istride)[None, :], other=0)
+    pos = (iwords.to(tl.uint32, bitcast=True)[:, :, None] >> (tl.arange(0, 16) * 2).to(tl.uint32)[None, None, :]) & 3
+    pos = tl.reshape(pos, (BR, KC)).to(tl.int32)
+    sv, zv = _scale_zero(scales, srow, group, zeros, zc, r, pc * KC, rmask)
+    v = (q - zv[:, None]) * sv[:, None]
+    v0, v1 = tl.split(tl.reshape(v, (BR, BC // 4, 2)))
+    p0, p1 = tl.split(tl.reshape(pos, (BR, BC // 4, 2)))
+    lane = tl.arange(0, 4)[None, None, :]
+    d = tl.where(p0[:, :, None] == lane, v0[:, :, None], tl.where(p1[:, :, None] == lane, v1[:, :, None], 0.0))
+    d = tl.reshape(d, (BR, BC))
+    c = pc * BC + tl.arange(0, BC)
+    tl.store(out + r[:, None] * stride_o + c[None, :], d.to(out.dtype.element_ty), mask=rmask[:, None] & (c < cols)[None, :])
 
 
 @triton.jit
@@ -181,13 +194,11 @@ def dequantize_operand(
     mode: int,
     with_s: bool = False,
     out: torch.Tensor | None = None,
-    inv_perm: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """One operand of ``tab``'s (slot, part) entry as a dense ``[rows, cols]`` tensor of ``dtype``
     (``which``: 'a' = Vt / W, 'b' = Ut; ``with_s``: Û's columns times the part's s), written
     into ``out`` where given (a ``[rows, cols]`` view with unit stride along its columns: a slice
-    of a larger buffer). ``inv_perm`` (MODE_COLS): the inverse of the part's act-order
-    permutation, whose columns are put back in x's order (:func:`dequant_unperm_kernel`)."""
+    of a larger buffer)."""
     if out is None:
         out = torch.empty((rows, cols), device=tab.table.device, dtype=dtype)
     elif out.shape != (rows, cols) or out.stride(1) != 1:
@@ -196,12 +207,6 @@ def dequantize_operand(
         return out
     e = tab.table[slot, part]
     fb = A_BITS if which == "a" else B_BITS
-    if inv_perm is not None:
-        if mode != MODE_COLS or inv_perm.shape != (cols,):
-            raise ValueError(f"a permutation of {tuple(inv_perm.shape)} applies to MODE_COLS operands of {cols} columns only")
-        br, bc = FALLBACK_TILES[MODE_COLS]
-        dequant_unperm_kernel[(triton.cdiv(rows, br), triton.cdiv(cols, bc))](e, inv_perm, out, out.stride(0), rows, cols, FB=fb, BITS=bits, BR=br, BC=bc)
-        return out
     if bits in (1, 2, 4, 8) and mode != MODE_S24:
         # whole words, a scale per tile row / column: the tile must lie in one scale group
         group = int(_group_of(tab, slot, part, which))
@@ -211,6 +216,14 @@ def dequantize_operand(
             grid = (triton.cdiv(rows, BLOCK_R), triton.cdiv(cols, bc))
             dequant_words_kernel[grid](e, out, out.stride(0), rows, cols, FB=fb, BITS=bits, MODE=mode, BR=BLOCK_R, BW=bw, S=with_s)
             return out
+    if mode == MODE_S24 and bits in (2, 4, 8):
+        # whole words: the widest tile whose kept values (half its columns) lie in one scale group
+        group = int(_group_of(tab, slot, part, which))
+        for bc in S24_WORD_TILES:
+            if group % (bc // 2) == 0 or group >= cols // 2:
+                grid = (triton.cdiv(rows, S24_WORD_ROWS), triton.cdiv(cols, bc))
+                dequant_s24_words_kernel[grid](e, out, out.stride(0), rows, cols, FB=fb, BITS=bits, BR=S24_WORD_ROWS, BC=bc)
+                return out
     # element by element (3-bit codes, 2:4, raw, groups that split a tile): a wide tile along the
     # packed rows (H100, bench/results/kernels_h100_s6/call6: Vt 32×4096 3-bit 9.7 µs at 8×512, 26.7 at 32×128)
     br, bc = FALLBACK_TILES[mode]
@@ -230,75 +243,63 @@ def _group_of(tab: DeltaTable, slot: int, part: int, which: str) -> int:
 RANK_ALIGN = 8  # the stacked rank is padded to this many (16-byte rows of t and Û in 16-bit dtypes: cuBLAS's aligned kernels)
 
 
-def inverse_permutation(perm: torch.Tensor) -> torch.Tensor:
-    """``inv`` with ``inv[perm[c]] = c`` (int32, perm's device)."""
-    p = perm.long()
-    return torch.empty_like(p).scatter_(0, p, torch.arange(p.numel(), device=p.device)).to(torch.int32)
-
-
-def stacked_lowrank(tab: DeltaTable, slot: int, dtype: torch.dtype, mode: str = "t") -> list[tuple[torch.Tensor | None, torch.Tensor, torch.Tensor]]:
+def stacked_lowrank(tab: DeltaTable, slot: int, dtype: torch.dtype, transposed: bool = True) -> list[tuple[torch.Tensor | None, torch.Tensor, torch.Tensor]]:
     """The low-rank parts of ``slot``'s delta (Delta-CoMe's 8/3/2-bit blocks) stacked into factor
     pairs ``(perm, A, Û diag s [out, R'])``, so that one pair of GEMMs reads x once for all
-    blocks. ``mode`` "t": one stack, ``A = V̂ᵀ`` [in, R'] with every block's act-order
-    permutation undone as it is written (:func:`dequant_t_kernel`; ``Δ·x = Û s · (x · A)``);
-    "unperm": ``A = V̂`` [R', in] in x's column order (:func:`dequant_unperm_kernel`, a gather of
-    codes); "rows": ``A = V̂`` in its stored order, one stack per permutation (a delta's blocks
-    share one), for ``x[:, perm]``. ``R'`` is the summed rank rounded up to :data:`RANK_ALIGN`
-    (zero rows / columns). ``[]`` without low-rank parts."""
-    if mode not in ("t", "unperm", "rows"):
-        raise ValueError(f"unknown stacking mode {mode!r} (t, unperm, rows)")
+    blocks. ``transposed``: one stack, ``A = V̂ᵀ`` [in, R'] with every block's act-order
+    permutation undone as it is written (:func:`dequant_t_kernel`; ``Δ·x = Û s · (x · A)``,
+    perm None); else ``A = V̂`` [R', in] in its stored order, one stack per permutation (a
+    delta's blocks share one), for ``x[:, perm]``. ``R'`` is the summed rank rounded up to
+    :data:`RANK_ALIGN` (zero rows / columns). ``[]`` without low-rank parts."""
     stacks: dict[int, list[tuple[int, LowRankPart]]] = {}
     for j, p in enumerate(tab.deltas[slot].parts):
         if isinstance(p, LowRankPart):
-            key = p.perm.data_ptr() if mode == "rows" and p.perm is not None else -1
-            stacks.setdefault(key, []).append((j, p))
-    inverses: dict[int, torch.Tensor] = {}  # one inverse per permutation
+            stacks.setdefault(-1 if transposed or p.perm is None else p.perm.data_ptr(), []).append((j, p))
     dev, K, N = tab.table.device, tab.in_features, tab.out_features
     res = []
     for key, members in stacks.items():
         rank = sum(p.rank for _, p in members)
         rp = -(-rank // RANK_ALIGN) * RANK_ALIGN
-        a = torch.empty((K, rp) if mode == "t" else (rp, K), device=dev, dtype=dtype)
+        a = torch.empty((K, rp) if transposed else (rp, K), device=dev, dtype=dtype)
         u = torch.empty((N, rp), device=dev, dtype=dtype)
         if rp > rank:
-            (a[:, rank:] if mode == "t" else a[rank:]).zero_()
+            (a[:, rank:] if transposed else a[rank:]).zero_()
             u[:, rank:].zero_()
         off = 0
         for j, p in members:
-            if mode == "t":
+            if transposed:
                 dequantize_vt_t(tab, slot, j, a[:, off : off + p.rank])
             else:
-                inv = None
-                if mode == "unperm" and p.perm is not None:
-                    inv = inverses.get(p.perm.data_ptr())
-                    if inv is None:
-                        inv = inverses[p.perm.data_ptr()] = inverse_permutation(p.perm)
-                dequantize_operand(tab, slot, j, "a", p.rank, K, p.vt.bits, dtype, MODE_COLS, out=a[off : off + p.rank], inv_perm=inv)
+                dequantize_operand(tab, slot, j, "a", p.rank, K, p.vt.bits, dtype, MODE_COLS, out=a[off : off + p.rank])
             dequantize_operand(tab, slot, j, "b", N, p.rank, p.ut.bits, dtype, MODE_UT, with_s=p.s is not None, out=u[:, off : off + p.rank])
             off += p.rank
         res.append((None if key == -1 else members[0][1].perm, a, u))
     return res
 
 
-def prefill_stacking() -> str:
-    """How :func:`apply_segments` stacks V̂: ``DELTAPACK_PREFILL_VT`` = t (default) or
-    "rows" (benchmarks: V̂ as stored with the permutation on the smaller operand)."""
-    return os.environ.get("DELTAPACK_PREFILL_VT", "t")
+def transposed_stack(length: int, rank: int) -> bool:
+    """Whether a group of ``length`` rows on a delta of summed low-rank ``rank`` takes V̂ᵀ in x's
+    order (:func:`dequant_t_kernel`, ~2× the plain dequantization of V̂) rather than V̂ as
+    stored and a gather of x's permuted columns (cost ∝ rows): above rank / 2 rows (H100,
+    bench/results/kernels_h100_s8/call6: 4096×11008, rank 1333: 109 vs 88 µs at 64 rows, 134 vs
+    139 at 512, 235 vs 261 at 2048; 4096², rank 907: 76 vs 74 at 512, 108 vs 129 at 2048).
+    ``DELTAPACK_PREFILL_VT`` = t / rows forces one (benchmarks, tests)."""
+    env = os.environ.get("DELTAPACK_PREFILL_VT", "").strip()
+    if env:
+        return env == "t"
+    return 2 * length > rank
 
 
 def apply_segments(x: torch.Tensor, y: torch.Tensor, tab: DeltaTable, groups: RowGroups) -> torch.Tensor:
     """``y[rows] += Δ_slot · x[rows]`` for every segment group, by dequantized factors and
-    cuBLAS: for the low-rank parts stacked (:func:`stacked_lowrank`, mode t) ``t = x · V̂ᵀ``
-    (V̂ᵀ already in x's column order) and ``y += t · (Û diag s)ᵀ``, per dense part
-    ``y += x · Ŵᵀ``, each product accumulated into y's rows by ``addmm_`` (fp32 accumulation
-    inside the GEMM). With ``DELTAPACK_PREFILL_VT=rows`` the permutation moves the smaller
-    operand instead: x's columns are gathered for a group of at most as many rows as the
-    delta's summed rank, else V̂ is dequantized in x's order (mode unperm). Rows stay in place
-    where the batch is in slot order (``RowGroups.rows_in_order``), else the group's rows are
-    gathered and scattered back."""
+    cuBLAS: per stack of low-rank parts (:func:`stacked_lowrank`) ``t = x[:, perm] · V̂ᵀ`` (for
+    long groups V̂ᵀ already in x's column order, :func:`transposed_stack`) and ``y += t · (Û
+    diag s)ᵀ``, per dense part ``y += x · Ŵᵀ``, each product accumulated into y's rows by
+    ``addmm_`` (fp32 accumulation inside the GEMM). Rows stay in place where the batch is in
+    slot order (``RowGroups.rows_in_order``), else the group's rows are gathered and scattered
+    back."""
     assert groups.host_segments is not None
     dt = x.dtype
-    transposed = prefill_stacking() == "t"
     for start, length, slot in groups.host_segments:
         if slot < 0 or length == 0:
             continue
@@ -308,14 +309,13 @@ def apply_segments(x: torch.Tensor, y: torch.Tensor, tab: DeltaTable, groups: Ro
         else:
             rows = groups.row_idx[start : start + length].long()
             xg, yg = x.index_select(0, rows), y.index_select(0, rows)
-        if transposed:
-            for _, vt_t, u in stacked_lowrank(tab, slot, dt, "t"):
-                yg.addmm_(xg @ vt_t, u.T)
-        else:
-            rank = sum(p.rank for p in tab.deltas[slot].parts if isinstance(p, LowRankPart))
-            for perm, vt, u in stacked_lowrank(tab, slot, dt, "unperm" if length > rank else "rows"):
-                xp = xg if perm is None else xg.index_select(1, perm.long())
-                yg.addmm_(xp @ vt.T, u.T)
+        rank = sum(p.rank for p in tab.deltas[slot].parts if isinstance(p, LowRankPart))
+        transposed = transposed_stack(length, rank)
+        for perm, a, u in stacked_lowrank(tab, slot, dt, transposed):
+            if transposed:
+                yg.addmm_(xg @ a, u.T)
+            else:
+                yg.addmm_((xg if perm is None else xg.index_select(1, perm.long())) @ a.T, u.T)
         for j, p in enumerate(tab.deltas[slot].parts):
             if not isinstance(p, LowRankPart):
                 wd = dequantize_operand(tab, slot, j, "a", tab.out_features, tab.in_features, p.w.bits, dt, MODE_S24 if p.w.sparse24 else MODE_COLS)
