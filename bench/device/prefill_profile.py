@@ -28,8 +28,8 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         for out, inp in ((4096, 4096), (4096, 11008)):
             W = torch.randn(out, inp, device="cuda", dtype=torch.bfloat16) / inp**0.5
-            for method in ("delta-come", "bitdelta"):
-                f = write_synthetic(Path(tmp) / f"{method}-{inp}.dpk", [("l", out, inp, method, 1.0)], seed=0)
+            for method, bpp in (("delta-come", 1.0), ("bitdelta", 1.0), ("deltazip", 2.0)):
+                f = write_synthetic(Path(tmp) / f"{method}-{inp}.dpk", [("l", out, inp, method, bpp)], seed=0)
                 kd = KernelDelta.from_entry(f, f.manifest["deltas"][0], (out, inp), device="cuda")
                 tab = DeltaTable.build([kd])
                 ranks = [p.rank for p in kd.parts if isinstance(p, LowRankPart)]
