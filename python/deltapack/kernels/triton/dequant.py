@@ -277,27 +277,26 @@ def stacked_lowrank(tab: DeltaTable, slot: int, dtype: torch.dtype, transposed: 
     return res
 
 
-def transposed_stack(length: int, rank: int) -> bool:
-    """Whether a group of ``length`` rows on a delta of summed low-rank ``rank`` takes V̂ᵀ in x's
-    order (:func:`dequant_t_kernel`, ~2× the plain dequantization of V̂) rather than V̂ as
-    stored and a gather of x's permuted columns (cost ∝ rows): above rank / 2 rows (H100,
-    bench/results/kernels_h100_s8/call6: 4096×11008, rank 1333: 109 vs 88 µs at 64 rows, 134 vs
-    139 at 512, 235 vs 261 at 2048; 4096², rank 907: 76 vs 74 at 512, 108 vs 129 at 2048).
-    ``DELTAPACK_PREFILL_VT`` = t / rows forces one (benchmarks, tests)."""
-    env = os.environ.get("DELTAPACK_PREFILL_VT", "").strip()
-    if env:
-        return env == "t"
-    return 2 * length > rank
+def transposed_stack() -> bool:
+    """Whether act-order (permuted) low-rank blocks take V̂ᵀ dequantized in x's column order
+    (:func:`dequant_t_kernel`) rather than V̂ as stored and a gather of x's permuted columns:
+    always, unless ``DELTAPACK_PREFILL_VT=rows`` (benchmarks, tests). H100,
+    bench/results/kernels_h100_s8/ (calls 6 and 7), one Delta-CoMe delta at 1 bit: with L2
+    flushed before each call (bench/kernels.py) V̂ᵀ wins at every row count (4096×11008: 145
+    vs 163 µs at 16 rows, 195 vs 308 at 512, 465 vs 528 at 2048): the gather of x reads it
+    2 bytes at a time from DRAM. With x in L2 (a warm profile) the gather wins up to a few
+    hundred rows (88 vs 109 µs at 64 rows)."""
+    return os.environ.get("DELTAPACK_PREFILL_VT", "").strip() != "rows"
 
 
 def apply_segments(x: torch.Tensor, y: torch.Tensor, tab: DeltaTable, groups: RowGroups) -> torch.Tensor:
     """``y[rows] += Δ_slot · x[rows]`` for every segment group, by dequantized factors and
     cuBLAS: per stack of low-rank parts (:func:`stacked_lowrank`) ``t = x[:, perm] · V̂ᵀ`` (for
-    long groups V̂ᵀ already in x's column order, :func:`transposed_stack`) and ``y += t · (Û
-    diag s)ᵀ``, per dense part ``y += x · Ŵᵀ``, each product accumulated into y's rows by
-    ``addmm_`` (fp32 accumulation inside the GEMM). Rows stay in place where the batch is in
-    slot order (``RowGroups.rows_in_order``), else the group's rows are gathered and scattered
-    back."""
+    act-order blocks V̂ᵀ already in x's column order: :func:`transposed_stack`)
+    and ``y += t · (Û diag s)ᵀ``, per dense part ``y += x · Ŵᵀ``, each product accumulated into
+    y's rows by ``addmm_`` (fp32 accumulation inside the GEMM). Rows stay in place where the
+    batch is in slot order (``RowGroups.rows_in_order``), else the group's rows are gathered and
+    scattered back."""
     assert groups.host_segments is not None
     dt = x.dtype
     for start, length, slot in groups.host_segments:
@@ -309,8 +308,7 @@ def apply_segments(x: torch.Tensor, y: torch.Tensor, tab: DeltaTable, groups: Ro
         else:
             rows = groups.row_idx[start : start + length].long()
             xg, yg = x.index_select(0, rows), y.index_select(0, rows)
-        rank = sum(p.rank for p in tab.deltas[slot].parts if isinstance(p, LowRankPart))
-        transposed = transposed_stack(length, rank)
+        transposed = any(isinstance(p, LowRankPart) and p.perm is not None for p in tab.deltas[slot].parts) and transposed_stack()
         for perm, a, u in stacked_lowrank(tab, slot, dt, transposed):
             if transposed:
                 yg.addmm_(xg @ a, u.T)
