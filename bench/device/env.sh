@@ -1,7 +1,7 @@
 # Sourced by the device scripts: install the carried abi3 wheel's Rust core (carry .whl) into the
 # working tree and point Python at it.
 python3 -m pip install -q --no-index --no-deps --upgrade --target /tmp/site .whl/*.whl && cp /tmp/site/deltapack/_core*.so python/deltapack/
-export PYTHONPATH=$PWD/python:$PWD PYTHONUNBUFFERED=1 DELTAPACK_COMMIT=${DELTAPACK_COMMIT:-wip}
+export PYTHONPATH=$PWD/python:$PWD PYTHONUNBUFFERED=1 DELTAPACK_COMMIT=${DELTAPACK_COMMIT:-$(cat .commit 2>/dev/null || echo wip)}
 
 # build_cuda [TGZ]: build the CUDA extension, or restore it. A carried .cudacache/build.tgz (an
 # earlier call's packed build folder) is unpacked into the extension cache first, its times kept:

@@ -1,5 +1,6 @@
-# Session 8, call 8: the final prefill code (V̂ᵀ in x's order for act-order blocks at every row
-# count; blocks without a permutation as stored), on the GPU and in bench/kernels.py's D = 1 rows.
+# Session 8, call 8 (refused: the session's device time was spent; run it first next session):
+# the final prefill code (V̂ᵀ in x's order for act-order blocks at every row count; blocks without
+# a permutation as stored), on the GPU and in bench/kernels.py's D = 1 rows.
 source bench/device/env.sh
 t0=$(date +%s)
 build_cuda > $OUT/cuda_build.log 2>&1; tail -1 $OUT/cuda_build.log
