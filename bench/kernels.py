@@ -3,7 +3,7 @@ and against three baselines measured in the same run.
 
 For each layer shape, method (at its budget), batch rows B and distinct deltas D ∈ {1, B}:
 
-- ``base``: the base GEMM alone (``F.linear``, cuBLAS);
+- ``base``: the base GEMM alone (``torch.matmul``, cuBLAS);
 - ``ours``: base GEMM + the delta kernels (Triton, or CUDA where it is used) on the packed data;
 - ``fused``: (Triton or CUDA, per-row decode batches) the base GEMV computed inside the delta
   launch;
@@ -39,7 +39,6 @@ import time
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 import triton
 
 from deltapack.kernels.packed import DeltaTable, KernelDelta, RowGroups

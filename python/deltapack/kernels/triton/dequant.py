@@ -22,7 +22,7 @@ import triton
 import triton.language as tl
 
 from ..packed import A_BITS, B_BITS, DeltaTable, LowRankPart, RowGroups
-from .delta_gemm import A_IDX, A_ISTRIDE, F_S, _codes_at, _deq_s24_tile, _deq_tile, _deq_u_tile, _operand, _scale_zero
+from .delta_gemm import A_IDX, A_ISTRIDE, F_S, _deq_s24_tile, _deq_tile, _deq_u_tile, _operand, _scale_zero
 
 BLOCK_R, BLOCK_C = 32, 128
 MODE_COLS, MODE_UT, MODE_S24 = 0, 1, 2
@@ -281,11 +281,10 @@ def transposed_stack() -> bool:
     """Whether act-order (permuted) low-rank blocks take V̂ᵀ dequantized in x's column order
     (:func:`dequant_t_kernel`) rather than V̂ as stored and a gather of x's permuted columns:
     always, unless ``DELTAPACK_PREFILL_VT=rows`` (benchmarks, tests). H100,
-    bench/results/kernels_h100_s8/ (calls 6 and 7), one Delta-CoMe delta at 1 bit: with L2
-    flushed before each call (bench/kernels.py) V̂ᵀ wins at every row count (4096×11008: 145
-    vs 163 µs at 16 rows, 195 vs 308 at 512, 465 vs 528 at 2048): the gather of x reads it
-    2 bytes at a time from DRAM. With x in L2 (a warm profile) the gather wins up to a few
-    hundred rows (88 vs 109 µs at 64 rows)."""
+    bench/results/kernels_h100_s8/ (calls 6 and 7), one Delta-CoMe delta at 1 bit, 4096×11008:
+    with L2 flushed before each call (bench/kernels.py) V̂ᵀ wins (145 vs 163 µs at 16 rows,
+    195 vs 308 at 512): the gather reads x 2 bytes at a time from DRAM. With x in L2 (a warm
+    profile) the gather wins at 64 rows (88 vs 109 µs) and loses at 2048 (310 vs 235)."""
     return os.environ.get("DELTAPACK_PREFILL_VT", "").strip() != "rows"
 
 
