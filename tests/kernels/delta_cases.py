@@ -205,8 +205,8 @@ def prefill_dequant(device: str = "cpu", dtype=torch.float32) -> int:
                     assert torch.equal(a.cpu(), b.float().cpu()), f"{specs[slot]} part {j}: dequantized operand differs from the reference"
                     n += 1
         for slot, kd in enumerate(kds):
-            # the low-rank parts stacked: V̂ with each block's permutation undone, Û·diag s,
-            # the rank padded with zeros; the stack's product is the parts' sum
+            # the low-rank parts stacked (V̂ᵀ with each block's permutation undone, or V̂ as stored
+            # per permutation), Û·diag s, the rank padded with zeros; the stacks' product is Δ
             lr = [p for p in kd.parts if isinstance(p, LowRankPart)]
             if not lr:
                 assert dequant.stacked_lowrank(tab, slot, torch.float32) == []
@@ -231,24 +231,26 @@ def prefill_dequant(device: str = "cpu", dtype=torch.float32) -> int:
                     want_u = torch.cat([(p.ut_dense() * (1 if p.s is None else p.s.float()[:, None])).T for p in members], 1)
                     assert torch.equal(vt[:rank].cpu(), torch.cat(want_vt).cpu()), f"{specs[slot]} {mode}: stacked V̂ differs"
                     assert torch.allclose(u[:, :rank].cpu(), want_u.cpu(), rtol=1e-6, atol=0), f"{specs[slot]}: stacked Û·s differs"
-                    m = u.double() @ vt.double()
+                    prod = u.double() @ vt.double()
                     if perm is not None:  # Δ = M·P: column perm[c] of Δ is column c of M
-                        m = torch.empty_like(m).index_copy_(1, perm.long(), m)
-                    total += m.float()
+                        prod = torch.empty_like(prod).index_copy_(1, perm.long(), prod)
+                    total += prod.float()
                     n += 1
                 assert torch.allclose(total.cpu(), dense.cpu(), rtol=1e-4, atol=1e-5 * dense.abs().max().item()), f"{specs[slot]} {mode}: the stacks' product is not Δ"
             # both stackings through apply_segments (V̂ᵀ in x's order by default, V̂ as stored
             # and x's permuted columns with DELTAPACK_PREFILL_VT=rows), short and long groups
             rank = sum(p.rank for p in lr)
             for m, how in ((1, ""), (rank, ""), (1, "rows"), (rank, "rows")):
-                os.environ["DELTAPACK_PREFILL_VT"] = how
                 g = torch.Generator().manual_seed(m)
                 x = torch.randn(m, 100, generator=g).to(device=device, dtype=dtype)
                 y = torch.randn(m, 72, generator=g).to(device=device, dtype=dtype)
                 slots = torch.full((m,), slot)
-                got = dequant.apply_segments(x, y.clone(), tab, RowGroups.segments(slots, device))
+                os.environ["DELTAPACK_PREFILL_VT"] = how
+                try:
+                    got = dequant.apply_segments(x, y.clone(), tab, RowGroups.segments(slots, device))
+                finally:
+                    del os.environ["DELTAPACK_PREFILL_VT"]
                 want = reference.delta_apply(x, y, [k.dense() for k in kds], slots.to(device))
-                del os.environ["DELTAPACK_PREFILL_VT"]
                 err = (got.float() - want.float()).abs().max().item() / (want.float() - y.float()).abs().max().item()
                 assert err <= TOL[dtype], f"{specs[slot]} {m} rows ({how}): rel err {err:.3g}"
                 n += 1
