@@ -59,6 +59,17 @@ def dequant_kernel(e, out, stride_o, rows, cols, FB: tl.constexpr, BITS: tl.cons
 
 
 @triton.jit
+def _row_words(wp, stride, r, rmask, w0, BR: tl.constexpr, BW: tl.constexpr, BITS: tl.constexpr):
+    """The codes (uint32) [BR, BW · 32 / BITS] that BW words from word ``w0`` of rows ``r`` hold,
+    a word's code k at bits k · BITS (words past a row's ``stride`` read as 0)."""
+    PER: tl.constexpr = 32 // BITS
+    w = w0 + tl.arange(0, BW)
+    words = tl.load(wp.to(tl.pointer_type(tl.int32)) + r[:, None] * stride + w[None, :], mask=rmask[:, None] & (w < stride)[None, :], other=0)
+    q = (words.to(tl.uint32, bitcast=True)[:, :, None] >> (tl.arange(0, PER) * BITS).to(tl.uint32)[None, None, :]) & ((1 << BITS) - 1)
+    return tl.reshape(q, (BR, BW * PER))
+
+
+@triton.jit
 def dequant_words_kernel(e, out, stride_o, rows, cols, FB: tl.constexpr, BITS: tl.constexpr, MODE: tl.constexpr, BR: tl.constexpr, BW: tl.constexpr, S: tl.constexpr):
     """MODE_COLS / MODE_UT for 1, 2, 4 and 8-bit codes, a whole word at a time (one load per
     32 / BITS codes), with one scale and zero per tile row (MODE_COLS: the tile's columns lie in
@@ -71,24 +82,14 @@ def dequant_words_kernel(e, out, stride_o, rows, cols, FB: tl.constexpr, BITS: t
     r = pr * BR + tl.arange(0, BR)
     rmask = r < rows
     codes, stride, scales, srow, group, zeros, zc = _operand(e, FB)
-    w = pc * BW + tl.arange(0, BW)
-    words = tl.load(codes.to(tl.pointer_type(tl.int32)) + r[:, None] * stride + w[None, :], mask=rmask[:, None] & (w < stride)[None, :], other=0)
-    sh = (tl.arange(0, PER) * BITS).to(tl.uint32)
-    q = (words.to(tl.uint32, bitcast=True)[:, :, None] >> sh[None, None, :]) & ((1 << BITS) - 1)
-    q = tl.reshape(q, (BR, BC)).to(tl.float32)
+    q = _row_words(codes, stride, r, rmask, pc * BW, BR, BW, BITS).to(tl.float32)
     c = pc * BC + tl.arange(0, BC)
     cmask = c < cols
-    hz = zeros != 0
-    zp = zeros.to(tl.pointer_type(tl.uint8))
     if MODE == 0:
-        si = r * srow + (pc * BC) // group  # [BR]
-        sv = tl.load(scales + si, mask=rmask, other=0.0).to(tl.float32)
-        zv = tl.where(hz, tl.load(zp + si, mask=tl.where(hz, rmask, False), other=0).to(tl.float32), zc)
+        sv, zv = _scale_zero(scales, srow, group, zeros, zc, r, pc * BC, rmask)  # [BR]: one group per tile row
         v = (q - zv[:, None]) * sv[:, None]
     else:
-        si = c * srow + (pr * BR) // group  # [BC]
-        sv = tl.load(scales + si, mask=cmask, other=0.0).to(tl.float32)
-        zv = tl.where(hz, tl.load(zp + si, mask=tl.where(hz, cmask, False), other=0).to(tl.float32), zc)
+        sv, zv = _scale_zero(scales, srow, group, zeros, zc, c, pr * BR, cmask)  # [BC]: Ut's rows are the ranks
         if S:
             sv = sv * tl.load(tl.load(e + F_S).to(tl.pointer_type(tl.float16)) + c, mask=cmask, other=0.0).to(tl.float32)
         v = (q - zv[None, :]) * sv[None, :]
@@ -110,16 +111,8 @@ def dequant_s24_words_kernel(e, out, stride_o, rows, cols, FB: tl.constexpr, BIT
     r = pr * BR + tl.arange(0, BR)
     rmask = r < rows
     codes, stride, scales, srow, group, zeros, zc = _operand(e, FB)
-    w = pc * BW + tl.arange(0, BW)
-    words = tl.load(codes.to(tl.pointer_type(tl.int32)) + r[:, None] * stride + w[None, :], mask=rmask[:, None] & (w < stride)[None, :], other=0)
-    q = (words.to(tl.uint32, bitcast=True)[:, :, None] >> (tl.arange(0, PER) * BITS).to(tl.uint32)[None, None, :]) & ((1 << BITS) - 1)
-    q = tl.reshape(q, (BR, KC)).to(tl.float32)
-    ip = tl.load(e + A_IDX).to(tl.pointer_type(tl.int32))
-    istride = tl.load(e + A_ISTRIDE)
-    iw = pc * IW + tl.arange(0, IW)
-    iwords = tl.load(ip + r[:, None] * istride + iw[None, :], mask=rmask[:, None] & (iw < istride)[None, :], other=0)
-    pos = (iwords.to(tl.uint32, bitcast=True)[:, :, None] >> (tl.arange(0, 16) * 2).to(tl.uint32)[None, None, :]) & 3
-    pos = tl.reshape(pos, (BR, KC)).to(tl.int32)
+    q = _row_words(codes, stride, r, rmask, pc * BW, BR, BW, BITS).to(tl.float32)
+    pos = _row_words(tl.load(e + A_IDX), tl.load(e + A_ISTRIDE), r, rmask, pc * IW, BR, IW, 2).to(tl.int32)
     sv, zv = _scale_zero(scales, srow, group, zeros, zc, r, pc * KC, rmask)
     v = (q - zv[:, None]) * sv[:, None]
     v0, v1 = tl.split(tl.reshape(v, (BR, BC // 4, 2)))
@@ -146,13 +139,8 @@ def dequant_t_kernel(e, perm, out, stride_o, rows, cols, FB: tl.constexpr, BITS:
     cmask = c < cols
     codes, stride, scales, srow, group, zeros, zc = _operand(e, FB)
     if WORDS:
-        PER: tl.constexpr = 32 // BITS
-        BW: tl.constexpr = BC // PER
-        w = pc * BW + tl.arange(0, BW)
-        words = tl.load(codes.to(tl.pointer_type(tl.int32)) + r[:, None] * stride + w[None, :], mask=rmask[:, None] & (w < stride)[None, :], other=0)
-        sh = (tl.arange(0, PER) * BITS).to(tl.uint32)
-        q = (words.to(tl.uint32, bitcast=True)[:, :, None] >> sh[None, None, :]) & ((1 << BITS) - 1)
-        q = tl.reshape(q, (BR, BC)).to(tl.float32)
+        BW: tl.constexpr = BC * BITS // 32
+        q = _row_words(codes, stride, r, rmask, pc * BW, BR, BW, BITS).to(tl.float32)
         sv, zv = _scale_zero(scales, srow, group, zeros, zc, r, pc * BC, rmask)
         v = (q - zv[:, None]) * sv[:, None]
     else:
