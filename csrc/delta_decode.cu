@@ -49,6 +49,7 @@
 #include <cuda_fp16.h>
 
 #include <cstdint>
+#include <type_traits>
 #include <algorithm>
 #include <vector>
 
@@ -604,6 +605,114 @@ __device__ __forceinline__ void ut_items(const Operand& ut, const uint32_t* __re
   }
 }
 
+// Σ_i q_i x_i over the 8 DB-bit codes of one 8-input vector (code i at bits [DB i, DB i + DB) of c).
+template <int DB>
+__device__ __forceinline__ float vec8_dot(uint32_t c, const float (&xv)[8]) {
+  float d0 = 0.f, d1 = 0.f;
+#pragma unroll
+  for (int i = 0; i < 8; ++i) {
+    const uint32_t q = (c >> (DB * i)) & ((1u << DB) - 1u);
+    float& d = (i & 1) ? d1 : d0;
+    if constexpr (DB == 1) {
+      d += q ? xv[i] : 0.f;
+    } else {
+      d = fmaf(__uint_as_float(q | 0x4B000000u) - kMagic, xv[i], d);
+    }
+  }
+  return d0 + d1;
+}
+
+// A fused apply warp's base GEMV: acc[r] = Σ_k W[n_r, k] a[k] over its NR rows n_r = nrow[r]
+// (16-byte loads of 8 inputs, kChunksInFlight per row ahead; 16-bit types, K a multiple of 8).
+// DB > 0: one dense DB-bit delta part (``op``: BitDelta q1, RTN q2) folds in on the way. The codes
+// of a vector's 8 inputs are DB bytes of the row's bit stream, loaded beside the weights, and
+// multiply the activations the base product already holds in registers: the delta costs no
+// shared-memory traffic and no second pass (acc[r] += Σ_g s_g (Σ q x − z_g Σ x) per scale group g;
+// a row-wide group takes its scale and zero once, at the end).
+template <class D, int NR, int DB>
+__device__ __forceinline__ void base_gemv(const typename D::E* __restrict__ wb, int64_t swb, const int (&nrow)[NR], int K, const float* __restrict__ a,
+                                          const Operand* op, int lane, float (&acc)[NR]) {
+  constexpr int V = D::kVec;
+  using CT = typename std::conditional<DB == 2, uint16_t, uint8_t>::type;
+  const int nv = K / V;
+  const CT* crow[NR];
+  float dq[NR];
+  bool row_group = true;
+  if constexpr (DB > 0) {
+    static_assert(V == 8, "codes fold in by 8-input vectors");
+    row_group = op->group >= K;
+#pragma unroll
+    for (int r = 0; r < NR; ++r) {
+      crow[r] = reinterpret_cast<const CT*>(op->codes + static_cast<int64_t>(nrow[r]) * op->stride);
+      dq[r] = 0.f;
+    }
+  }
+  float xsum = 0.f;  // Σ x over this lane's vectors (row-wide groups)
+  for (int v0 = lane; v0 < nv; v0 += 32 * kChunksInFlight) {
+    uint4 q[NR][kChunksInFlight];
+    CT c[NR][kChunksInFlight];
+#pragma unroll
+    for (int u = 0; u < kChunksInFlight; ++u) {
+      const int v = v0 + 32 * u;
+#pragma unroll
+      for (int r = 0; r < NR; ++r) {
+        q[r][u] = v < nv ? __ldg(reinterpret_cast<const uint4*>(wb + static_cast<int64_t>(nrow[r]) * swb) + v) : make_uint4(0, 0, 0, 0);
+        if constexpr (DB > 0) c[r][u] = v < nv ? __ldg(crow[r] + v) : CT(0);
+      }
+    }
+#pragma unroll
+    for (int u = 0; u < kChunksInFlight; ++u) {
+      const int v = v0 + 32 * u;
+      if (v < nv) {
+        float xv[V];
+#pragma unroll
+        for (int i = 0; i < V; i += 4) {
+          const float4 xx = load4(a, V * v + i);
+          xv[i] = xx.x;
+          xv[i + 1] = xx.y;
+          xv[i + 2] = xx.z;
+          xv[i + 3] = xx.w;
+        }
+        float sx = 0.f;
+        if constexpr (DB > 0) {
+#pragma unroll
+          for (int i = 0; i < 8; ++i) sx += xv[i];
+          xsum += sx;
+        }
+#pragma unroll
+        for (int r = 0; r < NR; ++r) {
+          float wv[V];
+          D::unpack(q[r][u], wv);
+#pragma unroll
+          for (int i = 0; i < V; ++i) acc[r] = fmaf(wv[i], xv[i], acc[r]);
+          if constexpr (DB > 0) {
+            const float d = vec8_dot<DB>(c[r][u], xv);
+            if (row_group) {
+              dq[r] += d;
+            } else {
+              const int64_t si = static_cast<int64_t>(nrow[r]) * op->srow + (static_cast<int64_t>(v) * 8) / op->group;
+              const float s = __half2float(__ldg(op->scales + si));
+              const float z = op->zeros != nullptr ? static_cast<float>(__ldg(op->zeros + si)) : op->zc;
+              acc[r] = fmaf(s, fmaf(-z, sx, d), acc[r]);
+            }
+          }
+        }
+      }
+    }
+  }
+  if constexpr (DB > 0) {
+    if (row_group) {
+#pragma unroll
+      for (int r = 0; r < NR; ++r) {
+        const int64_t si = static_cast<int64_t>(nrow[r]) * op->srow;
+        const float s = __half2float(__ldg(op->scales + si));
+        const float z = op->zeros != nullptr ? static_cast<float>(__ldg(op->zeros + si)) : op->zc;
+        acc[r] = fmaf(s, fmaf(-z, xsum, dq[r]), acc[r]);
+      }
+    }
+  }
+}
+
 // The rank-major Ut rows n0 .. n0 + nb − 1 of every low-rank part into shared memory:
 // ucache[nn · u_words + uoff_p + word] (kU independent loads per thread in flight; rows past N
 // read row N − 1, never used). Every thread of the block calls it.
@@ -683,44 +792,29 @@ __device__ __forceinline__ void apply_item(const typename D::E* __restrict__ x, 
 #pragma unroll
   for (int r = 0; r < NR; ++r) nrow[r] = min(nw + r, N - 1);  // clamped rows are read, not written
 
+  int dq = -1;  // fused: the dense part folded into the base GEMV's loop (base_gemv), if any
   if constexpr (FUSE) {
     // base GEMV first: it does not need t, so with a programmatic dependent launch it runs while
-    // the shrink launch is still computing t (16-byte loads of NR rows of the base weight,
-    // kChunksInFlight loads ahead per row)
-    using E = typename D::E;
-    constexpr int V = D::kVec;
+    // the shrink launch is still computing t
+    if constexpr (D::kVec == 8) {
+      if (has_delta && base_vec) {
+        for (int q = 0; q < max_parts && dq < 0; ++q) {
+          const int b = sp.p[q].a.bits;
+          if (sp.p[q].kind == kDense && (b == 1 || b == 2)) dq = q;
+        }
+      }
+    }
     if (active && base_vec) {
-      const int nv = K / V;
-      for (int v0 = lane; v0 < nv; v0 += 32 * kChunksInFlight) {
-        uint4 q[NR][kChunksInFlight];
-#pragma unroll
-        for (int u = 0; u < kChunksInFlight; ++u) {
-          const int v = v0 + 32 * u;
-#pragma unroll
-          for (int r = 0; r < NR; ++r) q[r][u] = v < nv ? __ldg(reinterpret_cast<const uint4*>(wb + static_cast<int64_t>(nrow[r]) * swb) + v) : make_uint4(0, 0, 0, 0);
+      if constexpr (D::kVec == 8) {
+        if (dq >= 0 && sp.p[dq].a.bits == 1) {
+          base_gemv<D, NR, 1>(wb, swb, nrow, K, a, &sp.p[dq].a, lane, acc);
+        } else if (dq >= 0) {
+          base_gemv<D, NR, 2>(wb, swb, nrow, K, a, &sp.p[dq].a, lane, acc);
+        } else {
+          base_gemv<D, NR, 0>(wb, swb, nrow, K, a, nullptr, lane, acc);
         }
-#pragma unroll
-        for (int u = 0; u < kChunksInFlight; ++u) {
-          const int v = v0 + 32 * u;
-          if (v < nv) {
-            float xv[V];
-#pragma unroll
-            for (int i = 0; i < V; i += 4) {
-              const float4 xx = load4(a, V * v + i);
-              xv[i] = xx.x;
-              xv[i + 1] = xx.y;
-              xv[i + 2] = xx.z;
-              xv[i + 3] = xx.w;
-            }
-#pragma unroll
-            for (int r = 0; r < NR; ++r) {
-              float wv[V];
-              D::unpack(q[r][u], wv);
-#pragma unroll
-              for (int i = 0; i < V; ++i) acc[r] = fmaf(wv[i], xv[i], acc[r]);
-            }
-          }
-        }
+      } else {
+        base_gemv<D, NR, 0>(wb, swb, nrow, K, a, nullptr, lane, acc);
       }
     } else if (active) {  // rows of the base weight not 16-byte aligned: element by element
       for (int k = lane; k < K; k += 32) {
@@ -868,7 +962,7 @@ __device__ __forceinline__ void apply_item(const typename D::E* __restrict__ x, 
       }
       // dense parts: whole packed rows against x
       for (int q = 0; q < max_parts; ++q) {
-        if (sp.p[q].kind != kDense) continue;
+        if (sp.p[q].kind != kDense || q == dq) continue;
         const Operand w = sp.p[q].a;
 #pragma unroll 1
         for (int r = 0; r < NR; ++r) {  // one copy of the row decode (see row_dot)
@@ -894,7 +988,7 @@ __device__ __forceinline__ void apply_item(const typename D::E* __restrict__ x, 
 }
 
 // launch 2 of the two-launch path. Grid (output tile of NB · nsub rows, row group); fused: nsub = 1.
-// MINB 3: at most 80 registers, 3 blocks per SM (unfused only; some spills).
+// MINB 2: at most 128 registers (fused default); MINB 3: at most 80, 3 blocks per SM (some spills).
 template <class D, int NR, bool FUSE, int MINB>
 __global__ void __launch_bounds__(kApplyWarps * 32, MINB)
     apply_kernel(const typename D::E* __restrict__ x, int64_t sx, typename D::E* __restrict__ y, int64_t sy, const float* __restrict__ t, int64_t st,
@@ -1306,10 +1400,10 @@ void launch_apply(const Batch& b, cudaStream_t stream) {
   const E* wb = FUSE ? reinterpret_cast<const E*>(b.base.data_ptr()) : nullptr;
   const int64_t swb = FUSE ? b.base.stride(0) : 0;
   const bool base_vec = FUSE && K % D::kVec == 0 && reinterpret_cast<uintptr_t>(wb) % 16 == 0 && (swb * static_cast<int64_t>(sizeof(E))) % 16 == 0;
-  auto kernel = apply_kernel<D, NR, FUSE, 1>;
-  if constexpr (!FUSE) {
-    if (b.apply_minb == 3) kernel = apply_kernel<D, NR, false, 3>;
-  }
+  // fused: at least two blocks per SM (at most 128 registers; the base GEMV needs the loads in
+  // flight of 16 warps per SM); unfused: no bound. apply_minb 3: at most 80 registers.
+  auto kernel = apply_kernel<D, NR, FUSE, FUSE ? 2 : 1>;
+  if (b.apply_minb == 3) kernel = apply_kernel<D, NR, FUSE, 3>;
   set_smem(kernel, smem * 4);
   const float* tp = b.lowrank ? b.t.data_ptr<float>() : nullptr;
   const int64_t st = b.lowrank ? b.t.stride(0) : 0;

@@ -293,13 +293,18 @@ def test_mixed_slots_and_parts(built, dtype):
 
 
 @gpu
+@pytest.mark.parametrize("minb", ["", "3"], ids=["minb2", "minb3"])
 @pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: str(d).split(".")[-1])
-def test_fused_base(built, dtype, fuse_all):
+def test_fused_base(built, dtype, minb, fuse_all, monkeypatch):
     """y = x·Wᵀ + Δx in the apply launch (y poisoned beforehand): rows without a delta get the
-    base GEMV alone; aligned (16-byte vector loads of W) and odd shapes (element by element)."""
-    specs = [SPECS[s] for s in ("dc1", "bitdelta", "q3g128", "dc05_noperm")]
+    base GEMV alone; aligned (16-byte vector loads of W) and odd shapes (element by element).
+    Dense 1- and 2-bit parts (per tensor, row or group of 32 / 128) fold into the base GEMV's
+    loop in 16-bit dtypes; the multi slot holds two dense parts, one folded, one after the loop.
+    ``minb``: the fused apply's register bound (2 or 3 blocks per SM)."""
+    monkeypatch.setenv(kcuda.ENV_APPLY_MIN_BLOCKS, minb)
+    specs = [SPECS[s] for s in ("dc1", "bitdelta", "q3g128", "dc05_noperm", "q1g32", "q2g128", "q2row", "q1tensor")]
     for out, inp in ((96, 256), (33, 100), (130, 1032)):
-        kds, tab = _tables(specs, out, inp, "cuda", seed=17)
+        kds, tab = _tables(specs, out, inp, "cuda", seed=17, multi=True)
         for M in (1, 3, 16):
             check(kds, tab, M, dtype, seed=170 + M, fused=True)
 

@@ -97,7 +97,7 @@ ENV_ONEPASS_MIN_BLOCKS = "DELTAPACK_CUDA_ONEPASS_MIN_BLOCKS"  # one pass: 2 (def
 SHRINK_ROWS = 8
 ENV_FUSE_MAX_ROWS = "DELTAPACK_CUDA_FUSE_MAX_ROWS"
 ENV_SEGMENTS = "DELTAPACK_CUDA_SEGMENTS"  # 0: segment batches (max_len > 1) go to the Triton path
-ENV_APPLY_MIN_BLOCKS = "DELTAPACK_CUDA_APPLY_MIN_BLOCKS"  # unfused apply: 1 (no register bound) or 3 blocks per SM (benchmarks)
+ENV_APPLY_MIN_BLOCKS = "DELTAPACK_CUDA_APPLY_MIN_BLOCKS"  # apply: 3 blocks per SM (at most 80 registers); else unfused 1 (no bound), fused 2 (benchmarks)
 ENV_SHRINK_WARPS = "DELTAPACK_CUDA_SHRINK_WARPS"  # warps per shrink block, 1-8 (benchmarks; default: shrink_warps())
 ENV_APPLY_SUBTILES = "DELTAPACK_CUDA_APPLY_SUBTILES"  # unfused apply: sub-tiles per block (benchmarks; default: apply_subtiles())
 ENV_LUT = "DELTAPACK_CUDA_LUT"  # 0: never the lookup-table kernel; 1: wherever the table allows it (tests); unset: use_lut()
@@ -452,9 +452,11 @@ def apply_subtiles(tab: DeltaTable, sms: int, n_groups: int, n_out: int, nr: int
 
 
 def apply_min_blocks(nsub: int) -> int:
-    """Register bound of the unfused apply: 3 blocks per SM (at most 80 registers) for sub-tiled
+    """Register bound of the apply launch: 3 blocks per SM (at most 80 registers) for sub-tiled
     (multi-delta) launches, whose blocks are compute- and latency-bound (H100 ncu, B = D = 32:
-    25 % occupancy at 107 registers), else none."""
+    25 % occupancy at 107 registers); otherwise none for the unfused apply and 2 blocks per SM
+    (at most 128 registers) for the fused one (csrc: its base GEMV wants 16 warps' loads in
+    flight per SM)."""
     env = os.environ.get(ENV_APPLY_MIN_BLOCKS)
     if env:
         return int(env)
