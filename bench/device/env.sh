@@ -8,7 +8,7 @@ export PYTHONPATH=$PWD/python:$PWD PYTHONUNBUFFERED=1 DELTAPACK_COMMIT=${DELTAPA
 # ninja rebuilds an output that is newer than its recorded header deps, so the outputs are not
 # touched; the copied sources are dated 2000 instead (safe: the build folder's name is a hash of
 # the sources' contents, torch and flags, so a folder only matches identical sources). With TGZ
-# the build folder is packed there for the next call (carry it back as .cudacache/build.tgz).
+# the build folder is packed there in pieces for the next call (joined, carried as .cudacache/build.tgz).
 build_cuda() {
   local cache=${XDG_CACHE_HOME:-$HOME/.cache}/deltapack/cuda t0=$(date +%s)
   # the sources from one fixed folder: the build file names them by absolute path, and the
@@ -20,5 +20,7 @@ build_cuda() {
   fi
   python3 -c "from deltapack.kernels import cuda; print('cuda available', cuda.available(), cuda.build_error())"
   echo "cuda build $(( $(date +%s) - t0 )) s"
-  if [ -n "$1" ]; then tar -czf "$1" -C "$cache" .; fi
+  # packed in pieces of 15 MiB ($1.aa, $1.ab, ...: $OUT returns files of at most 16 MiB); join
+  # them here with `cat TGZ.a? > .cudacache/build.tgz`
+  if [ -n "$1" ]; then tar -czf /tmp/cuda_build.tgz -C "$cache" . && split -b 15m /tmp/cuda_build.tgz "$1."; fi
 }
