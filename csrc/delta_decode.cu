@@ -622,78 +622,50 @@ __device__ __forceinline__ float vec8_dot(uint32_t c, const float (&xv)[8]) {
   return d0 + d1;
 }
 
-// Asynchronous 16-byte copies global → shared (cp.async, Ampere+), bypassing L1 and registers.
-__device__ __forceinline__ void cp_async16(void* smem, const void* gmem) {
-  const uint32_t sa = static_cast<uint32_t>(__cvta_generic_to_shared(smem));
-  asm volatile("cp.async.cg.shared.global [%0], [%1], 16;" ::"r"(sa), "l"(gmem) : "memory");
-}
-__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;" ::: "memory"); }
-template <int N>
-__device__ __forceinline__ void cp_async_wait() { asm volatile("cp.async.wait_group %0;" ::"n"(N) : "memory"); }
-
 // A fused apply warp's base GEMV: acc[r] = Σ_k W[n_r, k] a[k] over its NR rows n_r = nrow[r]
-// (rows 16-byte aligned, K a multiple of D::kVec). Lane l takes the 16-byte vectors l, l + 32, ...
-// of every row. The weights stream through a ring of S = kRing / NR stages in this warp's slice of
-// shared memory (``ring``: [S][NR][32] vectors; each lane reads back only what it copied, so no
-// barrier): cp.async keeps S − 1 stages (kRing − NR vectors per lane) in flight while a stage is
-// multiplied, without holding them in registers (the previous loop had 4 per row in flight, then
-// none while it computed: DRAM at 61-66 % for the base alone, ncu).
-// DB > 0: one dense DB-bit delta part (``op``: BitDelta q1, RTN q2) folds in on the way. The codes
-// of a vector's 8 inputs are DB bytes of the row's bit stream, loaded into registers when the
-// vector's copy is issued, and multiply the activations the base product already holds: the delta
-// costs no shared-memory traffic and no second pass. Per scale group g it adds s_g Σ q x, and the
-// zeros' share − Σ_g s_g z_g Σ_{k ∈ g} x_k comes from the chunk sums ``asum`` after the loop (a
-// row-wide group takes its scale once, at the end).
-constexpr int kRing = 8;  // 16-byte vectors per lane in the ring (stages × rows)
-constexpr int kRingFloats = kApplyWarps * kRing * 32 * 4;  // the ring's shared memory per block
-
+// (16-byte loads of D::kVec inputs, kChunksInFlight per row ahead; rows 16-byte aligned, K a
+// multiple of D::kVec). DB > 0: one dense DB-bit delta part (``op``: BitDelta q1, RTN q2) folds in
+// on the way. The codes of a vector's 8 inputs are DB bytes of the row's bit stream, loaded beside
+// the weights, and multiply the activations the base product already holds in registers: the
+// delta costs no shared-memory traffic and no second pass. Per scale group g it adds s_g Σ q x;
+// the zeros' share − Σ_g s_g z_g Σ_{k ∈ g} x_k comes from the chunk sums ``asum`` after the loop
+// (a row-wide group takes its scale once, at the end).
+// (A variant that streamed the weights through a cp.async ring in shared memory, 8 vectors per
+// lane in flight, was slower: H100, 4096²: 27.1 vs 24.4 µs for the base alone, BitDelta's decode
+// step 548 vs 492 µs; bench/results/kernels_h100_s9/call3.)
 template <class D, int NR, int DB>
 __device__ __forceinline__ void base_gemv(const typename D::E* __restrict__ wb, int64_t swb, const int (&nrow)[NR], int K, const float* __restrict__ a,
-                                          const float* __restrict__ asum, const Operand* op, int lane, uint4* __restrict__ ring, float (&acc)[NR]) {
+                                          const float* __restrict__ asum, const Operand* op, int lane, float (&acc)[NR]) {
   constexpr int V = D::kVec;
-  constexpr int S = kRing / NR;
-  static_assert(S >= 2 && S * NR == kRing, "kRing holds whole stages");
   using CT = typename std::conditional<DB == 2, uint16_t, uint8_t>::type;
   const int nv = K / V;
-  const int nit = (nv + 31) / 32;
-  const uint4* wrow[NR];
   const CT* crow[NR];
   float dq[NR];
   bool row_group = true;
-#pragma unroll
-  for (int r = 0; r < NR; ++r) {
-    wrow[r] = reinterpret_cast<const uint4*>(wb + static_cast<int64_t>(nrow[r]) * swb);
-    dq[r] = 0.f;
-  }
   if constexpr (DB > 0) {
     static_assert(V == 8, "codes fold in by 8-input vectors");
     row_group = op->group >= K;
 #pragma unroll
-    for (int r = 0; r < NR; ++r) crow[r] = reinterpret_cast<const CT*>(op->codes + static_cast<int64_t>(nrow[r]) * op->stride);
+    for (int r = 0; r < NR; ++r) {
+      crow[r] = reinterpret_cast<const CT*>(op->codes + static_cast<int64_t>(nrow[r]) * op->stride);
+      dq[r] = 0.f;
+    }
   }
-  CT c[S][NR];
-  // stage j (vectors lane + 32 j of every row) into ring slot `slot`, its codes into c[slot]
-#define DP_ISSUE(j, slot)                                                                     \
-  do {                                                                                        \
-    const int v_ = lane + 32 * (j);                                                           \
-    _Pragma("unroll") for (int r = 0; r < NR; ++r) {                                          \
-      if (v_ < nv) cp_async16(ring + ((slot) * NR + r) * 32 + lane, wrow[r] + v_);            \
-      if constexpr (DB > 0) c[slot][r] = v_ < nv ? __ldg(crow[r] + v_) : CT(0);               \
-    }                                                                                         \
-  } while (0)
+  for (int v0 = lane; v0 < nv; v0 += 32 * kChunksInFlight) {
+    uint4 q[NR][kChunksInFlight];
+    CT c[NR][kChunksInFlight];
 #pragma unroll
-  for (int sidx = 0; sidx < S - 1; ++sidx) {
-    DP_ISSUE(sidx, sidx);
-    cp_async_commit();
-  }
-  for (int i0 = 0; i0 < nit; i0 += S) {
+    for (int u = 0; u < kChunksInFlight; ++u) {
+      const int v = v0 + 32 * u;
 #pragma unroll
-    for (int sidx = 0; sidx < S; ++sidx) {
-      const int i = i0 + sidx;
-      if (i + S - 1 < nit) DP_ISSUE(i + S - 1, (sidx + S - 1) % S);
-      cp_async_commit();  // an empty group past the end keeps the count uniform
-      cp_async_wait<S - 1>();
-      const int v = lane + 32 * i;
+      for (int r = 0; r < NR; ++r) {
+        q[r][u] = v < nv ? __ldg(reinterpret_cast<const uint4*>(wb + static_cast<int64_t>(nrow[r]) * swb) + v) : make_uint4(0, 0, 0, 0);
+        if constexpr (DB > 0) c[r][u] = v < nv ? __ldg(crow[r] + v) : CT(0);
+      }
+    }
+#pragma unroll
+    for (int u = 0; u < kChunksInFlight; ++u) {
+      const int v = v0 + 32 * u;
       if (v < nv) {
         float xv[V];
 #pragma unroll
@@ -707,11 +679,11 @@ __device__ __forceinline__ void base_gemv(const typename D::E* __restrict__ wb, 
 #pragma unroll
         for (int r = 0; r < NR; ++r) {
           float wv[V];
-          D::unpack(ring[(sidx * NR + r) * 32 + lane], wv);
+          D::unpack(q[r][u], wv);
 #pragma unroll
           for (int e = 0; e < V; ++e) acc[r] = fmaf(wv[e], xv[e], acc[r]);
           if constexpr (DB > 0) {
-            const float d = vec8_dot<DB>(c[sidx][r], xv);
+            const float d = vec8_dot<DB>(c[r][u], xv);
             if (row_group) {
               dq[r] += d;
             } else {
@@ -723,21 +695,19 @@ __device__ __forceinline__ void base_gemv(const typename D::E* __restrict__ wb, 
       }
     }
   }
-#undef DP_ISSUE
-  cp_async_wait<0>();
   if constexpr (DB > 0) {
     // the zeros: − Σ_g s_g z_g Σ_{k ∈ g} x_k over this lane's 32-input chunks (groups hold whole chunks)
     const int nch = (K + 31) / 32;  // asum is 0 past K
 #pragma unroll
     for (int r = 0; r < NR; ++r) {
       const int64_t sb = static_cast<int64_t>(nrow[r]) * op->srow;
-      float zs = 0.f;
       if (row_group) {
         float xs = 0.f;
         for (int ch = lane; ch < nch; ch += 32) xs += asum[ch];
         const float z = op->zeros != nullptr ? static_cast<float>(__ldg(op->zeros + sb)) : op->zc;
         acc[r] = fmaf(__half2float(__ldg(op->scales + sb)), fmaf(-z, xs, dq[r]), acc[r]);
       } else {
+        float zs = 0.f;
         for (int ch = lane; ch < nch; ch += 32) {
           const int64_t si = sb + (static_cast<int64_t>(ch) * 32) / op->group;
           const float z = op->zeros != nullptr ? static_cast<float>(__ldg(op->zeros + si)) : op->zc;
@@ -840,20 +810,17 @@ __device__ __forceinline__ void apply_item(const typename D::E* __restrict__ x, 
         }
       }
     }
-    // the ring: this warp's slice of the shared memory after x, which the low-rank products only
-    // use after the barrier below
-    uint4* ring = reinterpret_cast<uint4*>(smem + x_floats(kp)) + warp * kRing * 32;
     if (active && base_vec) {
       if constexpr (D::kVec == 8) {
         if (dq >= 0 && sp.p[dq].a.bits == 1) {
-          base_gemv<D, NR, 1>(wb, swb, nrow, K, a, asum, &sp.p[dq].a, lane, ring, acc);
+          base_gemv<D, NR, 1>(wb, swb, nrow, K, a, asum, &sp.p[dq].a, lane, acc);
         } else if (dq >= 0) {
-          base_gemv<D, NR, 2>(wb, swb, nrow, K, a, asum, &sp.p[dq].a, lane, ring, acc);
+          base_gemv<D, NR, 2>(wb, swb, nrow, K, a, asum, &sp.p[dq].a, lane, acc);
         } else {
-          base_gemv<D, NR, 0>(wb, swb, nrow, K, a, asum, nullptr, lane, ring, acc);
+          base_gemv<D, NR, 0>(wb, swb, nrow, K, a, asum, nullptr, lane, acc);
         }
       } else {
-        base_gemv<D, NR, 0>(wb, swb, nrow, K, a, asum, nullptr, lane, ring, acc);
+        base_gemv<D, NR, 0>(wb, swb, nrow, K, a, asum, nullptr, lane, acc);
       }
     } else if (active) {  // rows of the base weight not 16-byte aligned: element by element
       for (int k = lane; k < K; k += 32) {
@@ -864,8 +831,6 @@ __device__ __forceinline__ void apply_item(const typename D::E* __restrict__ x, 
     }
   }
 
-  // every warp is done with its ring before the low-rank products' staging reuses that memory
-  if (FUSE && has_delta && sp.w_total > 0) __syncthreads();
   trace_at(tr, kTrGemv);
   // Before waiting for t, everything of the low-rank products that does not depend on it comes
   // into shared memory (while the shrink still runs, this is free): the fold's factors
@@ -1434,8 +1399,7 @@ void launch_apply(const Batch& b, cudaStream_t stream) {
   const int64_t kp = (K + 31) / 32 * 32;
   const bool stage_dense = b.dense;
   constexpr int NB = kApplyWarps * NR;
-  const int64_t smem = FUSE ? x_floats(static_cast<int>(kp)) + std::max<int64_t>(apply_extra_floats(b, NB), kRingFloats)
-                            : (stage_dense ? x_floats(static_cast<int>(kp)) : 0) + apply_extra_floats(b, NB);
+  const int64_t smem = ((FUSE || stage_dense) ? x_floats(static_cast<int>(kp)) : 0) + apply_extra_floats(b, NB);
   const int nsub = FUSE ? 1 : b.nsub;
   const int64_t tiles = (N + NB * nsub - 1) / (NB * nsub);
   TORCH_CHECK(groups <= 65535, "deltapack_cuda: at most 65535 row groups");
@@ -1483,7 +1447,7 @@ void launch_onepass(const Batch& b, cudaStream_t stream) {
   const int64_t grid = a_blocks + groups * b_tiles;
   TORCH_CHECK(n_a + grid < (int64_t{1} << 31), "deltapack_cuda: too many blocks for one pass");
   TORCH_CHECK(b.trace == nullptr || b.trace_len >= grid * kTrSlots, "deltapack_cuda: trace needs ", grid * kTrSlots, " elements");
-  const int64_t smem = (static_cast<int64_t>(x_floats(kp)) + std::max<int64_t>({static_cast<int64_t>(kp), apply_extra_floats(b, NB), static_cast<int64_t>(kRingFloats)})) * 4;
+  const int64_t smem = (static_cast<int64_t>(x_floats(kp)) + std::max<int64_t>(kp, apply_extra_floats(b, NB))) * 4;
   const E* wb = reinterpret_cast<const E*>(b.base.data_ptr());
   const int64_t swb = b.base.stride(0);
   const bool base_vec = K % D::kVec == 0 && reinterpret_cast<uintptr_t>(wb) % 16 == 0 && (swb * static_cast<int64_t>(sizeof(E))) % 16 == 0;
