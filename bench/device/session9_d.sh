@@ -6,10 +6,10 @@
 # 3 blocks per SM; 4. bench/kernels.py's B = 1 rows for BitDelta and Delta-CoMe on the five shapes.
 source bench/device/env.sh
 t0=$(date +%s)
-build_cuda $OUT/cuda_build.tgz > $OUT/cuda_build.log 2>&1; tail -1 $OUT/cuda_build.log
+build_cuda > $OUT/cuda_build.log 2>&1; tail -1 $OUT/cuda_build.log
 timeout 120 python3 -m pytest -q --tb=short -p no:cacheprovider tests/kernels/test_cuda.py -k "not mixed and not out_of_scope and not many_rows" 2>&1 | tee $OUT/t_cuda.log | grep -E "^E |Error|FAILED|passed|failed" | head -30
 echo "tests $(( $(date +%s) - t0 )) s"
-timeout 90 python3 -X faulthandler bench/device/fused_b1.py --methods bitdelta@1 --out $OUT/fused_b1.json > $OUT/fused_b1.log 2>&1; grep -v Warn $OUT/fused_b1.log | cut -c1-130
+timeout 90 python3 -X faulthandler bench/device/fused_b1.py --methods bitdelta@1 > $OUT/fused_b1.log 2>&1; grep -v Warn $OUT/fused_b1.log | cut -c1-130
 echo "b1 $(( $(date +%s) - t0 )) s"
 timeout 100 python3 bench/kernels.py --backend cuda --methods delta-come@1,bitdelta@1 --batches '' --decode-layers 2 --out /tmp/s > $OUT/step.log 2>&1
 grep -E "decode step" $OUT/step.log
