@@ -1,6 +1,6 @@
 # Session 9, call 4: back to the register-loaded fused base GEMV (call 2's design; the cp.async ring
-# of call 3 was slower), the folded dense part's zeros from the chunk sums (csrc rebuilt, packed in
-# pieces to $OUT/cuda_build.tgz.a?).
+# of call 3 was slower), the folded dense part's zeros from the chunk sums (csrc rebuilt, not
+# packed: at most 8 files come back).
 # 1. the CUDA kernel tests; 2. one row per projection shape, base alone and BitDelta
 # (bench/device/fused_b1.py); 3. the decode step (2 layers), default and with the fused apply at
 # 3 blocks per SM; 4. bench/kernels.py's B = 1 rows for BitDelta and Delta-CoMe on the five shapes.
