@@ -342,7 +342,8 @@ def plot(rows: list[dict], path: Path) -> None:
 def merge(paths: list[str], out: Path) -> None:
     """One result set from runs of one sweep split over several calls: their rows in order (a
     later run's row for the same shape, method, B and D replaces an earlier one: re-measured
-    after a change), the first run's metadata with every run's commit and date listed."""
+    after a change; decode steps likewise by method, layers, B, D and fused), the first run's
+    metadata with every run's commit and date listed."""
     runs = [json.loads(Path(p).read_text()) for p in paths]
     meta = dict(runs[0]["meta"])
     for k in ("commit", "date"):
@@ -358,7 +359,13 @@ def merge(paths: list[str], out: Path) -> None:
             key = (row["shape"], row["method"], row["B"], row["D"])
             rows.pop(key, None)  # the re-measured row goes where the later run put it
             rows[key] = dict(row, commit=r["meta"]["commit"])
-    write_results(out, meta, list(rows.values()), [dict(st, commit=r["meta"]["commit"]) for r in runs for st in r["decode"]])
+    steps: dict[tuple, dict] = {}  # decode steps likewise, by (method, layers, B, D, fused)
+    for r in runs:
+        for st in r["decode"]:
+            key = (st.get("method"), st["layers"], st["B"], st["D"], bool(st.get("fused")))
+            steps.pop(key, None)
+            steps[key] = dict(st, commit=r["meta"]["commit"])
+    write_results(out, meta, list(rows.values()), list(steps.values()))
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -38,7 +38,9 @@ def test_merge(tmp_path):
     assert [r["shape"] for r in res["layers"]] == ["4096x4096", "14336x4096"]
     assert res["meta"]["commit"] == "abc" and res["meta"]["runs"] == 2
     md = (tmp_path / "all" / "kernels_h100.md").read_text()
-    assert md.count("| bitdelta@1 | 2 | 1 | 1 | yes | 400.0 | 1.250 |") == 2  # both runs' steps against the one base-only step
+    # the second run's step (same method, layers, B, D, fused) replaces the first's; against the one base-only step
+    assert md.count("| bitdelta@1 | 2 | 1 | 1 | yes | 400.0 | 1.250 |") == 1
+    assert [st["commit"] for st in res["decode"] if st["D"]] == ["abc"] and len(res["decode"]) == 2
     # a later run re-measuring a row replaces it
     again = _run("def", "4096x4096", with_base=False)
     again["layers"][0]["ours_ms"] = 0.05
@@ -48,3 +50,16 @@ def test_merge(tmp_path):
     res = json.loads((tmp_path / "all" / "kernels_h100.json").read_text())
     assert [(r["shape"], r["ours_ms"], r["commit"]) for r in res["layers"]] == [("14336x4096", 0.06, "abc"), ("4096x4096", 0.05, "def")]
     assert res["meta"]["commit"] == "abc / def"
+
+
+def test_fused_base_step_is_reported_not_the_reference(tmp_path):
+    """The fused kernel's own base GEMV (D = 0, fused) is listed beside cuBLAS's base-only step;
+    ratios stay against cuBLAS, and the goal line adds the fused step against the kernel's own base."""
+    r = _run("abc", "4096x4096", True)
+    r["decode"].append({"method": "base", "layers": 2, "B": 1, "D": 0, "fused": True, "ms": 0.36})
+    kernels.write_results(tmp_path, r["meta"], r["layers"], r["decode"])
+    md = (tmp_path / "kernels_h100.md").read_text()
+    assert "| base | 2 | 1 | 0 | yes | 360.0 | 1.125 |" in md
+    assert "| bitdelta@1 | 2 | 1 | 1 | yes | 400.0 | 1.250 |" in md
+    assert "against base only (cuBLAS; goal ≤ 1.15): bitdelta@1 1.25×" in md
+    assert "own base GEMV (no delta; the delta's own cost): bitdelta@1 1.11×" in md

@@ -356,12 +356,18 @@ def _sm_count(index: int) -> int:
     return torch.cuda.get_device_properties(index).multi_processor_count
 
 
-def rows_per_warp(x: torch.Tensor, n_groups: int, n_out: int) -> int:
+def rows_per_warp(x: torch.Tensor, n_groups: int, n_out: int, fused_dense: bool = False) -> int:
     """Outputs per warp of the apply launch: 4 (activations read once for 4 rows) while that
-    still gives a block per SM, else 2, else 1 (H100: bench/results/kernels_h100_s4/)."""
+    still gives a block per SM, else 2, else 1 (H100: bench/results/kernels_h100_s4/).
+    ``fused_dense`` (the base GEMV fused, no low-rank part): 2 at every width. On the H100 at one
+    row that was the fastest or within 3 % of it on all five Llama shapes, for the base alone and
+    with BitDelta folded in (11008×4096: 57.6 µs against 66.7 at 4 outputs per warp;
+    bench/results/kernels_h100_s9/call4)."""
     env = os.environ.get(ENV_ROWS_PER_WARP)
     if env:
         return int(env)
+    if fused_dense:
+        return 2
     idx = x.device.index if x.device.index is not None else torch.cuda.current_device()
     target = _sm_count(idx)
     for nr in (4, 2):
@@ -543,7 +549,7 @@ def delta_apply(
     if M == 0 or (groups.n_groups == 0 and not fuse):
         return y
     wlen, dense, u_words = _shape_info(tab)
-    nr = rows_per_warp(x, groups.n_groups, N)
+    nr = rows_per_warp(x, groups.n_groups, N, fused_dense=fuse and not tab.has_lowrank)
     nsub = 1 if fuse else apply_subtiles(tab, sms, groups.n_groups, N, nr)
     if tab.has_lowrank:
         if t is None or t.shape[0] != M or t.shape[1] < tab.max_rank or t.dtype != torch.float32 or t.stride(1) != 1 or t.device != x.device:
