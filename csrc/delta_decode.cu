@@ -25,7 +25,9 @@
 //   Ut, so Ut's scale, zero and s fold into the activations once per block:
 //       w_j = su(j, G) · s_j · t_j,   c = Σ_j zu(j, G) · w_j,   Σ_j (q_nj − zu) su s_j t_j = Σ_j q_nj w_j − c,
 //   which leaves a plain integer-code GEMV over rank-major rows (no per-code scale load), run
-//   part by part (a warp-uniform bit width; ut_items).
+//   part by part (a warp-uniform bit width; ut_items). Fused, a slot's first dense 1- or 2-bit
+//   part (16-bit activations) folds into the base GEMV's loop (base_gemv): its codes multiply the
+//   activations already loaded for the base product.
 //   After a shrink it is a programmatic dependent launch: it starts while the shrink runs.
 // - lookup table (dense 1-/2-bit and 2:4 2-bit parts only, unfused): a thread per output row, a
 //   shared-memory table of partial sums of x per nibble of codes (lut_dense_kernel).

@@ -299,7 +299,8 @@ def test_fused_base(built, dtype, minb, fuse_all, monkeypatch):
     """y = x·Wᵀ + Δx in the apply launch (y poisoned beforehand): rows without a delta get the
     base GEMV alone; aligned (16-byte vector loads of W) and odd shapes (element by element).
     Dense 1- and 2-bit parts (per tensor, row or group of 32 / 128) fold into the base GEMV's
-    loop in 16-bit dtypes; the multi slot holds two dense parts, one folded, one after the loop.
+    loop in 16-bit dtypes; the multi slot holds several dense parts: the first 1-/2-bit one folds,
+    the others run after the loop.
     ``minb``: the fused apply's register bound (2 or 3 blocks per SM)."""
     monkeypatch.setenv(kcuda.ENV_APPLY_MIN_BLOCKS, minb)
     specs = [SPECS[s] for s in ("dc1", "bitdelta", "q3g128", "dc05_noperm", "q1g32", "q2g128", "q2row", "q1tensor")]
