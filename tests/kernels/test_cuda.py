@@ -561,9 +561,25 @@ def test_cuda_graph(built):
 
 
 @gpu
-def test_cuda_graph_fused_lowrank(built, fuse_all):
-    """The one-pass fused launch (Delta-CoMe, base inside) captures into a CUDA graph and replays:
-    its counters reset inside the kernel, so every replay waits for its own t."""
+@pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: str(d).split(".")[-1])
+def test_concurrent_lowrank(built, dtype, monkeypatch):
+    """DELTAPACK_CUDA_CONCURRENT=1: fused low-rank batches run the delta on a side stream beside
+    cuBLAS's GEMV (y poisoned beforehand; rows without a delta get the base alone)."""
+    monkeypatch.setenv(kcuda.ENV_CONCURRENT, "1")
+    specs = [SPECS[s] for s in ("dc1", "dc05_noperm", "bitdelta")]
+    for out, inp in ((96, 256), (130, 1032)):
+        kds, tab = _tables(specs, out, inp, "cuda", seed=23, multi=True)
+        for M in (1, 2):
+            check(kds, tab, M, dtype, seed=230 + M, fused=True)
+
+
+@gpu
+@pytest.mark.parametrize("concurrent", ["0", "1"], ids=["onepass", "concurrent"])
+def test_cuda_graph_fused_lowrank(built, fuse_all, concurrent, monkeypatch):
+    """The fused low-rank path captures into a CUDA graph and replays: the one-pass launch (its
+    counters reset inside the kernel, so every replay waits for its own t) and the side-stream
+    fork and join (DELTAPACK_CUDA_CONCURRENT=1)."""
+    monkeypatch.setenv(kcuda.ENV_CONCURRENT, concurrent)
     dev, dtype = "cuda", torch.bfloat16
     kds, tab = _tables([SPECS["dc1"], SPECS["dc05_noperm"]], 130, 1032, dev, seed=19)
     g = torch.Generator().manual_seed(19)

@@ -89,6 +89,7 @@ ENV_ROWS_PER_WARP = "DELTAPACK_CUDA_ROWS_PER_WARP"  # 1, 2 or 4: overrides the h
 ENV_SHRINK_ROWS = "DELTAPACK_CUDA_SHRINK_ROWS"  # rank rows per shrink block (benchmarks)
 ENV_PDL = "DELTAPACK_CUDA_PDL"  # 0: launch apply after the shrink completes (no programmatic dependent launch)
 ENV_ONEPASS = "DELTAPACK_CUDA_ONEPASS"  # 0: fused low-rank batches take the two launches (benchmarks)
+ENV_CONCURRENT = "DELTAPACK_CUDA_CONCURRENT"  # 1: fused low-rank batches run the delta beside cuBLAS on a side stream (concurrent())
 ENV_ONEPASS_A_BLOCKS = "DELTAPACK_CUDA_ONEPASS_A_BLOCKS"  # one pass: blocks that only run shrink items (default: one per SM at most)
 # one pass: 1 = apply blocks prefetch their base rows into L2 at start (off: the shrink items' loads then
 # do not queue behind 32 MB of prefetch; H100, bench/results/kernels_h100_s5/call5: 4-8 % faster off)
@@ -494,6 +495,44 @@ def onepass() -> bool:
     return os.environ.get(ENV_ONEPASS, "1").strip() != "0"
 
 
+def concurrent() -> bool:
+    """Whether fused low-rank batches run the delta beside cuBLAS's base GEMV on a side stream
+    (:func:`_concurrent`) instead of the one-pass launch (``DELTAPACK_CUDA_CONCURRENT``: 1 on,
+    0 / unset off)."""
+    return os.environ.get(ENV_CONCURRENT, "0").strip() == "1"
+
+
+_side: dict[tuple[int, int], torch.cuda.Stream] = {}
+
+
+def _side_stream(device: torch.device) -> torch.cuda.Stream:
+    """A side stream per (device, current stream), made on first use."""
+    idx = device.index if device.index is not None else torch.cuda.current_device()
+    key = (idx, torch.cuda.current_stream(idx).cuda_stream)
+    s = _side.get(key)
+    if s is None:
+        s = _side[key] = torch.cuda.Stream(device=idx)
+    return s
+
+
+def _concurrent(x: torch.Tensor, y: torch.Tensor, tab: DeltaTable, groups: RowGroups, t: torch.Tensor | None, base: torch.Tensor) -> torch.Tensor:
+    """``y = x·baseᵀ + Δx`` with the delta's launches (shrink, apply into a zeroed scratch ``d``
+    in y's dtype) on a side stream while cuBLAS's GEMV runs on the current one, then ``y += d``.
+    The delta's latency chain hides behind the base weight's stream; the price is the scratch,
+    one memset and one add (and a second rounding of Δx to y's dtype). Captures into CUDA graphs
+    as a fork and a join."""
+    cur = torch.cuda.current_stream(x.device)
+    side = _side_stream(x.device)
+    d = torch.empty_like(y)
+    side.wait_stream(cur)
+    with torch.cuda.stream(side):
+        d.zero_()
+        delta_apply(x, d, tab, groups, t=t)
+    torch.matmul(x, base.T, out=y)
+    cur.wait_stream(side)
+    return y.add_(d)
+
+
 def sync_scratch(device: torch.device) -> torch.Tensor:
     """The one-pass kernel's counters for the current stream of ``device`` (int32, zero between
     calls: the kernel zeroes what it counted). One per stream, so that launches on different
@@ -543,6 +582,8 @@ def delta_apply(
         return triton_apply(x, y, tab, groups, t=t, base=base)
     groups = per_row
     fuse = warp_ok and base is not None and groups.n_groups == M and M <= fuse_max_rows()
+    if fuse and tab.has_lowrank and concurrent():
+        return _concurrent(x, y, tab, per_row, t, base)
     lut = lut and not fuse
     if base is not None and not fuse:
         torch.matmul(x, base.T, out=y)
