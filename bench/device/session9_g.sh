@@ -1,4 +1,4 @@
-# Session 9, call 7: fused low-rank batches with the delta on a side stream beside cuBLAS's GEMV
+# Session 9, kernel call 6 (results: bench/results/kernels_h100_s9/call6): fused low-rank batches with the delta on a side stream beside cuBLAS's GEMV
 # (cuda._concurrent, DELTAPACK_CUDA_CONCURRENT=1) against the one-pass launch. csrc unchanged
 # since call 5 but for a comment (rebuilt: no build came back).
 # 1. the low-rank fused tests (both modes, graphs); 2. the decode step, Delta-CoMe, both modes;

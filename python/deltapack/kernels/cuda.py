@@ -498,7 +498,10 @@ def onepass() -> bool:
 def concurrent() -> bool:
     """Whether fused low-rank batches run the delta beside cuBLAS's base GEMV on a side stream
     (:func:`_concurrent`) instead of the one-pass launch (``DELTAPACK_CUDA_CONCURRENT``: 1 on,
-    0 / unset off)."""
+    0 / unset off). Off by default: slower on the H100, because a Delta-CoMe delta's own two
+    launches (30-69 µs at one row) outlast the GEMV they would hide behind (23-57 µs). Decode
+    step 826 against 772 µs; one row at 4096²: 51.6 against 43.1 µs
+    (bench/results/kernels_h100_s9/call6)."""
     return os.environ.get(ENV_CONCURRENT, "0").strip() == "1"
 
 
