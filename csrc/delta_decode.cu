@@ -700,12 +700,14 @@ __device__ __forceinline__ void base_gemv(const typename D::E* __restrict__ wb, 
   if constexpr (DB > 0) {
     // the zeros: − Σ_g s_g z_g Σ_{k ∈ g} x_k over this lane's 32-input chunks (groups hold whole chunks)
     const int nch = (K + 31) / 32;  // asum is 0 past K
+    float xs = 0.f;  // row-wide group: Σ x over this lane's chunks, the same for every row
+    if (row_group) {
+      for (int ch = lane; ch < nch; ch += 32) xs += asum[ch];
+    }
 #pragma unroll
     for (int r = 0; r < NR; ++r) {
       const int64_t sb = static_cast<int64_t>(nrow[r]) * op->srow;
       if (row_group) {
-        float xs = 0.f;
-        for (int ch = lane; ch < nch; ch += 32) xs += asum[ch];
         const float z = op->zeros != nullptr ? static_cast<float>(__ldg(op->zeros + sb)) : op->zc;
         acc[r] = fmaf(__half2float(__ldg(op->scales + sb)), fmaf(-z, xs, dq[r]), acc[r]);
       } else {
@@ -1380,7 +1382,7 @@ struct Batch {
   int64_t u_words;  // the largest Σ over a slot's low-rank parts of a rank-major Ut row's words
   bool prefetch;    // one pass: apply blocks prefetch their base rows into L2 at start
   int nsub;         // unfused apply: sub-tiles of NB outputs per block (NB · nsub divides Ut's scale groups)
-  int apply_minb;   // unfused apply: 1 (no register bound) or 3 blocks per SM (at most 80 registers)
+  int apply_minb;   // apply: 3 blocks per SM (at most 80 registers); otherwise unfused no bound, fused 2 blocks per SM
   int shrink_warps;  // warps per shrink block (two launches): more warps share one staged x
   bool lut;          // dense 1-/2-bit parts only, unfused: the lookup-table kernel (lut_dense_kernel)
   bool lut_prefetch;  // lookup-table kernel: load the next words of a row before looking up the current ones

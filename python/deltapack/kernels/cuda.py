@@ -353,6 +353,17 @@ def handles(x: torch.Tensor, tab: DeltaTable, groups: RowGroups) -> bool:
 
 
 @functools.lru_cache(maxsize=None)
+def _index(device: torch.device) -> int:
+    """The CUDA device ordinal of ``device`` (the current device for a bare ``cuda``)."""
+    return device.index if device.index is not None else torch.cuda.current_device()
+
+
+def _stream_key(device: torch.device) -> tuple[int, int]:
+    """(device ordinal, its current stream's handle): per-stream caches are keyed by it."""
+    idx = _index(device)
+    return idx, torch.cuda.current_stream(idx).cuda_stream
+
+
 def _sm_count(index: int) -> int:
     return torch.cuda.get_device_properties(index).multi_processor_count
 
@@ -369,8 +380,7 @@ def rows_per_warp(x: torch.Tensor, n_groups: int, n_out: int, fused_dense: bool 
         return int(env)
     if fused_dense:
         return 2
-    idx = x.device.index if x.device.index is not None else torch.cuda.current_device()
-    target = _sm_count(idx)
+    target = _sm_count(_index(x.device))
     for nr in (4, 2):
         if n_groups * -(-n_out // (APPLY_WARPS * nr)) >= target:
             return nr
@@ -510,11 +520,10 @@ _side: dict[tuple[int, int], torch.cuda.Stream] = {}
 
 def _side_stream(device: torch.device) -> torch.cuda.Stream:
     """A side stream per (device, current stream), made on first use."""
-    idx = device.index if device.index is not None else torch.cuda.current_device()
-    key = (idx, torch.cuda.current_stream(idx).cuda_stream)
+    key = _stream_key(device)
     s = _side.get(key)
     if s is None:
-        s = _side[key] = torch.cuda.Stream(device=idx)
+        s = _side[key] = torch.cuda.Stream(device=key[0])
     return s
 
 
@@ -541,11 +550,10 @@ def sync_scratch(device: torch.device) -> torch.Tensor:
     calls: the kernel zeroes what it counted). One per stream, so that launches on different
     streams never share counters; made on first use (inside a CUDA graph capture too: the
     tensor is kept, and the zero fill recorded in the graph only resets it again)."""
-    idx = device.index if device.index is not None else torch.cuda.current_device()
-    key = (idx, torch.cuda.current_stream(idx).cuda_stream)
+    key = _stream_key(device)
     buf = _sync.get(key)
     if buf is None:
-        buf = _sync[key] = torch.zeros(1 + 2 * MAX_ROWS, dtype=torch.int32, device=torch.device("cuda", idx))
+        buf = _sync[key] = torch.zeros(1 + 2 * MAX_ROWS, dtype=torch.int32, device=torch.device("cuda", key[0]))
     return buf
 
 
@@ -577,7 +585,7 @@ def delta_apply(
 
     if not handles(x, tab, groups) or y.dtype != x.dtype or y.device != x.device or y.stride(1) != 1:
         return triton_apply(x, y, tab, groups, t=t, base=base)
-    sms = _sm_count(x.device.index if x.device.index is not None else torch.cuda.current_device())
+    sms = _sm_count(_index(x.device))
     per_row = as_per_row(groups, M)
     warp_ok = table_supported(tab)
     lut = use_lut(tab, sms, per_row.n_groups, N) if lut_table(tab) else False
@@ -638,5 +646,4 @@ def delta_apply(
 
 def trace_len(x: torch.Tensor, n_groups: int, n_out: int) -> int:
     """Elements a ``trace`` tensor needs: TRACE_SLOTS per block of the largest one-pass grid."""
-    idx = x.device.index if x.device.index is not None else torch.cuda.current_device()
-    return TRACE_SLOTS * (_sm_count(idx) + n_groups * -(-n_out // APPLY_WARPS))
+    return TRACE_SLOTS * (_sm_count(_index(x.device)) + n_groups * -(-n_out // APPLY_WARPS))
