@@ -63,7 +63,7 @@ METHODS = {  # label: (method, bits/param, writer options)
 BATCHES = (1, 2, 4, 8, 16, 32, 64, 512, 2048)
 BASELINE_MAX_D = 64  # per-tenant dense copies and per-delta PyTorch loops beyond this: not run
 N_SOURCES = 4  # distinct random deltas generated per (shape, method); more are device copies
-DECODE_METHODS = ("delta-come@1", "bitdelta@1")  # the decode step runs for those of these in --methods
+DECODE_METHODS = ("bitdelta@1", "delta-come@1")  # the decode step runs for those of these in --methods (the first also runs the base-only steps: for BitDelta the fused one is the lean GEMV)
 DECODE_SHAPES = ("4096x4096", "11008x4096", "4096x11008")
 
 

@@ -31,6 +31,10 @@
 //   After a shrink it is a programmatic dependent launch: it starts while the shrink runs.
 // - lookup table (dense 1-/2-bit and 2:4 2-bit parts only, unfused): a thread per output row, a
 //   shared-memory table of partial sums of x per nibble of codes (lut_dense_kernel).
+// - lean fused GEMV (fused, every slot at most one dense 1- or 2-bit part of one width for the
+//   table, 16-bit activations, aligned rows): x kept 16-bit in shared memory, one output per warp,
+//   double-buffered 16-byte loads, the codes folded into the loop (lean_kernel); slot −1 blocks
+//   run the base GEMV alone.
 // - one pass (fused with low-rank parts): the shrink's items and the fused apply's in one grid;
 //   apply blocks run their base GEMV while shrink items compute t beside them, and wait for
 //   their row's t (device-wide counters) only before the low-rank products (onepass_kernel).
@@ -723,6 +727,95 @@ __device__ __forceinline__ void base_gemv(const typename D::E* __restrict__ wb, 
   }
 }
 
+// The lean base GEMV (lean_kernel below; also the fused apply's when its slot has no dense part):
+constexpr int kGemvU = 4;  // vectors per row a lane has in flight, per buffer
+
+// A warp's NR rows (nrow) against x in shared memory (xs: K / 8 raw 16-byte vectors); DB > 0:
+// the folded part's codes (op). Returns the lanes' partial sums in acc.
+template <class D, int NR, int DB>
+__device__ __forceinline__ void lean_rows(const typename D::E* __restrict__ wb, int64_t swb, const int (&nrow)[NR], int nv, const uint4* __restrict__ xs,
+                                          const Operand& op, int K, int lane, float (&acc)[NR]) {
+  using CT = typename std::conditional<DB == 2, uint16_t, uint8_t>::type;
+  constexpr int U = kGemvU;
+  const uint4* wrow[NR];
+  const CT* crow[NR];
+  float dq[NR];
+  const bool row_group = DB > 0 && op.group >= K;
+#pragma unroll
+  for (int r = 0; r < NR; ++r) {
+    wrow[r] = reinterpret_cast<const uint4*>(wb + static_cast<int64_t>(nrow[r]) * swb);
+    crow[r] = DB > 0 ? reinterpret_cast<const CT*>(op.codes + static_cast<int64_t>(nrow[r]) * op.stride) : nullptr;
+    dq[r] = 0.f;
+  }
+  float xsum = 0.f;  // Σ x over this lane's vectors (row-wide group: the zero's share)
+  uint4 cur[NR][U], nxt[NR][U];
+  CT cc[NR][U], nc[NR][U];
+  auto load = [&](int v0, uint4(&q)[NR][U], CT(&c)[NR][U]) {
+#pragma unroll
+    for (int u = 0; u < U; ++u) {
+      const int v = v0 + 32 * u;
+#pragma unroll
+      for (int r = 0; r < NR; ++r) {
+        q[r][u] = v < nv ? __ldg(wrow[r] + v) : make_uint4(0, 0, 0, 0);
+        if constexpr (DB > 0) c[r][u] = v < nv ? __ldg(crow[r] + v) : CT(0);
+      }
+    }
+  };
+  load(lane, cur, cc);
+  for (int v0 = lane; v0 < nv; v0 += 32 * U) {
+    if (v0 + 32 * U < nv) load(v0 + 32 * U, nxt, nc);  // the next step's vectors, in flight during this one
+#pragma unroll
+    for (int u = 0; u < U; ++u) {
+      const int v = v0 + 32 * u;
+      if (v < nv) {
+        float xv[8];
+        D::unpack(xs[v], xv);
+        float sx = 0.f;
+        if constexpr (DB > 0) {
+#pragma unroll
+          for (int e = 0; e < 8; ++e) sx += xv[e];
+          xsum += sx;
+        }
+#pragma unroll
+        for (int r = 0; r < NR; ++r) {
+          float wv[8];
+          D::unpack(cur[r][u], wv);
+#pragma unroll
+          for (int e = 0; e < 8; ++e) acc[r] = fmaf(wv[e], xv[e], acc[r]);
+          if constexpr (DB > 0) {
+            const float d = vec8_dot<DB>(cc[r][u], xv);
+            if (row_group) {
+              dq[r] += d;
+            } else {
+              const int64_t si = static_cast<int64_t>(nrow[r]) * op.srow + (static_cast<int64_t>(v) * 8) / op.group;
+              const float z = op.zeros != nullptr ? static_cast<float>(__ldg(op.zeros + si)) : op.zc;
+              acc[r] = fmaf(__half2float(__ldg(op.scales + si)), fmaf(-z, sx, d), acc[r]);
+            }
+          }
+        }
+      }
+    }
+#pragma unroll
+    for (int u = 0; u < U; ++u) {
+#pragma unroll
+      for (int r = 0; r < NR; ++r) {
+        cur[r][u] = nxt[r][u];
+        if constexpr (DB > 0) cc[r][u] = nc[r][u];
+      }
+    }
+  }
+  if constexpr (DB > 0) {
+    if (row_group) {
+#pragma unroll
+      for (int r = 0; r < NR; ++r) {
+        const int64_t sb = static_cast<int64_t>(nrow[r]) * op.srow;
+        const float z = op.zeros != nullptr ? static_cast<float>(__ldg(op.zeros + sb)) : op.zc;
+        acc[r] = fmaf(__half2float(__ldg(op.scales + sb)), fmaf(-z, xsum, dq[r]), acc[r]);
+      }
+    }
+  }
+}
+
 // The rank-major Ut rows n0 .. n0 + nb − 1 of every low-rank part into shared memory:
 // ucache[nn · u_words + uoff_p + word] (kU independent loads per thread in flight; rows past N
 // read row N − 1, never used). Every thread of the block calls it.
@@ -756,7 +849,7 @@ __device__ __forceinline__ void stage_ucache(uint32_t* __restrict__ ucache, cons
 template <class D, int NR, bool FUSE>
 __device__ __forceinline__ void apply_item(const typename D::E* __restrict__ x, int64_t sx, typename D::E* __restrict__ y, int64_t sy, const float* __restrict__ t,
                                            int64_t st, const typename D::E* __restrict__ wb, int64_t swb, const int64_t* __restrict__ tab, int max_parts,
-                                           int g, int row, int slot, int n0, int N, int K, bool stage_dense, bool base_vec, bool x_vec, bool ucache_ok,
+                                           int g, int row, int slot, int n0, int N, int K, bool stage_dense, bool base_vec, bool x_vec, bool ucache_ok, bool raw_ok,
                                            const Fields& f, float* smem, SlotParts& sp, const TWait& tw, long long* tr = nullptr, int nsub = 1) {
   constexpr int kU = 4;  // folded activations a thread loads before its first store
   constexpr int NB = kApplyWarps * NR;
@@ -791,7 +884,16 @@ __device__ __forceinline__ void apply_item(const typename D::E* __restrict__ x, 
       }
     }
   }
-  if (FUSE || (has_delta && sp.any_dense)) stage_x<D>(xr, nullptr, K, kp, x_vec, a, asum, nullptr);  // block-uniform; synchronizes
+  // fused without dense parts (Delta-CoMe): x stays 16-bit in shared memory for the lean base
+  // GEMV (lean_rows: double-buffered loads; nothing else here reads x); otherwise fp32 with chunk sums
+  const bool raw_x = FUSE && raw_ok && D::kVec == 8 && base_vec && x_vec && !(has_delta && sp.any_dense);  // block-uniform
+  if (raw_x) {
+    const uint4* xv = reinterpret_cast<const uint4*>(xr);
+    for (int i = threadIdx.x; i < K / 8; i += blockDim.x) reinterpret_cast<uint4*>(a)[i] = __ldg(xv + i);
+    __syncthreads();
+  } else if (FUSE || (has_delta && sp.any_dense)) {
+    stage_x<D>(xr, nullptr, K, kp, x_vec, a, asum, nullptr);  // block-uniform; synchronizes
+  }
 
   float acc[NR];
 #pragma unroll
@@ -814,7 +916,9 @@ __device__ __forceinline__ void apply_item(const typename D::E* __restrict__ x, 
         }
       }
     }
-    if (active && base_vec) {
+    if (active && raw_x) {
+      if constexpr (D::kVec == 8) lean_rows<D, NR, 0>(wb, swb, nrow, K / 8, reinterpret_cast<const uint4*>(a), Operand{}, K, lane, acc);
+    } else if (active && base_vec) {
       if constexpr (D::kVec == 8) {
         if (dq >= 0 && sp.p[dq].a.bits == 1) {
           base_gemv<D, NR, 1>(wb, swb, nrow, K, a, asum, &sp.p[dq].a, lane, acc);
@@ -1004,7 +1108,7 @@ __global__ void __launch_bounds__(kApplyWarps * 32, MINB)
     apply_kernel(const typename D::E* __restrict__ x, int64_t sx, typename D::E* __restrict__ y, int64_t sy, const float* __restrict__ t, int64_t st,
                  const typename D::E* __restrict__ wb, int64_t swb, const int64_t* __restrict__ tab, int max_parts, const int* __restrict__ row_idx,
                  const int* __restrict__ gstart, const int* __restrict__ gslot, int N, int K, bool stage_dense, bool base_vec, bool x_vec, bool identity,
-                 bool ucache_ok, Fields f, int nsub) {
+                 bool ucache_ok, bool raw_ok, Fields f, int nsub) {
   extern __shared__ float smem[];
   __shared__ SlotParts sp;
   constexpr int NB = kApplyWarps * NR;
@@ -1015,7 +1119,76 @@ __global__ void __launch_bounds__(kApplyWarps * 32, MINB)
   if (FUSE) prefetch_base<D, NR>(wb, swb, n0, N, K);  // this warp's base rows into L2 during the prologue
   const TWait tw{nullptr, nullptr, 0, 0};
   apply_item<D, NR, FUSE>(x, sx, y, sy, t, st, wb, swb, tab, max_parts, g, identity ? g : row_idx[gstart[g]], slot, n0, N, K, stage_dense, base_vec, x_vec,
-                          ucache_ok, f, smem, sp, tw, nullptr, nsub);
+                          ucache_ok, raw_ok, f, smem, sp, tw, nullptr, nsub);
+}
+
+// ---- lean fused GEMV: y[row] = base · x[row] + one folded dense 1-/2-bit part --------------------
+// For fused batches whose slots hold at most one part, dense with 1- or 2-bit codes (BitDelta q1,
+// RTN q1 / q2), and no delta at all (slot −1: the base GEMV alone), with 16-bit activations and
+// 16-byte aligned base rows. The fused apply above pays for its generality on this path: x staged
+// as swizzled fp32 with chunk sums (twice the shared memory and its traffic), a slot's table rows
+// decoded into shared memory, NR = 2 rows per warp at ≤ 128 registers. Here x stays in its 16-bit
+// form in shared memory (a warp reads 512 contiguous bytes per step), a warp takes one row, and
+// its next kGemvU 16-byte vectors are loaded while the current ones are multiplied (double
+// buffered, ~50-60 registers: 4+ blocks per SM). The codes of a vector's 8 inputs are DB bytes of
+// the row's bit stream, loaded beside the weights; each scale group adds s_g (Σ q x − z_g Σ x).
+// H100, one row, designs measured against cuBLAS before this one was chosen:
+// bench/device/gemv_lab.py, bench/results/kernels_h100_s10/call1.
+// Grid (output tile of kApplyWarps · NR rows, row group). DB: the code width of every dense part
+// of the table (the host checks: lean_table); a slot's part 0 is read straight from the table
+// (its kind and operand fields: a few cached loads, no shared copy), and a block whose slot has
+// none runs the base GEMV alone. One width per kernel keeps the registers of its own path (sm_90,
+// one row per warp: 48 base alone, 66 / 76 with 1- / 2-bit codes under the bound of 3 blocks per
+// SM, which also keeps ptxas from its 64-register choice with a spill).
+template <class D, int NR, int DB>
+__global__ void __launch_bounds__(kApplyWarps * 32, NR == 1 ? 3 : 2)
+    lean_kernel(const typename D::E* __restrict__ x, int64_t sx, typename D::E* __restrict__ y, int64_t sy, const typename D::E* __restrict__ wb, int64_t swb,
+                const int64_t* __restrict__ tab, int max_parts, const int* __restrict__ row_idx, const int* __restrict__ gstart, const int* __restrict__ gslot,
+                int N, int K, bool identity, Fields f) {
+  extern __shared__ uint4 xs[];
+  constexpr int NB = kApplyWarps * NR;
+  const int g = blockIdx.y;
+  const int slot = gslot[g];
+  const int row = identity ? g : row_idx[gstart[g]];
+  const int nv = K / D::kVec;
+  const uint4* xr = reinterpret_cast<const uint4*>(x + static_cast<int64_t>(row) * sx);
+  for (int i = threadIdx.x; i < nv; i += blockDim.x) xs[i] = __ldg(xr + i);
+  Operand op{};
+  bool folded = false;
+  if (DB > 0 && slot >= 0) {
+    const int64_t* e = tab + static_cast<int64_t>(slot) * max_parts * f.nf;  // part 0
+    if (__ldg(e + f.kind) == f.kind_dense) {
+      int64_t raw[8];
+#pragma unroll
+      for (int i = 0; i < 8; ++i) raw[i] = __ldg(e + f.a_bits + i);
+      op = read_operand(raw, 0);
+      folded = true;
+    }
+  }
+  __syncthreads();
+  const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+  const int nw = static_cast<int>(blockIdx.x) * NB + warp * NR;
+  if (nw >= N) return;
+  int nrow[NR];
+#pragma unroll
+  for (int r = 0; r < NR; ++r) nrow[r] = min(nw + r, N - 1);  // clamped rows are read, not written
+  float acc[NR];
+#pragma unroll
+  for (int r = 0; r < NR; ++r) acc[r] = 0.f;
+  if (folded) {
+    lean_rows<D, NR, DB>(wb, swb, nrow, nv, xs, op, K, lane, acc);
+  } else {
+    lean_rows<D, NR, 0>(wb, swb, nrow, nv, xs, op, K, lane, acc);
+  }
+#pragma unroll
+  for (int r = 0; r < NR; ++r) acc[r] = warp_sum(acc[r]);
+  if (lane == 0) {
+    typename D::E* yr = y + static_cast<int64_t>(row) * sy;
+#pragma unroll
+    for (int r = 0; r < NR; ++r) {
+      if (nw + r < N) yr[nw + r] = D::from_float(acc[r]);
+    }
+  }
 }
 
 // ---- one pass: shrink and fused apply in one launch ----------------------------------------------------
@@ -1037,7 +1210,7 @@ __global__ void __launch_bounds__(kApplyWarps * 32, MINB)
     onepass_kernel(const typename D::E* __restrict__ x, int64_t sx, typename D::E* __restrict__ y, int64_t sy, float* __restrict__ t, int64_t st,
                    const typename D::E* __restrict__ wb, int64_t swb, const int64_t* __restrict__ tab, int max_parts, const int* __restrict__ row_idx,
                    const int* __restrict__ gstart, const int* __restrict__ gslot, int N, int K, int jb, bool stage_dense, bool base_vec, bool x_vec,
-                   bool identity, bool ucache_ok, bool prefetch, Fields f, int* __restrict__ sync, int groups, int a_tiles, int a_blocks, int b_tiles, long long* __restrict__ trace) {
+                   bool identity, bool ucache_ok, bool raw_ok, bool prefetch, Fields f, int* __restrict__ sync, int groups, int a_tiles, int a_blocks, int b_tiles, long long* __restrict__ trace) {
   extern __shared__ float smem[];
   __shared__ SlotParts sp;
   __shared__ int ticket;
@@ -1078,7 +1251,7 @@ __global__ void __launch_bounds__(kApplyWarps * 32, MINB)
   const int g = bi / b_tiles;
   const TWait tw{sync + 1, sync + 1 + groups, a_tiles, b_tiles};
   apply_item<D, NR, true>(x, sx, y, sy, t, st, wb, swb, tab, max_parts, g, identity ? g : row_idx[gstart[g]], gslot[g], n0, N, K, stage_dense, base_vec,
-                          x_vec, ucache_ok, f, smem, sp, tw, tr);
+                          x_vec, ucache_ok, raw_ok, f, smem, sp, tw, tr);
 }
 
 // ---- lookup-table apply: dense 1-/2-bit parts (BitDelta, RTN q1 / q2) and 2:4 s24q2 (DeltaZip) ----
@@ -1386,6 +1559,8 @@ struct Batch {
   int shrink_warps;  // warps per shrink block (two launches): more warps share one staged x
   bool lut;          // dense 1-/2-bit parts only, unfused: the lookup-table kernel (lut_dense_kernel)
   bool lut_prefetch;  // lookup-table kernel: load the next words of a row before looking up the current ones
+  bool raw_x;         // fused apply / one pass without dense parts: x 16-bit in shared memory, the lean base GEMV (lean_rows)
+  int lean;           // fused, every slot at most one dense part, all of DB = lean ∈ {1, 2} bits (0: no parts): lean_kernel where the layout allows; −1 off
 };
 
 // Shared memory (floats) of an apply block past x: the fold's factors and zeros (2 · wlen), then
@@ -1433,7 +1608,7 @@ void launch_apply(const Batch& b, cudaStream_t stream) {
                                     b.y.stride(0), tp, st, wb, swb, static_cast<const int64_t*>(b.table.data_ptr<int64_t>()), b.max_parts,
                                     static_cast<const int*>(b.row_idx.data_ptr<int>()), static_cast<const int*>(b.start.data_ptr<int>()),
                                     static_cast<const int*>(b.slot.data_ptr<int>()), N, K, stage_dense, base_vec, b.x_vec, b.identity,
-                                    ucache_fits(b, NB), b.f, nsub));
+                                    ucache_fits(b, NB), b.raw_x, b.f, nsub));
 }
 
 template <class D, int NR, int MINB>
@@ -1460,7 +1635,7 @@ void launch_onepass(const Batch& b, cudaStream_t stream) {
   kernel<<<static_cast<unsigned>(grid), kApplyWarps * 32, smem, stream>>>(
       reinterpret_cast<const E*>(b.x.data_ptr()), b.x.stride(0), reinterpret_cast<E*>(b.y.data_ptr()), b.y.stride(0), b.t.data_ptr<float>(), b.t.stride(0),
       wb, swb, b.table.data_ptr<int64_t>(), b.max_parts, b.row_idx.data_ptr<int>(), b.start.data_ptr<int>(), b.slot.data_ptr<int>(), N, K, b.jb, b.dense,
-      base_vec, b.x_vec, b.identity, ucache_fits(b, NB), b.prefetch, b.f, b.sync, groups, static_cast<int>(a_tiles), static_cast<int>(a_blocks), static_cast<int>(b_tiles), b.trace);
+      base_vec, b.x_vec, b.identity, ucache_fits(b, NB), b.raw_x, b.prefetch, b.f, b.sync, groups, static_cast<int>(a_tiles), static_cast<int>(a_blocks), static_cast<int>(b_tiles), b.trace);
   C10_CUDA_KERNEL_LAUNCH_CHECK();
 }
 
@@ -1480,6 +1655,36 @@ void launch_lut(const Batch& b, cudaStream_t stream) {
 }
 
 template <class D>
+bool launch_lean(const Batch& b, int nr, cudaStream_t stream) {
+  using E = typename D::E;
+  const int64_t groups = b.slot.numel();
+  const int N = static_cast<int>(b.y.size(1));
+  const int K = static_cast<int>(b.x.size(1));
+  const E* wb = reinterpret_cast<const E*>(b.base.data_ptr());
+  const int64_t swb = b.base.stride(0);
+  // 16-byte vectors of x and of every base row; otherwise the fused apply takes the batch
+  if (K % D::kVec != 0 || !b.x_vec || reinterpret_cast<uintptr_t>(wb) % 16 != 0 || (swb * static_cast<int64_t>(sizeof(E))) % 16 != 0) return false;
+  TORCH_CHECK(groups <= 65535, "deltapack_cuda: at most 65535 row groups");
+  const int64_t smem = static_cast<int64_t>(K) * sizeof(E);
+  auto kernel = lean_kernel<D, 1, 0>;
+  switch (b.lean * 2 + (nr >= 2 ? 1 : 0)) {
+    case 1: kernel = lean_kernel<D, 2, 0>; break;
+    case 2: kernel = lean_kernel<D, 1, 1>; break;
+    case 3: kernel = lean_kernel<D, 2, 1>; break;
+    case 4: kernel = lean_kernel<D, 1, 2>; break;
+    case 5: kernel = lean_kernel<D, 2, 2>; break;
+    default: break;
+  }
+  const int nb = kApplyWarps * (nr >= 2 ? 2 : 1);
+  if (smem > 48 * 1024) C10_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem)));
+  kernel<<<dim3(static_cast<unsigned>((N + nb - 1) / nb), static_cast<unsigned>(groups)), kApplyWarps * 32, smem, stream>>>(
+      reinterpret_cast<const E*>(b.x.data_ptr()), b.x.stride(0), reinterpret_cast<E*>(b.y.data_ptr()), b.y.stride(0), wb, swb, b.table.data_ptr<int64_t>(),
+      b.max_parts, b.row_idx.data_ptr<int>(), b.start.data_ptr<int>(), b.slot.data_ptr<int>(), N, K, b.identity, b.f);
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+  return true;
+}
+
+template <class D>
 void launch(const Batch& b, int nr, bool fuse) {
   using E = typename D::E;
   cudaStream_t stream = at::cuda::getCurrentCUDAStream();
@@ -1489,6 +1694,12 @@ void launch(const Batch& b, int nr, bool fuse) {
   if (b.lut) {
     TORCH_CHECK(!fuse && !b.lowrank, "deltapack_cuda: the lookup-table kernel takes dense parts only, unfused");
     return launch_lut<D>(b, stream);
+  }
+  if constexpr (D::kVec == 8) {
+    if (fuse && b.lean >= 0) {
+      TORCH_CHECK(!b.lowrank, "deltapack_cuda: the lean fused GEMV takes tables without low-rank parts");
+      if (launch_lean<D>(b, nr, stream)) return;
+    }
   }
   if (fuse && b.lowrank && b.sync != nullptr) {
     TORCH_CHECK(b.minb == 2 || b.minb == 3, "deltapack_cuda: onepass_min_blocks must be 2 or 3, not ", b.minb);
@@ -1547,7 +1758,7 @@ void delta_decode(const at::Tensor& x, at::Tensor y, const at::Tensor& t, const 
                   int64_t max_parts, const at::Tensor& row_idx, const at::Tensor& start, const at::Tensor& slot, const std::vector<int64_t>& fields,
                   int64_t wlen, bool lowrank, bool dense, int64_t rows_per_warp, int64_t shrink_rows, bool pdl, const c10::optional<at::Tensor>& sync,
                   int64_t onepass_a_blocks, int64_t onepass_min_blocks, const c10::optional<at::Tensor>& trace, bool identity, int64_t u_words,
-                  bool onepass_prefetch, int64_t apply_subtiles, int64_t apply_min_blocks, int64_t shrink_warps, bool lut, bool lut_prefetch) {
+                  bool onepass_prefetch, int64_t apply_subtiles, int64_t apply_min_blocks, int64_t shrink_warps, bool lut, bool lut_prefetch, int64_t lean, bool raw_x) {
   TORCH_CHECK(x.is_cuda(), "deltapack_cuda: x must be a CUDA tensor");
   const at::Device dev = x.device();
   TORCH_CHECK(y.device() == dev && table.device() == dev, "deltapack_cuda: x, y and the table must be on one device");
@@ -1594,6 +1805,7 @@ void delta_decode(const at::Tensor& x, at::Tensor y, const at::Tensor& t, const 
   TORCH_CHECK(u_words >= 0, "deltapack_cuda: u_words must not be negative");
   TORCH_CHECK(apply_subtiles >= 1 && apply_subtiles <= 64, "deltapack_cuda: apply_subtiles must be in [1, 64]");
   TORCH_CHECK(apply_min_blocks >= 1 && apply_min_blocks <= 3, "deltapack_cuda: apply_min_blocks must be 1, 2 or 3, not ", apply_min_blocks);
+  TORCH_CHECK(lean >= -1 && lean <= 2, "deltapack_cuda: lean must be -1 (off), 0, 1 or 2 (the dense parts' code width), not ", lean);
   TORCH_CHECK(shrink_warps >= 1 && shrink_warps <= kMaxShrinkWarps, "deltapack_cuda: shrink_warps must be in [1, ", kMaxShrinkWarps, "]");
   int* sync_ptr = nullptr;
   if (sync.has_value() && sync->defined() && fuse && lowrank) {
@@ -1615,7 +1827,7 @@ void delta_decode(const at::Tensor& x, at::Tensor y, const at::Tensor& t, const 
   const Batch b{x, y, t, w, table, static_cast<int>(max_parts), row_idx, start, slot, wlen, lowrank, dense, static_cast<int>(shrink_rows), x_vec, pdl, f, sync_ptr, sms,
                 static_cast<int>(onepass_a_blocks), static_cast<int>(onepass_min_blocks), trace_ptr,
                 trace_ptr != nullptr ? trace->numel() : 0, identity, u_words, onepass_prefetch, static_cast<int>(apply_subtiles),
-                static_cast<int>(apply_min_blocks), static_cast<int>(shrink_warps), lut, lut_prefetch};
+                static_cast<int>(apply_min_blocks), static_cast<int>(shrink_warps), lut, lut_prefetch, raw_x, static_cast<int>(lean)};
   const int nr = static_cast<int>(rows_per_warp);
   switch (x.scalar_type()) {
     case at::kFloat:
@@ -1642,7 +1854,8 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
         pybind11::arg("rows_per_warp"), pybind11::arg("shrink_rows"), pybind11::arg("pdl") = true, pybind11::arg("sync") = pybind11::none(),
         pybind11::arg("onepass_a_blocks") = 0, pybind11::arg("onepass_min_blocks") = 2, pybind11::arg("trace") = pybind11::none(),
         pybind11::arg("identity") = false, pybind11::arg("u_words") = 0, pybind11::arg("onepass_prefetch") = false, pybind11::arg("apply_subtiles") = 1,
-        pybind11::arg("apply_min_blocks") = 1, pybind11::arg("shrink_warps") = kShrinkWarps, pybind11::arg("lut") = false, pybind11::arg("lut_prefetch") = true);
+        pybind11::arg("apply_min_blocks") = 1, pybind11::arg("shrink_warps") = kShrinkWarps, pybind11::arg("lut") = false, pybind11::arg("lut_prefetch") = true,
+        pybind11::arg("lean") = -1, pybind11::arg("raw_x") = true);
   m.attr("TRACE_SLOTS") = static_cast<int>(kTrSlots);
   m.attr("APPLY_WARPS") = kApplyWarps;
   m.attr("SHRINK_WARPS") = kShrinkWarps;

@@ -248,6 +248,26 @@ def test_lut_scope(monkeypatch):
     assert not kcuda.use_lut(dense, sms, 64, 4096)
 
 
+def test_lean_scope(monkeypatch):
+    """The lean fused GEMV takes tables whose deltas hold at most one part, dense with 1- or 2-bit
+    codes of one width for the whole table, and 16-bit activations; DELTAPACK_CUDA_LEAN=0 turns
+    it off."""
+    monkeypatch.delenv(kcuda.ENV_LEAN, raising=False)
+    one = _cpu_table([SPECS[s] for s in ("bitdelta", "q1g32", "q1row", "q1tensor", "q1g128")])
+    two = _cpu_table([SPECS[s] for s in ("q2g32", "q2row", "q2tensor", "q2g128")])
+    assert kcuda.lean_bits(one) == 1 and kcuda.lean_bits(two) == 2
+    for other in (["bitdelta", "q2g32"], ["q3g32"], ["q4row"], ["dc1"], ["bitdelta", "dc1"]):
+        assert kcuda.lean_bits(_cpu_table([SPECS[s] for s in other])) == -1, other
+    assert kcuda.lean_bits(_cpu_table([SPECS["bitdelta"], SPECS["q1g32"]], multi=True)) == -1  # a slot of two parts
+    assert kcuda.lean_bits(_cpu_table([S24Q2])) == -1
+    x = torch.randn(2, 200)
+    assert kcuda.lean(x.half(), one) == 1 and kcuda.lean(x.bfloat16(), two) == 2
+    assert kcuda.lean(x, one) == -1  # fp32 activations: the general fused apply
+    monkeypatch.setenv(kcuda.ENV_LEAN, "0")
+    assert kcuda.lean(x.half(), one) == -1
+    assert kcuda.rows_per_warp(x, 1, 4096, fused_dense=True, lean=True) == 1
+
+
 # ---- the kernel (GPU) -----------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def built():
@@ -308,6 +328,27 @@ def test_fused_base(built, dtype, minb, fuse_all, monkeypatch):
         kds, tab = _tables(specs, out, inp, "cuda", seed=17, multi=True)
         for M in (1, 3, 16):
             check(kds, tab, M, dtype, seed=170 + M, fused=True)
+
+
+@gpu
+@pytest.mark.parametrize("nr", ["", "2"], ids=["nr1", "nr2"])
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=lambda d: str(d).split(".")[-1])
+def test_lean_fused(built, dtype, nr, fuse_all, monkeypatch):
+    """The lean fused GEMV (y poisoned beforehand) against the reference and against the general
+    fused apply (DELTAPACK_CUDA_LEAN=0): 1- and 2-bit tables of every scale granularity, rows
+    without a delta, N not a multiple of a block's outputs, K a multiple of 8 (lean) or not
+    (the fused apply takes it), x shifted off 16-byte alignment (idem)."""
+    monkeypatch.setenv(kcuda.ENV_ROWS_PER_WARP, nr)
+    for names in (("bitdelta", "q1g32", "q1row", "q1tensor", "q1g128"), ("q2g32", "q2row", "q2tensor", "q2g128")):
+        for out, inp in ((96, 256), (33, 104), (130, 1032), (33, 100)):
+            kds, tab = _tables([SPECS[s] for s in names], out, inp, "cuda", seed=out + inp)
+            assert kcuda.lean_bits(tab) in (1, 2)
+            for M in (1, 2, 5):
+                for x_offset in (0, 1):
+                    monkeypatch.delenv(kcuda.ENV_LEAN, raising=False)
+                    check(kds, tab, M, dtype, seed=M + 7 * x_offset, x_offset=x_offset, fused=True)
+                    monkeypatch.setenv(kcuda.ENV_LEAN, "0")
+                    check(kds, tab, M, dtype, seed=M + 7 * x_offset, x_offset=x_offset, fused=True)
 
 
 @gpu

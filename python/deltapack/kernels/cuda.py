@@ -20,7 +20,9 @@ blocks start the base GEMV at once while shrink items (t = Vt·x) run beside the
 apply block waits for its row's t only after its base GEMV (counters in a small per-stream
 scratch, :func:`sync_scratch`; ``DELTAPACK_CUDA_ONEPASS=0`` takes the two launches instead).
 Otherwise two launches (shrink for the low-rank parts, then apply), or one without low-rank
-parts; with ``base`` the apply launch also computes the base GEMV. Tables of dense 1- and
+parts; with ``base`` the apply launch also computes the base GEMV, or, for tables whose deltas
+are one dense 1- or 2-bit part each (BitDelta, RTN q1 / q2: :func:`lean_bits`) with 16-bit
+activations, the lean fused GEMV (csrc ``lean_kernel``). Tables of dense 1- and
 2-bit parts only (BitDelta, RTN q1 / q2) take a lookup-table kernel instead of the apply from
 four row groups on (:func:`use_lut`): a nibble of codes per shared-memory lookup. The apply launch is a
 programmatic dependent of the shrink (Hopper): its blocks start while the shrink runs, stage x
@@ -107,6 +109,8 @@ ENV_LUT = "DELTAPACK_CUDA_LUT"  # 0: never the lookup-table kernel; 1: wherever 
 # occupancy, a 64-byte stack frame; bench/results/kernels_h100_s7/call2)
 ENV_LUT_PREFETCH = "DELTAPACK_CUDA_LUT_PREFETCH"
 LUT_BITS = (1, 2)  # code widths of the lookup-table kernel's dense parts
+ENV_LEAN = "DELTAPACK_CUDA_LEAN"  # 0: the lean fused GEMV and the lean base GEMV off (benchmarks: session 9's fused paths); see lean_on()
+LEAN_DTYPES = (torch.float16, torch.bfloat16)
 LUT_THREADS = 256  # csrc kLutThreads: outputs per lookup-table block
 LUT_MIN_GROUPS = 4  # use_lut(): fewer row groups take the warp-per-row apply
 TRACE_SLOTS = 8  # csrc kTrSlots: start, claims done, shrink items run, base GEMV done, t waited, end, t-independent operands staged
@@ -368,16 +372,19 @@ def _sm_count(index: int) -> int:
     return torch.cuda.get_device_properties(index).multi_processor_count
 
 
-def rows_per_warp(x: torch.Tensor, n_groups: int, n_out: int, fused_dense: bool = False) -> int:
+def rows_per_warp(x: torch.Tensor, n_groups: int, n_out: int, fused_dense: bool = False, lean: bool = False) -> int:
     """Outputs per warp of the apply launch: 4 (activations read once for 4 rows) while that
     still gives a block per SM, else 2, else 1 (H100: bench/results/kernels_h100_s4/).
     ``fused_dense`` (the base GEMV fused, no low-rank part): 2 at every width. On the H100 at one
     row that was the fastest or within 3 % of it on all five Llama shapes, for the base alone and
     with BitDelta folded in (11008×4096: 57.6 µs against 66.7 at 4 outputs per warp;
-    bench/results/kernels_h100_s9/call4)."""
+    bench/results/kernels_h100_s9/call4). ``lean`` (the lean fused GEMV): 1, its fastest on
+    every shape (bench/results/kernels_h100_s10/call1: the lab's register design)."""
     env = os.environ.get(ENV_ROWS_PER_WARP)
     if env:
         return int(env)
+    if lean:
+        return 1
     if fused_dense:
         return 2
     target = _sm_count(_index(x.device))
@@ -428,6 +435,47 @@ def lut_table(tab: DeltaTable) -> bool:
         )
         object.__setattr__(tab, "_cuda_lut_ok", bool(ok))
     return ok
+
+
+def lean_bits(tab: DeltaTable) -> int:
+    """The code width of the lean fused GEMV's folded parts (csrc ``lean_kernel``), or −1 where it
+    cannot serve ``tab``: no low-rank part, at most one part per delta, each dense (not 2:4) with
+    1- or 2-bit codes whose scale groups hold whole 8-input vectors (BitDelta q1, RTN q1 / q2),
+    all of one width; 0 for a table of no parts. Cached on the table."""
+    bits = getattr(tab, "_cuda_lean_bits", None)
+    if bits is None:
+        dev, in_f = tab.table.device, tab.in_features
+        parts = [p for d in tab.deltas for p in d.parts]
+        widths = {p.w.bits for p in parts if isinstance(p, DensePart)}
+        ok = (
+            _table_layout_ok(tab)
+            and not tab.has_lowrank
+            and all(len(d.parts) <= 1 for d in tab.deltas)
+            and all(isinstance(p, DensePart) and not p.w.sparse24 and p.w.bits in LUT_BITS and _part_supported(p, tab.out_features, in_f, dev) for p in parts)
+            and all(int(p.w.group) % 8 == 0 or int(p.w.group) >= in_f for p in parts)
+            and len(widths) <= 1
+        )
+        bits = (widths.pop() if widths else 0) if ok else -1
+        object.__setattr__(tab, "_cuda_lean_bits", bits)
+    return bits
+
+
+def lean_on() -> bool:
+    """``DELTAPACK_CUDA_LEAN`` (unset or 1: on; 0: off, benchmarks): the lean fused GEMV for
+    :func:`lean_bits` tables, and the lean base GEMV inside the fused apply and the one pass of
+    tables without dense parts (Delta-CoMe: x kept 16-bit in shared memory)."""
+    return os.environ.get(ENV_LEAN, "1").strip() != "0"
+
+
+def lean(x: torch.Tensor, tab: DeltaTable) -> int:
+    """The ``lean`` argument of a fused launch: :func:`lean_bits` for 16-bit activations, −1 (the
+    general fused apply) otherwise or with ``DELTAPACK_CUDA_LEAN=0``. The lean kernel keeps x in
+    its 16-bit form in shared memory and runs one output per warp with its next loads in flight
+    (H100, one row: BitDelta 24.0-60.3 µs on the five Llama shapes against the fused apply's
+    27.6-71.4 and cuBLAS's base alone 23.2-56.8; bench/results/kernels_h100_s10/)."""
+    if x.dtype not in LEAN_DTYPES or not lean_on():
+        return -1
+    return lean_bits(tab)
 
 
 def use_lut(tab: DeltaTable, sms: int, n_groups: int, n_out: int) -> bool:
@@ -601,7 +649,8 @@ def delta_apply(
     if M == 0 or (groups.n_groups == 0 and not fuse):
         return y
     wlen, dense, u_words = _shape_info(tab)
-    nr = rows_per_warp(x, groups.n_groups, N, fused_dense=fuse and not tab.has_lowrank)
+    lean_db = lean(x, tab) if fuse else -1
+    nr = rows_per_warp(x, groups.n_groups, N, fused_dense=fuse and not tab.has_lowrank, lean=lean_db >= 0)
     nsub = 1 if fuse else apply_subtiles(tab, sms, groups.n_groups, N, nr)
     if tab.has_lowrank:
         if t is None or t.shape[0] != M or t.shape[1] < tab.max_rank or t.dtype != torch.float32 or t.stride(1) != 1 or t.device != x.device:
@@ -640,6 +689,8 @@ def delta_apply(
         shrink_warps(K),
         lut,
         os.environ.get(ENV_LUT_PREFETCH, "0").strip() == "1",
+        lean_db,
+        lean_on(),
     )
     return y
 
