@@ -79,8 +79,50 @@ def commit() -> str:
 _GRAPH_FAILS: set[str] = set()
 
 
+# How L2 is flushed before each timed call (--flush): "write" (triton.testing.do_bench: zeroes a
+# 256 MB buffer, the default of every run so far) leaves L2 full of dirty lines, and the timed
+# call's reads then evict them: their write-back shares DRAM with it. "read" (reads a 256 MB buffer)
+# leaves L2 clean, as between a decode step's layers. H100, one row (bench/device/gemv_lab.py
+# --flush-study, bench/results/kernels_h100_s10/call2): cuBLAS 4096² 22.2 µs write, 17.8 read
+# (14.6 unflushed); 14336×4096 53.8 / 44.2.
+FLUSH = "write"
+_flush_buf: list[torch.Tensor] = []
+
+
+def _time_read_flushed(fn, rep_ms: float) -> float:
+    """Median ms of ``fn`` after a read of 256 MB (L2 left clean), CUDA events around each call;
+    as many calls as fit in about ``rep_ms``."""
+    if not _flush_buf:
+        _flush_buf.append(torch.empty(64 << 20, dtype=torch.int32, device="cuda"))
+    buf = _flush_buf[0]
+    for _ in range(3):
+        fn()
+    a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    a.record()
+    fn()
+    b.record()
+    b.synchronize()
+    n = int(max(10, min(1000, rep_ms / max(a.elapsed_time(b), 1e-3))))
+    evs = [(torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)) for _ in range(n)]
+    for s_, e_ in evs:
+        buf.sum(dtype=torch.int64)
+        s_.record()
+        fn()
+        e_.record()
+    torch.cuda.synchronize()
+    ts = sorted(s_.elapsed_time(e_) for s_, e_ in evs)
+    return float(ts[len(ts) // 2])
+
+
+def _timed(fn, rep: int) -> float:
+    if FLUSH == "read":
+        return _time_read_flushed(fn, rep)
+    return float(triton.testing.do_bench(fn, warmup=10, rep=rep, return_mode="median"))
+
+
 def bench_ms(fn, rep: int = 40, graph: bool = True, what: str = "") -> float:
-    """Median ms per call, L2 flushed before each (triton.testing.do_bench). With ``graph`` the
+    """Median ms per call, L2 flushed before each (:data:`FLUSH`: triton.testing.do_bench's write
+    flush, or a read flush). With ``graph`` the
     call is captured once in a CUDA graph and the graph replayed, so the time is the GPU's and
     not Python's launch overhead (as a serving loop with graphs sees it; the eager numbers of
     multi-launch paths varied 2× between runs with the host's speed). A call that cannot be
@@ -96,7 +138,7 @@ def bench_ms(fn, rep: int = 40, graph: bool = True, what: str = "") -> float:
             g = torch.cuda.CUDAGraph()
             with torch.cuda.graph(g):
                 fn()
-            ms = float(triton.testing.do_bench(g.replay, warmup=10, rep=rep, return_mode="median"))
+            ms = _timed(g.replay, rep)
             del g
             return ms
         except Exception as e:  # noqa: BLE001 - time it eagerly instead
@@ -104,7 +146,7 @@ def bench_ms(fn, rep: int = 40, graph: bool = True, what: str = "") -> float:
             if what not in _GRAPH_FAILS:
                 _GRAPH_FAILS.add(what)
                 print(f"  ({what or 'a call'} not capturable in a CUDA graph, timed eagerly: {type(e).__name__}: {e})")
-    return float(triton.testing.do_bench(fn, warmup=10, rep=rep, return_mode="median"))
+    return _timed(fn, rep)
 
 
 def copy_bandwidth(nbytes: int = 1 << 30) -> float:
@@ -258,7 +300,8 @@ def base_steps(steps: list[dict]) -> dict[tuple[int, int], float]:
 
 def summarize(rows: list[dict], steps: list[dict], meta: dict) -> str:
     out = [f"# Multi-delta kernels on {meta['gpu']}", "", f"commit {meta['commit']}, {meta['date']}, torch {meta['torch']}, triton {meta['triton']}, dtype {meta['dtype']}, backend {meta['backend']}; copy bandwidth {meta['copy_GBps']:.0f} GB/s (read + write).", ""]
-    out.append("Times in µs: median of CUDA-graph replays of one call, L2 flushed before each (Python's launch overhead excluded; `ours_eager_ms` in the CSV has it). `floor` = (base + active delta bytes + activations) / copy bandwidth. Ratios: ours / floor, ours / base, torch_deq / ours, dense / ours.")
+    flush = meta.get("flush", "write")
+    out.append(f"Times in µs: median of CUDA-graph replays of one call, L2 flushed before each by a {flush} of 256 MB ({'dirty lines: their write-back shares DRAM with the timed call' if flush == 'write' else 'L2 left clean'}; Python's launch overhead excluded; `ours_eager_ms` in the CSV has it). `floor` = (base + active delta bytes + activations) / copy bandwidth. Ratios: ours / floor, ours / base, torch_deq / ours, dense / ours.")
     out.append("")
     out.append("`best` = the faster of ours and fused (fused: base GEMV inside the delta launch, per-row decode batches).")
     out.append("")
@@ -345,6 +388,9 @@ def merge(paths: list[str], out: Path) -> None:
     after a change; decode steps likewise by method, layers, B, D and fused), the first run's
     metadata with every run's commit and date listed."""
     runs = [json.loads(Path(p).read_text()) for p in paths]
+    flushes = {r["meta"].get("flush", "write") for r in runs}
+    if len(flushes) > 1:
+        sys.exit(f"--merge: runs timed with different L2 flushes ({', '.join(sorted(flushes))}) do not go in one table")
     meta = dict(runs[0]["meta"])
     for k in ("commit", "date"):
         vals = list(dict.fromkeys(r["meta"][k] for r in runs))
@@ -375,12 +421,14 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--batches", default=",".join(map(str, BATCHES)))
     ap.add_argument("--distinct", choices=["both", "one", "all"], default="both", help="distinct deltas per batch: D = 1 and D = B (both), only 1, or only B")
     ap.add_argument("--dtype", default="bfloat16")
+    ap.add_argument("--flush", choices=["write", "read"], default="write", help="L2 flush before each timed call (see FLUSH): write (do_bench's, the default of every run so far) or read")
     ap.add_argument("--backend", default=os.environ.get("DELTAPACK_BACKEND", "triton"))
     ap.add_argument("--decode-layers", type=int, default=4)
     ap.add_argument("--quick", action="store_true", help="4096x4096 and 4096x11008, B in 1,8,32,512")
     ap.add_argument("--out", default="bench/results")
     ap.add_argument("--merge", nargs="+", metavar="JSON", help="combine the kernels_<gpu>.json of several runs (one sweep split over calls) into one set of results under --out; runs nothing")
     a = ap.parse_args(argv)
+    globals()["FLUSH"] = a.flush
     if a.merge:
         return merge(a.merge, Path(a.out))
     if not torch.cuda.is_available():
@@ -398,7 +446,7 @@ def main(argv: list[str] | None = None) -> None:
     dtype = getattr(torch, a.dtype)
     bw = copy_bandwidth()
     gpu = torch.cuda.get_device_name()
-    meta = {"gpu": gpu, "commit": commit(), "date": dt.date.today().isoformat(), "torch": torch.__version__, "triton": triton.__version__, "dtype": a.dtype, "backend": a.backend, "copy_GBps": bw / 1e9}
+    meta = {"gpu": gpu, "commit": commit(), "date": dt.date.today().isoformat(), "torch": torch.__version__, "triton": triton.__version__, "dtype": a.dtype, "backend": a.backend, "copy_GBps": bw / 1e9, "flush": FLUSH}
     print(f"{gpu}: copy bandwidth {bw / 1e9:.0f} GB/s")
     rows: list[dict] = []
     steps: list[dict] = []

@@ -886,7 +886,7 @@ __device__ __forceinline__ void apply_item(const typename D::E* __restrict__ x, 
   }
   // fused without dense parts (Delta-CoMe): x stays 16-bit in shared memory for the lean base
   // GEMV (lean_rows: double-buffered loads; nothing else here reads x); otherwise fp32 with chunk sums
-  const bool raw_x = FUSE && raw_ok && D::kVec == 8 && base_vec && x_vec && !(has_delta && sp.any_dense);  // block-uniform
+  const bool raw_x = FUSE && NR <= 2 && raw_ok && D::kVec == 8 && base_vec && x_vec && !(has_delta && sp.any_dense);  // block-uniform
   if (raw_x) {
     const uint4* xv = reinterpret_cast<const uint4*>(xr);
     for (int i = threadIdx.x; i < K / 8; i += blockDim.x) reinterpret_cast<uint4*>(a)[i] = __ldg(xv + i);
@@ -1137,11 +1137,13 @@ __global__ void __launch_bounds__(kApplyWarps * 32, MINB)
 // Grid (output tile of kApplyWarps · NR rows, row group). DB: the code width of every dense part
 // of the table (the host checks: lean_table); a slot's part 0 is read straight from the table
 // (its kind and operand fields: a few cached loads, no shared copy), and a block whose slot has
-// none runs the base GEMV alone. One width per kernel keeps the registers of its own path (sm_90,
-// one row per warp: 48 base alone, 66 / 76 with 1- / 2-bit codes under the bound of 3 blocks per
-// SM, which also keeps ptxas from its 64-register choice with a spill).
+// none runs the base GEMV alone. One width per kernel keeps the registers of its own path. One row
+// per warp is bounded to 4 blocks per SM (sm_90: 47 registers base alone, 62 with 1- or 2-bit
+// codes, no spills): at 3 (66 registers) the 512 blocks of a 4096-output layer took 1.3 waves and
+// BitDelta at 4096×11008 / 4096×14336 ran 57.0 / 69.2 µs against the lab's 51.6 / 60.3 at 4
+// blocks per SM (bench/results/kernels_h100_s10/call2).
 template <class D, int NR, int DB>
-__global__ void __launch_bounds__(kApplyWarps * 32, NR == 1 ? 3 : 2)
+__global__ void __launch_bounds__(kApplyWarps * 32, NR == 1 ? 4 : 2)
     lean_kernel(const typename D::E* __restrict__ x, int64_t sx, typename D::E* __restrict__ y, int64_t sy, const typename D::E* __restrict__ wb, int64_t swb,
                 const int64_t* __restrict__ tab, int max_parts, const int* __restrict__ row_idx, const int* __restrict__ gstart, const int* __restrict__ gslot,
                 int N, int K, bool identity, Fields f) {
