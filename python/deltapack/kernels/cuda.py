@@ -470,9 +470,11 @@ def lean_on() -> bool:
 def lean(x: torch.Tensor, tab: DeltaTable) -> int:
     """The ``lean`` argument of a fused launch: :func:`lean_bits` for 16-bit activations, −1 (the
     general fused apply) otherwise or with ``DELTAPACK_CUDA_LEAN=0``. The lean kernel keeps x in
-    its 16-bit form in shared memory and runs one output per warp with its next loads in flight
-    (H100, one row: BitDelta 24.0-60.3 µs on the five Llama shapes against the fused apply's
-    27.6-71.4 and cuBLAS's base alone 23.2-56.8; bench/results/kernels_h100_s10/)."""
+    its 16-bit form in shared memory and runs one output per warp with its next loads in flight.
+    H100, one row, BitDelta: 24.6 / 49.3 / 51.2 / 60.3 / 61.0 µs on the five Llama shapes against
+    the fused apply's 27.7 / 56.9 / 61.2 / 69.4 / 70.6 and cuBLAS's base GEMV alone 23.1-56.7;
+    decode step (2 layers) 366 µs against 440 and cuBLAS's base only 342
+    (bench/results/kernels_h100_s10/call2, call3)."""
     if x.dtype not in LEAN_DTYPES or not lean_on():
         return -1
     return lean_bits(tab)
