@@ -895,6 +895,54 @@ __device__ __forceinline__ void apply_item(const typename D::E* __restrict__ x, 
     stage_x<D>(xr, nullptr, K, kp, x_vec, a, asum, nullptr);  // block-uniform; synchronizes
   }
 
+  // Before the base GEMV, everything of the low-rank products that does not depend on t comes
+  // into shared memory, so that its loads' latency hides behind the GEMV's stream rather than
+  // following it (after the GEMV it cost ~5 µs per call at 4096², bench/results/kernels_h100_s5):
+  // the fold's factors wsm[woff_p + swz(j)] = su(j, G) · s_j and zsm[i] = zu(j, G), and, when
+  // they fit (ucache), the block's rank-major Ut rows: ucache[nn · u_words + uoff_p + word] for
+  // its NB outputs nn.
+  const int w_total = has_delta ? sp.w_total : 0;
+  float* zsm = wsm + w_total;
+  uint32_t* ucache = reinterpret_cast<uint32_t*>(zsm + w_total);
+  for (int ib = threadIdx.x - lane; ib < w_total; ib += blockDim.x * kU) {
+    float sc[kU], z[kU];
+    int pi[kU], jj[kU];
+#pragma unroll
+    for (int u = 0; u < kU; ++u) {
+      const int i = ib + lane + u * static_cast<int>(blockDim.x);
+      sc[u] = z[u] = 0.f;
+      pi[u] = -1;
+      jj[u] = 0;
+      if (i < w_total) {
+        int p = 0;
+        while (sp.p[p].kind != kLowRank || i >= sp.p[p].woff + ((sp.p[p].rank + 31) & ~31)) ++p;
+        const PartDesc& d = sp.p[p];
+        const int j = i - d.woff;
+        pi[u] = p;
+        jj[u] = j;
+        if (j < d.rank) {
+          const Operand& ut = d.b;
+          const int64_t si = static_cast<int64_t>(j) * ut.srow + static_cast<int64_t>(n0) / ut.group;  // one group per block (loader-checked)
+          z[u] = ut.zeros != nullptr ? static_cast<float>(__ldg(ut.zeros + si)) : ut.zc;
+          sc[u] = __half2float(__ldg(ut.scales + si)) * (d.s != nullptr ? __half2float(__ldg(d.s + j)) : 1.f);
+        }
+      }
+    }
+#pragma unroll
+    for (int u = 0; u < kU; ++u) {
+      const int i = ib + lane + u * static_cast<int>(blockDim.x);
+      if (pi[u] >= 0) {
+        wsm[sp.p[pi[u]].woff + swz(jj[u])] = sc[u];
+        zsm[i] = z[u];
+      }
+    }
+  }
+  // the cache holds NB rows: one sub-tile only (refilling it per sub-tile, with two barriers each,
+  // was slower than direct loads: H100, bench/results/kernels_h100_s6/call2)
+  const int u_words = has_delta && ucache_ok && nsub == 1 ? sp.u_words : 0;
+  stage_ucache(ucache, sp, n0, NB, N, u_words);
+  trace_at(tr, kTrStaged);
+
   float acc[NR];
 #pragma unroll
   for (int r = 0; r < NR; ++r) acc[r] = 0.f;
@@ -940,51 +988,6 @@ __device__ __forceinline__ void apply_item(const typename D::E* __restrict__ x, 
   }
 
   trace_at(tr, kTrGemv);
-  // Before waiting for t, everything of the low-rank products that does not depend on it comes
-  // into shared memory (while the shrink still runs, this is free): the fold's factors
-  // wsm[woff_p + swz(j)] = su(j, G) · s_j and zsm[i] = zu(j, G), and, when they fit (ucache), the
-  // block's rank-major Ut rows: ucache[nn · u_words + uoff_p + word] for its NB outputs nn.
-  const int w_total = has_delta ? sp.w_total : 0;
-  float* zsm = wsm + w_total;
-  uint32_t* ucache = reinterpret_cast<uint32_t*>(zsm + w_total);
-  for (int ib = threadIdx.x - lane; ib < w_total; ib += blockDim.x * kU) {
-    float sc[kU], z[kU];
-    int pi[kU], jj[kU];
-#pragma unroll
-    for (int u = 0; u < kU; ++u) {
-      const int i = ib + lane + u * static_cast<int>(blockDim.x);
-      sc[u] = z[u] = 0.f;
-      pi[u] = -1;
-      jj[u] = 0;
-      if (i < w_total) {
-        int p = 0;
-        while (sp.p[p].kind != kLowRank || i >= sp.p[p].woff + ((sp.p[p].rank + 31) & ~31)) ++p;
-        const PartDesc& d = sp.p[p];
-        const int j = i - d.woff;
-        pi[u] = p;
-        jj[u] = j;
-        if (j < d.rank) {
-          const Operand& ut = d.b;
-          const int64_t si = static_cast<int64_t>(j) * ut.srow + static_cast<int64_t>(n0) / ut.group;  // one group per block (loader-checked)
-          z[u] = ut.zeros != nullptr ? static_cast<float>(__ldg(ut.zeros + si)) : ut.zc;
-          sc[u] = __half2float(__ldg(ut.scales + si)) * (d.s != nullptr ? __half2float(__ldg(d.s + j)) : 1.f);
-        }
-      }
-    }
-#pragma unroll
-    for (int u = 0; u < kU; ++u) {
-      const int i = ib + lane + u * static_cast<int>(blockDim.x);
-      if (pi[u] >= 0) {
-        wsm[sp.p[pi[u]].woff + swz(jj[u])] = sc[u];
-        zsm[i] = z[u];
-      }
-    }
-  }
-  // the cache holds NB rows: one sub-tile only (refilling it per sub-tile, with two barriers each,
-  // was slower than direct loads: H100, bench/results/kernels_h100_s6/call2)
-  const int u_words = has_delta && ucache_ok && nsub == 1 ? sp.u_words : 0;
-  stage_ucache(ucache, sp, n0, NB, N, u_words);
-  trace_at(tr, kTrStaged);
 
   // t comes from the shrink (launch or items): wait for it
   if (has_delta) wait_for_t(tw, g);
