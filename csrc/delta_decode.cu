@@ -1138,7 +1138,7 @@ __global__ void __launch_bounds__(kApplyWarps * 32, MINB)
 // H100, one row, designs measured against cuBLAS before this one was chosen:
 // bench/device/gemv_lab.py, bench/results/kernels_h100_s10/call1.
 // Grid (output tile of kApplyWarps · NR rows, row group). DB: the code width of every dense part
-// of the table (the host checks: lean_table); a slot's part 0 is read straight from the table
+// of the table (the host checks: cuda.lean_bits); a slot's part 0 is read straight from the table
 // (its kind and operand fields: a few cached loads, no shared copy), and a block whose slot has
 // none runs the base GEMV alone. One width per kernel keeps the registers of its own path. One row
 // per warp is bounded to 4 blocks per SM (sm_90: 47 registers base alone, 62 with 1- or 2-bit
