@@ -123,7 +123,7 @@ def main(argv: list[str] | None = None) -> int:
     kl_ex = t.examples(a.n_kl, seed=4321, split="eval", eval_frac=eval_frac, **diff)
     kl_seqs = [torch.tensor([tok.bos_token_id] + tok.encode(e.prompt + e.target, add_special_tokens=False)) for e in kl_ex]
     calib = _write_calib(a.task, diff, eval_frac, work / "calib.txt")
-    batch = min(a.n_eval, 1000) if device.startswith("cuda") else 100  # a 31M model decodes by steps, not rows: one batch on a GPU
+    batch = max(1, min(a.n_eval, 1000)) if device.startswith("cuda") else 100  # a 31M model decodes by steps, not rows: one batch on a GPU
 
     def measure(m) -> dict[str, float]:
         comps = generate(m, tok, prompts, max_new, batch_size=batch)
