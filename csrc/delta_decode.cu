@@ -727,6 +727,13 @@ __device__ __forceinline__ void base_gemv(const typename D::E* __restrict__ wb, 
   }
 }
 
+// x[row] as raw 16-byte vectors into shared memory (nv of them; x 16-byte aligned), for lean_rows;
+// no synchronization (the caller's next __syncthreads publishes it).
+__device__ __forceinline__ void copy_x16(const void* __restrict__ xr, int nv, uint4* __restrict__ dst) {
+  const uint4* src = reinterpret_cast<const uint4*>(xr);
+  for (int i = threadIdx.x; i < nv; i += blockDim.x) dst[i] = __ldg(src + i);
+}
+
 // The lean base GEMV (lean_kernel below; also the fused apply's when its slot has no dense part):
 constexpr int kGemvU = 4;  // vectors per row a lane has in flight, per buffer
 
@@ -888,8 +895,7 @@ __device__ __forceinline__ void apply_item(const typename D::E* __restrict__ x, 
   // GEMV (lean_rows: double-buffered loads; nothing else here reads x); otherwise fp32 with chunk sums
   const bool raw_x = FUSE && NR <= 2 && raw_ok && D::kVec == 8 && base_vec && x_vec && !(has_delta && sp.any_dense);  // block-uniform
   if (raw_x) {
-    const uint4* xv = reinterpret_cast<const uint4*>(xr);
-    for (int i = threadIdx.x; i < K / 8; i += blockDim.x) reinterpret_cast<uint4*>(a)[i] = __ldg(xv + i);
+    copy_x16(xr, K / 8, reinterpret_cast<uint4*>(a));
     __syncthreads();
   } else if (FUSE || (has_delta && sp.any_dense)) {
     stage_x<D>(xr, nullptr, K, kp, x_vec, a, asum, nullptr);  // block-uniform; synchronizes
@@ -1156,8 +1162,7 @@ __global__ void __launch_bounds__(kApplyWarps * 32, NR == 1 ? 4 : 2)
   const int slot = gslot[g];
   const int row = identity ? g : row_idx[gstart[g]];
   const int nv = K / D::kVec;
-  const uint4* xr = reinterpret_cast<const uint4*>(x + static_cast<int64_t>(row) * sx);
-  for (int i = threadIdx.x; i < nv; i += blockDim.x) xs[i] = __ldg(xr + i);
+  copy_x16(x + static_cast<int64_t>(row) * sx, nv, xs);
   Operand op{};
   bool folded = false;
   if (DB > 0 && slot >= 0) {
@@ -1574,6 +1579,13 @@ constexpr int64_t kUcacheBytes = 48 * 1024;
 inline bool ucache_fits(const Batch& b, int nb) { return b.u_words > 0 && nb * b.u_words * 4 <= kUcacheBytes; }
 inline int64_t apply_extra_floats(const Batch& b, int nb) { return 2 * b.wlen + (ucache_fits(b, nb) ? nb * b.u_words : 0); }
 
+// Whether the base weight's rows take 16-byte vector loads (K a multiple of D::kVec, aligned start
+// and row stride): base_gemv's and lean_rows' condition.
+template <class D>
+bool base_rows_vec(const typename D::E* wb, int64_t swb, int K) {
+  return K % D::kVec == 0 && reinterpret_cast<uintptr_t>(wb) % 16 == 0 && (swb * static_cast<int64_t>(sizeof(typename D::E))) % 16 == 0;
+}
+
 template <class D, int NR, bool FUSE>
 void launch_apply(const Batch& b, cudaStream_t stream) {
   using E = typename D::E;
@@ -1589,7 +1601,7 @@ void launch_apply(const Batch& b, cudaStream_t stream) {
   TORCH_CHECK(groups <= 65535, "deltapack_cuda: at most 65535 row groups");
   const E* wb = FUSE ? reinterpret_cast<const E*>(b.base.data_ptr()) : nullptr;
   const int64_t swb = FUSE ? b.base.stride(0) : 0;
-  const bool base_vec = FUSE && K % D::kVec == 0 && reinterpret_cast<uintptr_t>(wb) % 16 == 0 && (swb * static_cast<int64_t>(sizeof(E))) % 16 == 0;
+  const bool base_vec = FUSE && base_rows_vec<D>(wb, swb, K);
   // fused: at least two blocks per SM (at most 128 registers; the base GEMV needs the loads in
   // flight of 16 warps per SM); unfused: no bound. apply_minb 3: at most 80 registers.
   auto kernel = apply_kernel<D, NR, FUSE, FUSE ? 2 : 1>;
@@ -1634,7 +1646,7 @@ void launch_onepass(const Batch& b, cudaStream_t stream) {
   const int64_t smem = (static_cast<int64_t>(x_floats(kp)) + std::max<int64_t>(kp, apply_extra_floats(b, NB))) * 4;
   const E* wb = reinterpret_cast<const E*>(b.base.data_ptr());
   const int64_t swb = b.base.stride(0);
-  const bool base_vec = K % D::kVec == 0 && reinterpret_cast<uintptr_t>(wb) % 16 == 0 && (swb * static_cast<int64_t>(sizeof(E))) % 16 == 0;
+  const bool base_vec = base_rows_vec<D>(wb, swb, K);
   auto kernel = onepass_kernel<D, NR, MINB>;
   set_smem(kernel, smem);
   kernel<<<static_cast<unsigned>(grid), kApplyWarps * 32, smem, stream>>>(
@@ -1668,7 +1680,7 @@ bool launch_lean(const Batch& b, int nr, cudaStream_t stream) {
   const E* wb = reinterpret_cast<const E*>(b.base.data_ptr());
   const int64_t swb = b.base.stride(0);
   // 16-byte vectors of x and of every base row; otherwise the fused apply takes the batch
-  if (K % D::kVec != 0 || !b.x_vec || reinterpret_cast<uintptr_t>(wb) % 16 != 0 || (swb * static_cast<int64_t>(sizeof(E))) % 16 != 0) return false;
+  if (!b.x_vec || !base_rows_vec<D>(wb, swb, K)) return false;
   TORCH_CHECK(groups <= 65535, "deltapack_cuda: at most 65535 row groups");
   const int64_t smem = static_cast<int64_t>(K) * sizeof(E);
   auto kernel = lean_kernel<D, 1, 0>;

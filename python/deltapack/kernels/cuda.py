@@ -440,8 +440,9 @@ def lut_table(tab: DeltaTable) -> bool:
 def lean_bits(tab: DeltaTable) -> int:
     """The code width of the lean fused GEMV's folded parts (csrc ``lean_kernel``), or −1 where it
     cannot serve ``tab``: no low-rank part, at most one part per delta, each dense (not 2:4) with
-    1- or 2-bit codes whose scale groups hold whole 8-input vectors (BitDelta q1, RTN q1 / q2),
-    all of one width; 0 for a table of no parts. Cached on the table."""
+    1- or 2-bit codes (BitDelta q1, RTN q1 / q2), all of one width; 0 for a table of no parts.
+    The kernel folds codes by 8-input vectors: :func:`_part_supported`'s scale groups of whole
+    32-code chunks (or a whole row) hold whole vectors. Cached on the table."""
     bits = getattr(tab, "_cuda_lean_bits", None)
     if bits is None:
         dev, in_f = tab.table.device, tab.in_features
@@ -452,7 +453,6 @@ def lean_bits(tab: DeltaTable) -> int:
             and not tab.has_lowrank
             and all(len(d.parts) <= 1 for d in tab.deltas)
             and all(isinstance(p, DensePart) and not p.w.sparse24 and p.w.bits in LUT_BITS and _part_supported(p, tab.out_features, in_f, dev) for p in parts)
-            and all(int(p.w.group) % 8 == 0 or int(p.w.group) >= in_f for p in parts)
             and len(widths) <= 1
         )
         bits = (widths.pop() if widths else 0) if ok else -1
