@@ -1322,21 +1322,58 @@ __device__ __forceinline__ void lut_build(const typename D::E* __restrict__ xr, 
   }
 }
 
-// Σ q x over chunk ci (words ci·B .. ci·B + B − 1 of q); ``lut`` points at the tables of q[0].
-template <int B>
-__device__ __forceinline__ float lut_chunk(const uint32_t (&q)[kLutWords], int ci, const float* __restrict__ lut) {
-  float d0 = 0.f, d1 = 0.f;
-#pragma unroll
-  for (int i = 0; i < B; ++i) {
-    const uint32_t w = q[ci * B + i];
-    const float* tb = lut + (ci * B + i) * 128;
-#pragma unroll
-    for (int j = 0; j < 8; j += 2) {
-      d0 += tb[16 * j + ((w >> (4 * j)) & 15u)];
-      d1 += tb[16 * (j + 1) + ((w >> (4 * j + 4)) & 15u)];
-    }
-  }
+// Shared-memory address of the tables: a word's 8 tables (16 fp32 each) take 512 bytes, and the
+// lookups below write a nibble's byte offset into the low byte of the word's table address (PRMT),
+// so the tables start on a 512-byte boundary (lut_dense_kernel's array, checked there).
+__device__ __forceinline__ uint32_t smem_addr(const void* p) { return static_cast<uint32_t>(__cvta_generic_to_shared(p)); }
+
+template <int OFF>
+__device__ __forceinline__ float lds_f32(uint32_t addr) {
+  float v;
+  asm volatile("ld.shared.f32 %0, [%1+%2];" : "=f"(v) : "r"(addr), "n"(OFF));
+  return v;
+}
+
+// Σ of the 8 lookups of one word of nibbles: nibble j indexes table j of the word's 8, at byte
+// OFF + 64 j from ``tb`` (low byte 0). Two masks put the byte offsets (nibble · 4) of the even and
+// the odd nibbles in the four bytes of e and o; one PRMT per nibble moves its byte into tb's low
+// byte, and the load takes OFF + 64 j as its immediate: 3.5 instructions per nibble (SHF/LOP,
+// PRMT, LDS, FADD), against 7 when the compiler forms each address (ncu / SASS: session 11).
+template <int OFF>
+__device__ __forceinline__ float lut_word(uint32_t w, uint32_t tb) {
+  const uint32_t e = (w << 2) & 0x3C3C3C3Cu;  // nibbles 0, 2, 4, 6 (tables 0, 2, 4, 6)
+  const uint32_t o = (w >> 2) & 0x3C3C3C3Cu;  // nibbles 1, 3, 5, 7
+  float d0 = lds_f32<OFF + 0>(__byte_perm(e, tb, 0x7650));
+  float d1 = lds_f32<OFF + 64>(__byte_perm(o, tb, 0x7650));
+  d0 += lds_f32<OFF + 128>(__byte_perm(e, tb, 0x7651));
+  d1 += lds_f32<OFF + 192>(__byte_perm(o, tb, 0x7651));
+  d0 += lds_f32<OFF + 256>(__byte_perm(e, tb, 0x7652));
+  d1 += lds_f32<OFF + 320>(__byte_perm(o, tb, 0x7652));
+  d0 += lds_f32<OFF + 384>(__byte_perm(e, tb, 0x7653));
+  d1 += lds_f32<OFF + 448>(__byte_perm(o, tb, 0x7653));
   return d0 + d1;
+}
+
+// Σ q x over chunk ci (words ci·B .. ci·B + B − 1 of q); ``tb``: the tables of q[0].
+template <int B, int CI>
+__device__ __forceinline__ float lut_chunk(const uint32_t (&q)[kLutWords], uint32_t tb) {
+  if constexpr (B == 1) {
+    return lut_word<512 * CI>(q[CI], tb);
+  } else {
+    return lut_word<512 * (2 * CI)>(q[2 * CI], tb) + lut_word<512 * (2 * CI + 1)>(q[2 * CI + 1], tb);
+  }
+}
+
+// Σ q x over the whole batch q (every word live, no scale group ending inside it).
+template <int B, int CI = 0>
+__device__ __forceinline__ float lut_batch(const uint32_t (&q)[kLutWords], uint32_t tb) {
+  if constexpr (CI + 2 > kLutWords / B) {
+    return lut_chunk<B, CI>(q, tb);
+  } else if constexpr (CI + 2 == kLutWords / B) {
+    return lut_chunk<B, CI>(q, tb) + lut_chunk<B, CI + 1>(q, tb);
+  } else {
+    return lut_chunk<B, CI>(q, tb) + lut_chunk<B, CI + 1>(q, tb) + lut_batch<B, CI + 2>(q, tb);
+  }
 }
 
 // q = words [wb, wb + W) of a row's step (at ``row``), 0 from nw on.
@@ -1361,33 +1398,60 @@ struct LutGroup {
   int64_t gi = 0, kflush = 0;
 };
 
-// Looks up words [wb, wb + kLutWords) of the step at k0 (held in q) and closes the scale groups
-// that end in them: acc += s (Σ q x − z Σ x).
-template <int B>
-__device__ __forceinline__ void lut_words(const uint32_t (&q)[kLutWords], int wb, int nw, int k0, int K, const float* __restrict__ lut,
-                                          const float* __restrict__ csum, const Operand& w, int64_t sbase, LutGroup& gr, float& acc) {
-#pragma unroll
-  for (int ci = 0; ci < kLutWords / B; ++ci) {
-    const int c = wb / B + ci;  // chunk of the step
+// Closes the open scale group: acc += s (Σ q x − z Σ x).
+__device__ __forceinline__ void lut_flush(const Operand& w, int64_t sbase, LutGroup& gr, float& acc) {
+  const float s = __half2float(__ldg(w.scales + sbase + gr.gi));
+  const float z = w.zeros != nullptr ? static_cast<float>(__ldg(w.zeros + sbase + gr.gi)) : w.zc;
+  acc = fmaf(s, fmaf(-z, gr.sg, gr.dg), acc);
+  gr.dg = gr.sg = 0.f;
+  ++gr.gi;
+  gr.kflush += w.group;
+}
+
+template <int B, int CI = 0>
+__device__ __forceinline__ void lut_chunks(const uint32_t (&q)[kLutWords], int wb, int nw, int k0, int K, uint32_t tb, const float* __restrict__ csum,
+                                           const Operand& w, int64_t sbase, LutGroup& gr, float& acc) {
+  if constexpr (CI < kLutWords / B) {
+    const int c = wb / B + CI;  // chunk of the step
     if (c * B < nw) {
-      gr.dg += lut_chunk<B>(q, ci, lut + wb * 128);
+      gr.dg += lut_chunk<B, CI>(q, tb);
       gr.sg += csum[c];
       const int64_t kend = k0 + 32 * (c + 1);
-      if (kend >= gr.kflush || kend >= K) {  // warp-uniform: the end of a scale group
-        const float s = __half2float(__ldg(w.scales + sbase + gr.gi));
-        const float z = w.zeros != nullptr ? static_cast<float>(__ldg(w.zeros + sbase + gr.gi)) : w.zc;
-        acc = fmaf(s, fmaf(-z, gr.sg, gr.dg), acc);
-        gr.dg = gr.sg = 0.f;
-        ++gr.gi;
-        gr.kflush += w.group;
-      }
+      if (kend >= gr.kflush || kend >= K) lut_flush(w, sbase, gr, acc);  // warp-uniform: the end of a scale group
+      lut_chunks<B, CI + 1>(q, wb, nw, k0, K, tb, csum, w, sbase, gr, acc);
     }
+  }
+}
+
+// Looks up words [wb, wb + kLutWords) of the step at k0 (held in q; ``tb``: the tables of word wb)
+// and closes the scale groups that end in them. A batch of live words inside one scale group
+// (per-row scales, groups of ≥ 512 codes) takes the straight path: no per-chunk group checks, its
+// chunk sums of x read as float4.
+template <int B>
+__device__ __forceinline__ void lut_words(const uint32_t (&q)[kLutWords], int wb, int nw, int k0, int K, uint32_t tb,
+                                          const float* __restrict__ csum, const Operand& w, int64_t sbase, LutGroup& gr, float& acc) {
+  constexpr int kChunks = kLutWords / B;
+  const int c0 = wb / B;
+  const int64_t kend = k0 + 32 * (c0 + kChunks);
+  if (wb + kLutWords <= nw && kend < gr.kflush && kend < K) {  // warp-uniform
+    gr.dg += lut_batch<B>(q, tb);
+    const float4* cs = reinterpret_cast<const float4*>(csum + c0);
+    float s = 0.f;
+#pragma unroll
+    for (int i = 0; i < kChunks / 4; ++i) {
+      const float4 v = cs[i];
+      s += (v.x + v.y) + (v.z + v.w);
+    }
+    gr.sg += s;
+  } else {
+    lut_chunks<B>(q, wb, nw, k0, K, tb, csum, w, sbase, gr, acc);
   }
 }
 
 // acc += Σ_k W[n, k] x[k] for one dense part of B-bit codes (threads past N build tables only).
 // PF: two register buffers of words, the next loaded before the current is looked up, so that a
-// warp's loads stay in flight while it computes.
+// warp's loads stay in flight while it computes. Either way a step's first words are loaded before
+// its tables are built (the loads do not depend on them).
 template <class D, int B, bool PF>
 __device__ __forceinline__ void lut_part(const Operand& w, int n, int N, const typename D::E* __restrict__ xr, int K, float* __restrict__ lut,
                                          float* __restrict__ csum, float& acc) {
@@ -1399,31 +1463,32 @@ __device__ __forceinline__ void lut_part(const Operand& w, int n, int N, const t
   const int64_t sbase = nn * w.srow;
   const bool vec = (reinterpret_cast<uintptr_t>(w.codes) & 15) == 0 && (w.stride & 3) == 0;
   const int row_words = (K * B + 31) / 32;  // words holding codes < K (≤ stride)
+  const uint32_t tl = smem_addr(lut);
   LutGroup gr;
   gr.kflush = w.group < K ? w.group : static_cast<int64_t>(K);
   for (int k0 = 0; k0 < K; k0 += kStepCodes) {
     const int w0 = k0 / 32 * B;
     const int nw = min(kStepWords, row_words - w0);
+    uint32_t q0[kLutWords], q1[kLutWords];
+    if (live) lut_load(q0, row + w0, 0, nw, vec);
     __syncthreads();  // the previous step's tables are consumed
     lut_build<D, B>(xr, k0, K, lut, csum);
     __syncthreads();
     if (!live) continue;
-    uint32_t q0[kLutWords], q1[kLutWords];
     if constexpr (PF) {
-      lut_load(q0, row + w0, 0, nw, vec);
       for (int wb = 0; wb < nw; wb += 2 * kLutWords) {
         const bool second = wb + kLutWords < nw;
         if (second) lut_load(q1, row + w0, wb + kLutWords, nw, vec);
-        lut_words<B>(q0, wb, nw, k0, K, lut, csum, w, sbase, gr, acc);
+        lut_words<B>(q0, wb, nw, k0, K, tl + 512 * wb, csum, w, sbase, gr, acc);
         if (second) {
           if (wb + 2 * kLutWords < nw) lut_load(q0, row + w0, wb + 2 * kLutWords, nw, vec);
-          lut_words<B>(q1, wb + kLutWords, nw, k0, K, lut, csum, w, sbase, gr, acc);
+          lut_words<B>(q1, wb + kLutWords, nw, k0, K, tl + 512 * (wb + kLutWords), csum, w, sbase, gr, acc);
         }
       }
     } else {
       for (int wb = 0; wb < nw; wb += kLutWords) {
-        lut_load(q0, row + w0, wb, nw, vec);
-        lut_words<B>(q0, wb, nw, k0, K, lut, csum, w, sbase, gr, acc);
+        if (wb > 0) lut_load(q0, row + w0, wb, nw, vec);
+        lut_words<B>(q0, wb, nw, k0, K, tl + 512 * wb, csum, w, sbase, gr, acc);
       }
     }
   }
@@ -1449,6 +1514,7 @@ __device__ __forceinline__ void lut_s24_part(const Operand& w, const uint32_t* _
   const bool vec = (reinterpret_cast<uintptr_t>(w.codes) & 15) == 0 && (w.stride & 3) == 0 && (reinterpret_cast<uintptr_t>(idx) & 15) == 0 &&
                    (istride & 3) == 0;
   const int row_words = (kc * 2 + 31) / 32;
+  const uint32_t tl = smem_addr(lut);
   LutGroup gr;
   gr.kflush = w.group < kc ? w.group : static_cast<int64_t>(kc);
   for (int k0 = 0; k0 < K; k0 += kStepCodes) {
@@ -1472,12 +1538,9 @@ __device__ __forceinline__ void lut_s24_part(const Operand& w, const uint32_t* _
             const uint32_t cw = q[2 * ci + i], pw = p[2 * ci + i];
             const uint32_t lo = (pw & 0x33333333u) | ((cw & 0x33333333u) << 2);
             const uint32_t hi = ((pw >> 2) & 0x33333333u) | (cw & 0xCCCCCCCCu);
-            const float* tb = lut + (wb + 2 * ci + i) * 128;
-#pragma unroll
-            for (int m = 0; m < 8; ++m) {
-              d0 += tb[16 * m + ((lo >> (4 * m)) & 15u)];
-              d1 += tb[16 * m + ((hi >> (4 * m)) & 15u)];
-            }
+            const uint32_t tb = tl + 512 * (wb + 2 * ci + i);
+            d0 += lut_word<0>(lo, tb);
+            d1 += lut_word<0>(hi, tb);
           }
           gr.dg += d0 + d1;
           const int64_t kend = kept0 + 32 * (c + 1);
@@ -1500,9 +1563,10 @@ template <class D, bool PF>
 __global__ void __launch_bounds__(kLutThreads, 4)
     lut_dense_kernel(const typename D::E* __restrict__ x, int64_t sx, typename D::E* __restrict__ y, int64_t sy, const int64_t* __restrict__ tab, int max_parts,
                      const int* __restrict__ row_idx, const int* __restrict__ gstart, const int* __restrict__ gslot, int N, int K, bool identity, Fields f) {
-  __shared__ __align__(16) float lut[kLutTables * 16];
-  __shared__ float csum[kLutTables / 8];
+  __shared__ __align__(512) float lut[kLutTables * 16];  // 512: lut_word's address merge
+  __shared__ __align__(16) float csum[kLutTables / 8];
   __shared__ SlotParts sp;
+  if ((smem_addr(lut) & 511u) != 0) __trap();  // lut_word's address merge needs the 512-byte alignment
   const int g = blockIdx.y;
   const int slot = gslot[g];
   if (slot < 0) return;  // rows without a delta are never touched
