@@ -6,7 +6,8 @@ method — Delta-CoMe with its fixed 8+3+2 plan and with ``--plan auto``, BitDel
 without scale distillation, DeltaZip, low-rank, RTN; and, when named in ``--methods``,
 ``delta-come-kl`` (``--plan auto --sensitivity kl``), ``delta-come-distill`` and
 ``delta-come-kl-distill`` (the same two with their singular values distilled against the
-fine-tune's logits, ``--distill``) — at each budget (every stored bit
+fine-tune's logits, ``--distill``), ``delta-come-kl-distill-scales`` (the latter with the
+quantized singular vectors' group scales distilled too, ``--distill-scales``) — at each budget (every stored bit
 counted: codes, scales, zeros, singular values, raw norms), the fine-tune's delta is compressed
 to a .dpk, loaded with ``deltapack.load`` (DeltaLinear modules; on a GPU in bf16, through the
 kernels that ``load`` dispatches to) and measured:
@@ -97,6 +98,10 @@ EXTRA_METHODS: dict[str, tuple[str, dict[str, Any]]] = {
     "delta-come-kl": ("delta-come auto, KL-weighted", {"method": "delta-come", "plan": "auto", "sensitivity": "kl"}),
     "delta-come-distill": ("delta-come 8+3+2 + distill", {"method": "delta-come", "plan": "fixed", "distill": True}),
     "delta-come-kl-distill": ("delta-come auto, KL-weighted + distill", {"method": "delta-come", "plan": "auto", "sensitivity": "kl", "distill": True}),
+    "delta-come-kl-distill-scales": (
+        "delta-come auto, KL-weighted + distill (s and group scales)",
+        {"method": "delta-come", "plan": "auto", "sensitivity": "kl", "distill": True, "distill_scales": True},
+    ),
 }
 ALL_METHODS = {**METHODS, **EXTRA_METHODS}
 BITS = (1.0, 0.5, 0.25, 0.125)

@@ -186,6 +186,7 @@ def cmd_compress(args: argparse.Namespace) -> int:
         distill_lr=args.distill_lr,
         distill_loss=args.distill_loss,
         distill_checkpoint=not args.distill_no_checkpoint,
+        distill_scales=args.distill_scales,
         device=args.device,
         seed=args.seed,
         progress=not args.quiet,
@@ -252,8 +253,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--seq-len", type=int, default=2048, help="calibration sequence length")
     s.add_argument("--damp", type=float, default=0.01, help="GPTQ / SparseGPT damping")
     s.add_argument("--distill", action="store_true", help="bitdelta, delta-come, lowrank: train the scales (BitDelta's per-matrix scale, the low-rank deltas' singular values) against the fine-tune's logits on the calibration text; the file's size and format stay the same")
+    s.add_argument("--distill-scales", action="store_true", help="delta-come, with --distill: also train the fp16 group scales of the quantized singular vectors (a relative multiplier per scale), written back in the same bytes")
     s.add_argument("--distill-steps", type=int, default=200)
-    s.add_argument("--distill-lr", type=float, help="distillation learning rate (default: 1e-4 for bitdelta's scales, 3e-2 for the low-rank singular values' relative multipliers)")
+    s.add_argument("--distill-lr", type=float, help="distillation learning rate (default: 1e-4 for bitdelta's scales, 3e-2 for the low-rank singular values' and the group scales' relative multipliers; given, it sets all)")
     s.add_argument("--distill-no-checkpoint", action="store_true", help="keep every layer's activations for the distillation's backward pass instead of recomputing them (faster, much more memory)")
     s.add_argument("--distill-loss", default="kl", choices=["kl", "mse"], help="distillation loss: KL(fine-tune ‖ compressed) of the next-token distributions, or the MSE of the logits (the BitDelta paper's)")
     s.add_argument("--device", help="cuda, cpu, ... (default: cuda when available)")

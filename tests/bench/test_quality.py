@@ -102,10 +102,14 @@ def test_distill_methods_are_extra_and_reported(tmp_path):
     """delta-come-distill / delta-come-kl-distill run only when named, and the report (tables,
     plot, CSV with the distillation summary) handles their rows."""
     from bench.quality import ALL_METHODS, EXTRA_METHODS, write_results
+    from deltapack.compress.pipeline import CompressConfig
 
-    for m in ("delta-come-distill", "delta-come-kl-distill"):
+    for m in ("delta-come-distill", "delta-come-kl-distill", "delta-come-kl-distill-scales"):
         assert m in EXTRA_METHODS and m not in METHODS and ALL_METHODS[m][1]["distill"] is True
     assert EXTRA_METHODS["delta-come-kl-distill"][1]["sensitivity"] == "kl"
+    kw = EXTRA_METHODS["delta-come-kl-distill-scales"][1]
+    assert kw["distill_scales"] is True and {k: v for k, v in kw.items() if k != "distill_scales"} == EXTRA_METHODS["delta-come-kl-distill"][1]
+    CompressConfig(**kw).validate()
     rows = [
         {"task": "code", "method": "fine-tune", "label": "fine-tune", "bits": 16.0, "accuracy": 0.6, "kept": 1.0, "kl": 0.0},
         {"task": "code", "method": "base", "label": "base", "bits": 0.0, "accuracy": 0.1, "kept": 1 / 6, "kl": 3.0},

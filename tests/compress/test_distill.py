@@ -240,3 +240,179 @@ def test_checkpointed_distillation_gives_the_same_scales(zoo_pair, calib_file, t
     assert s_ck.keys() == s_full.keys()
     differ = sum(not torch.allclose(a.float(), b.float(), rtol=1e-3, atol=0) for t in s_ck for a, b in zip(s_ck[t], s_full[t]))
     assert differ == 0, differ
+
+
+# ----------------------------------------------------------------------------- group scales
+
+
+def _synthetic_delta_come(seed: int = 0):
+    """A Delta-CoMe delta of a random low-rank-ish matrix, act-order on, three bit groups, and
+    groups of 32 so that Uᵀ and Vᵀ have several scales per row."""
+    from deltapack.compress.delta_come import compress_delta_come
+    from deltapack.compress.plan import BitGroup, LowRankPlan
+
+    g = torch.Generator().manual_seed(seed)
+    out, inp = 72, 96
+    delta = torch.randn(out, 12, generator=g) @ torch.randn(12, inp, generator=g) / 10 + torch.randn(out, inp, generator=g) / 100
+    x = torch.randn(256, inp, generator=g) * torch.linspace(0.2, 3.0, inp)
+    H = x.T @ x / len(x)
+    plan = LowRankPlan((BitGroup(8, 2), BitGroup(3, 4), BitGroup(2, 6)), group_size=32, act_order=True)
+    return compress_delta_come(delta, H, plan)
+
+
+def test_group_scaled_student_is_the_reference_delta(tmp_path):
+    """With every multiplier 1, the student's Δ̂ (decoded per call from codes, zeros and the
+    scaled group scales) is the reference path's (read_delta → LowRankDelta.dense) bit for bit;
+    the gradient reaches every scale multiplier; one multiplier moves only its own group."""
+    from deltapack.compress.distill import _GroupScaledLowRank, _lowrank_modules, _QuantFactor
+
+    cd = _synthetic_delta_come()
+    assert "perm" in cd.parts and len(cd.blocks) == 3
+    cpu = torch.device("cpu")
+    ref = _lowrank_modules({"m": cd}, cpu, tmp_path)["m"].dense()
+    gs = _lowrank_modules({"m": cd}, cpu, tmp_path, group_scales=True)["m"]
+    assert isinstance(gs, _GroupScaledLowRank) and len(gs.quant_factors()) == 6  # Uᵀ and Vᵀ of 3 blocks
+    got = gs.dense(gs.s)
+    assert torch.equal(got, ref)
+    assert not torch.equal(ref, torch.zeros_like(ref))
+    # gradients reach every stored scale's multiplier (shape: the part's scale grid)
+    got.square().sum().backward()
+    for k, which, f in gs.quant_factors():
+        part = cd.parts[cd.blocks[k][0 if which == "u" else 2]]
+        assert f.mult.shape == f.scales.shape and f.mult.numel() == part.scales.numel()
+        assert f.mult.grad is not None and bool(f.mult.grad.ne(0).any()), (k, which)
+    # one multiplier scales exactly one group of one row of one factor
+    f: _QuantFactor = gs.vts[1]
+    before = f().detach()
+    with torch.no_grad():
+        f.mult[1, 1] = 2.0
+    after = f().detach()
+    changed = (after != before).nonzero()
+    assert changed.numel() and set(changed[:, 0].tolist()) == {1} and set((changed[:, 1] // 32).tolist()) == {1}
+    torch.testing.assert_close(after[1, 32:64], 2 * before[1, 32:64], rtol=0, atol=0)
+
+
+def test_written_group_scales_are_what_the_file_decodes(tmp_path):
+    """set_group_scales + set_lowrank_scales: fp16 scales written into the same parts (codes,
+    zeros, shapes, dtypes, bytes unchanged), and ``cd.approx`` equals what the reference path
+    reads back from a file written with them."""
+    import deltapack
+    from deltapack.compress.core import write_delta
+    from deltapack.compress.distill import _lowrank_modules, set_group_scales, set_lowrank_scales
+    from deltapack.format import DeltaWriter
+
+    cd = _synthetic_delta_come(1)
+    old = {k: p for k, p in cd.parts.items()}
+    nbytes = cd.nbytes
+    gs = _lowrank_modules({"m": cd}, torch.device("cpu"), tmp_path, group_scales=True)["m"]
+    g = torch.Generator().manual_seed(3)
+    with torch.no_grad():
+        for _, _, f in gs.quant_factors():
+            f.mult.copy_(1 + 0.2 * torch.randn(f.mult.shape, generator=g))
+    s = gs.s * 1.1
+    expect = gs.dense(s).detach()
+    change = set_group_scales(cd, gs)
+    assert 0.1 < change < 0.3, change
+    set_lowrank_scales(cd, gs, s)
+    assert cd.nbytes == nbytes and cd.parts.keys() == old.keys()
+    for u, sn, v in cd.blocks:
+        for name in (u, v):
+            p0, p1 = old[name], cd.parts[name]
+            assert torch.equal(p0.codes, p1.codes) and torch.equal(p0.zeros, p1.zeros) and p1.bits == p0.bits
+            assert p1.scales.dtype == p0.scales.dtype == torch.float16 and p1.scales.shape == p0.scales.shape
+            assert not torch.equal(p0.scales, p1.scales)
+        assert not torch.equal(old[sn].tensor, cd.parts[sn].tensor)
+    torch.testing.assert_close(cd.approx, expect, rtol=2e-3, atol=2e-3 * float(expect.abs().max()))  # fp16 rounding of the scales
+    with DeltaWriter(tmp_path / "w.dpk") as w:
+        e = write_delta(w, "m", cd, {})
+        w.finish(method="t", base_name="", finetune_name="", deltas=[e])
+    f = deltapack.open(tmp_path / "w.dpk", verify="full")
+    assert torch.equal(read_delta(f, e).dense(), cd.approx)
+
+
+@pytest.fixture(scope="module")
+def dc_scales(zoo_pair, calib_file, tmp_path_factory):
+    """Delta-CoMe (auto plan) at 0.25 bit/param, distilled with the singular values alone and
+    with the group scales too (same seed, steps, lr)."""
+    base, ft = zoo_pair
+    out = tmp_path_factory.mktemp("distill-scales")
+    kw = dict(method="delta-come", plan="auto", bits_per_param=0.25, calib=str(calib_file), distill=True, distill_steps=40, distill_lr=1e-2, device="cpu", **CAL)
+    r_s = compress(base, ft, out / "s.dpk", **kw)
+    r_g = compress(base, ft, out / "g.dpk", distill_scales=True, **kw)
+    return out / "s.dpk", out / "g.dpk", r_s, r_g
+
+
+def test_distilled_group_scales_lower_the_loss(dc_scales):
+    """Training the group scales too ends at a held-out loss below the singular values' alone
+    (both start from the same compressed delta), and below where it started."""
+    ps, pg, _, _ = dc_scales
+    rs = deltapack.open(ps).manifest["method"]["params"]["distill_result"]
+    rg = deltapack.open(pg).manifest["method"]["params"]["distill_result"]
+    assert rg["scales"] and not rs["scales"] and rg["scales_lr"] == 1e-2
+    assert rg["before"] == pytest.approx(rs["before"], rel=1e-6)
+    assert rg["kept"] and rg["after"] < 0.9 * rg["before"], rg
+    assert rg["after"] < rs["after"], (rg, rs)
+
+
+def test_distilled_group_scales_round_trip(dc_scales, zoo_pair):
+    """The file with trained group scales has the same bytes and tensors as without; only the
+    scales and the singular values moved; the reference path reads back exactly the
+    distilled ``cd.approx`` (its rel_error stat)."""
+    from deltapack.compress.hf import ModelDir
+
+    ps, pg, r_s, r_g = dc_scales
+    assert r_g.stored_bytes == r_s.stored_bytes
+    fs, fg = deltapack.open(ps, verify="full"), deltapack.open(pg, verify="full")
+    assert fs.file_len == fg.file_len
+    es, eg = _low_rank(fs), _low_rank(fg)
+    assert es.keys() == eg.keys() and len(eg) >= 10
+    base, ft = (ModelDir(p) for p in zoo_pair)
+    moved = 0
+    for target, e in eg.items():
+        for b0, b1 in zip(es[target]["blocks"], e["blocks"], strict=True):
+            for k in ("ut", "vt"):
+                p0, p1 = fs.packed(b0[k]), fg.packed(b1[k])
+                assert torch.equal(p0.codes, p1.codes) and torch.equal(p0.zeros, p1.zeros), (target, k)
+                assert p1.scales.dtype == torch.float16 and p1.scales.shape == p0.scales.shape
+                moved += not torch.equal(p0.scales, p1.scales)
+        assert e["stats"]["scale_change"] > 0
+        exact = ft.get(target).float() - base.get(target).float()
+        got = read_delta(fg, e).dense()
+        assert float((got - exact).norm() / exact.norm()) == pytest.approx(e["stats"]["rel_error"], rel=1e-5, abs=1e-7), target
+    assert moved >= len(eg), moved  # about every factor's scales moved
+
+
+def test_distill_scales_refused_where_it_does_not_apply(zoo_pair, tmp_path):
+    with pytest.raises(ValueError, match="needs --distill"):
+        CompressConfig(method="delta-come", distill_scales=True).validate()
+    for m in ("lowrank", "bitdelta"):
+        with pytest.raises(ValueError, match="delta-come only"):
+            CompressConfig(method=m, distill=True, distill_scales=True).validate()
+    CompressConfig(method="delta-come", distill=True, distill_scales=True).validate()
+    base, ft = zoo_pair
+    with pytest.raises(ValueError, match="needs --distill"):
+        compress(base, ft, tmp_path / "x.dpk", method="delta-come", distill_scales=True, progress=False)
+    assert not (tmp_path / "x.dpk").exists()
+    from deltapack.cli import main
+
+    assert main(["compress", str(base), str(ft), "-o", str(tmp_path / "y.dpk"), "--method", "lowrank", "--distill", "--distill-scales"]) == 2
+    assert not (tmp_path / "y.dpk").exists()
+
+
+def test_diverging_group_scale_distillation_keeps_every_initial_scale(zoo_pair, calib_file, tmp_path):
+    """The guard covers the group scales: a diverging run writes the file bit for bit as
+    compressed (the same bytes as without distillation, every tensor unchanged)."""
+    base, ft = zoo_pair
+    kw = dict(method="delta-come", bits_per_param=1.0, calib=str(calib_file), device="cpu", **CAL)
+    compress(base, ft, tmp_path / "p.dpk", **kw)
+    compress(base, ft, tmp_path / "d.dpk", distill=True, distill_scales=True, distill_steps=3, distill_lr=1e3, **kw)
+    f0, f1 = deltapack.open(tmp_path / "p.dpk"), deltapack.open(tmp_path / "d.dpk")
+    res = f1.manifest["method"]["params"]["distill_result"]
+    assert res["scales"] and not res["kept"] and not res["after"] < res["before"], res
+    e0, e1 = _low_rank(f0), _low_rank(f1)
+    assert e0.keys() == e1.keys() and e1
+    for target, e in e1.items():
+        for b0, b1 in zip(e0[target]["blocks"], e["blocks"], strict=True):
+            for k in ("ut", "s", "vt"):
+                assert all(torch.equal(x, y) for x, y in zip(_raw_bytes(f0, b0[k]), _raw_bytes(f1, b1[k]), strict=True)), (target, k)
+        assert "scale_change" not in e["stats"] and "s_change" not in e["stats"]

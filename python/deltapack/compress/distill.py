@@ -14,6 +14,13 @@ weight parametrization (any module type works); one training loop serves two for
   orders of magnitude). Delta-CoMe stores s as fp16 parts ``s{k}``: the trained s is written
   there (same bytes, same format, kernels unchanged); lowrank stores U·diag(s) in fp16 and no
   s, so m is folded into U (same bytes).
+* group scales (Delta-CoMe only, ``cfg.distill_scales``): the fp16 group scales of the packed
+  factors (Vᵀ's and Uᵀ's ``QuantPart`` scales) are trained too, each as scale₀·m with its own
+  multiplier m (init 1), beside the singular values' multipliers. The student decodes Û and V̂
+  from the stored codes and zeros with the reference path's ``dequantize`` and the scaled
+  scales (``_QuantFactor``), so with every m = 1 it is the reference path's Δ̂. The trained
+  scales are written back as fp16 into the same parts (``set_group_scales``): same bytes, same
+  format; codes and zeros unchanged.
 
 Matrices a budget left without a delta use the base weight in the student (as in the compressed
 model); tensors stored whole (norms, raw embeddings) are the fine-tune's. The loss is
@@ -35,14 +42,21 @@ import torch
 from torch import nn
 from torch.nn.utils import parametrize
 
+from ..format import DeltaFile, DeltaWriter, PackedTensor
+from ..kernels.reference import dequantize
+from ..nn.delta import LowRankDelta, lowrank_dense, read_delta
 from .bitdelta import set_bitdelta_scale
 from .core import CompressedDelta, QuantPart, RawPart, write_delta
 
 LOSSES = ("kl", "mse")
 # default learning rates per parametrization: BitDelta's α (absolute; the paper's 1e-4) and the
 # low-rank multipliers m (relative; on the tiny zoo, 200 steps, 1e-3 moved them too little,
-# 3e-2 and 1e-1 ended level: docs/notes/2026-11-22-quality.md, session 6).
-DEFAULT_LR = {"bitdelta": 1e-4, "low_rank": 3e-2}
+# 3e-2 and 1e-1 ended level: docs/notes/2026-11-22-quality.md, session 6). The group scales'
+# multipliers (relative too, ``distill_scales``) start at the singular values' 3e-2, not tuned:
+# one CPU smoke run on the tiny zoo (code task, 200 steps, KL on held-out task text; singular
+# values alone 0.0538 at 1 bit, 0.1003 at 0.25) gave 0.0578 / 0.0873 at 3e-2 and 0.0527 /
+# 0.0899 at 1e-2 — to be measured on the real zoo. ``cfg.distill_lr``, when given, sets all.
+DEFAULT_LR = {"bitdelta": 1e-4, "low_rank": 3e-2, "group_scales": 3e-2}
 BATCH = 4  # sequences per step (the paper's)
 
 
@@ -66,13 +80,14 @@ class _ScaledSign(nn.Module):
         a = self.alpha.to(b.dtype)
         return torch.where(self.positive, b + a, b - a)
 
-    def trained(self) -> nn.Parameter:
-        return self.alpha
+    def trained(self) -> list[nn.Parameter]:
+        return [self.alpha]
 
 
 class _ScaledLowRank(nn.Module):
     """W = W_base + Û·diag(s₀·m)·V̂ᵀ (input permutation undone): the reference path's
-    reconstruction with a trainable per-rank multiplier m."""
+    reconstruction with a trainable per-rank multiplier m. ``delta``: a ``LowRankDelta`` (Û, V̂
+    fixed) or a ``_GroupScaledLowRank`` (Û, V̂ decoded with trainable group scales)."""
 
     def __init__(self, delta: nn.Module, base: torch.Tensor | None = None):
         super().__init__()
@@ -85,8 +100,98 @@ class _ScaledLowRank(nn.Module):
         d = self.delta.dense(self.delta.s.float() * self.mult)
         return (b.float() + d).to(b.dtype)
 
-    def trained(self) -> nn.Parameter:
-        return self.mult
+    def trained(self) -> list[nn.Parameter]:
+        """The singular values' multipliers first, then the group scales' (if any)."""
+        extra = self.delta.trained() if isinstance(self.delta, _GroupScaledLowRank) else []
+        return [self.mult, *extra]
+
+
+class _QuantFactor(nn.Module):
+    """One packed factor of a low-rank block as the file stores it (Vᵀ [r, in] or Uᵀ [r, out]),
+    decoded by the reference path's ``dequantize`` with every stored group scale times a
+    trainable multiplier (init 1: exactly the stored scales). Codes and zeros stay fixed."""
+
+    def __init__(self, packed: PackedTensor, device: torch.device):
+        super().__init__()
+        if packed.indices is not None:
+            raise ValueError(f"{packed.info.name}: a 2:4 sparse factor has no group scales to distill")
+        self.info = packed.info
+        self.register_buffer("codes", packed.codes.to(device, copy=True))  # packed, as stored
+        self.register_buffer("scales", packed.scales.to(device, copy=True))  # stored dtype (fp16)
+        self.register_buffer("zeros", None if packed.zeros is None else packed.zeros.to(device, copy=True))
+        self.mult = nn.Parameter(torch.ones(packed.scales.shape, dtype=torch.float32, device=device))
+
+    def scaled(self) -> torch.Tensor:
+        """The trained scales, float32 (differentiable in the multipliers)."""
+        return self.scales.float() * self.mult
+
+    def stored(self) -> torch.Tensor:
+        """The trained scales as the file would store them (the stored scales' dtype)."""
+        return self.scaled().detach().to(self.scales.dtype)
+
+    def forward(self) -> torch.Tensor:
+        return dequantize(PackedTensor(info=self.info, codes=self.codes, scales=self.scaled(), zeros=self.zeros))
+
+
+class _RawFactor(nn.Module):
+    """A factor stored raw (fp16): fixed, decoded as the reference path does (to float32)."""
+
+    def __init__(self, t: torch.Tensor, device: torch.device):
+        super().__init__()
+        self.register_buffer("value", t.to(device, torch.float32, copy=True))
+
+    def forward(self) -> torch.Tensor:
+        return self.value
+
+
+class _GroupScaledLowRank(nn.Module):
+    """A low-rank delta Û·diag(s)·V̂ᵀ whose packed factors decode with trainable group scales;
+    ``LowRankDelta``'s interface (``s``, ``perm``, ``u``, ``vt``, ``dense(s)``). Block k's
+    factors are ``us[k]`` (U, or Uᵀ where ``transposed[k]``) and ``vts[k]``, in ``cd.blocks``'s
+    order (the scratch file is written from it)."""
+
+    def __init__(self, us: list[nn.Module], transposed: list[bool], s: torch.Tensor, vts: list[nn.Module], perm: torch.Tensor | None):
+        super().__init__()
+        self.us, self.vts, self.transposed = nn.ModuleList(us), nn.ModuleList(vts), list(transposed)
+        self.register_buffer("s", s)
+        self.register_buffer("perm", None if perm is None else perm.long())
+
+    @property
+    def u(self) -> torch.Tensor:
+        return torch.cat([f().T if t else f() for f, t in zip(self.us, self.transposed, strict=True)], 1)
+
+    @property
+    def vt(self) -> torch.Tensor:
+        return torch.cat([f() for f in self.vts], 0)
+
+    def dense(self, s: torch.Tensor | None = None) -> torch.Tensor:
+        return lowrank_dense(self.u, self.s if s is None else s, self.vt, self.perm)
+
+    def quant_factors(self) -> list[tuple[int, str, _QuantFactor]]:
+        """(block index, 'u' or 'vt', factor) of every packed factor (those with group scales)."""
+        every = [(k, "u", f) for k, f in enumerate(self.us)] + [(k, "vt", f) for k, f in enumerate(self.vts)]
+        return [(k, w, f) for k, w, f in every if isinstance(f, _QuantFactor)]
+
+    def trained(self) -> list[nn.Parameter]:
+        return [f.mult for _, _, f in self.quant_factors()]
+
+
+def _group_scaled(f: DeltaFile, entry: dict[str, Any], device: torch.device) -> _GroupScaledLowRank:
+    """``nn.delta.read_delta``'s walk over a low-rank entry's blocks, with each packed factor
+    kept packed (``_QuantFactor``) instead of decoded once."""
+
+    def factor(name: str) -> nn.Module:
+        return _RawFactor(f.raw(name), device) if f.info(name).is_raw else _QuantFactor(f.packed(name), device)
+
+    us, transposed, ss, vts = [], [], [], []
+    for b in entry["blocks"]:
+        us.append(factor(b["u"] if b.get("u") else b["ut"]))
+        transposed.append(not b.get("u"))
+        vts.append(factor(b["vt"]))
+        r = f.info(b["vt"]).shape[0]
+        ss.append(f.raw(b["s"]).to(device, torch.float32) if b.get("s") else torch.ones(r, device=device))
+    perm = f.raw(entry["input_perm"]).to(device, copy=True) if entry.get("input_perm") else None
+    return _GroupScaledLowRank(us, transposed, torch.cat(ss), vts, perm)
 
 
 @dataclass
@@ -100,6 +205,8 @@ class DistillResult:
     matrices: int
     seconds: float
     checkpointed: bool = False  # the layers' activations were recomputed in the backward pass
+    scales: bool = False  # the packed factors' group scales were trained too (distill_scales)
+    scales_lr: float | None = None  # their multipliers' learning rate
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -129,13 +236,11 @@ def _checkpointable(model: nn.Module) -> bool:
     return all(float(getattr(cfg, k, 0.0) or 0.0) == 0.0 for k in ("attention_dropout", "hidden_dropout", "dropout"))
 
 
-def _lowrank_modules(deltas: dict[str, CompressedDelta], device: torch.device, workdir: str | Path | None) -> dict[str, nn.Module]:
+def _lowrank_modules(deltas: dict[str, CompressedDelta], device: torch.device, workdir: str | Path | None, group_scales: bool = False) -> dict[str, nn.Module]:
     """The reference path's LowRankDelta (float32, on ``device``) of each low-rank delta: the
     parts go through a scratch .dpk and back, so Û and V̂ are dequantized as the file stores
-    them (codes, group scales and zeros, the act-order permutation)."""
-    from ..format import DeltaFile, DeltaWriter
-    from ..nn.delta import read_delta
-
+    them (codes, group scales and zeros, the act-order permutation). ``group_scales``: a
+    ``_GroupScaledLowRank`` instead, which decodes them on each call with trainable scales."""
     if not deltas:
         return {}
     with tempfile.TemporaryDirectory(prefix="deltapack-distill-", dir=workdir) as td:
@@ -144,6 +249,8 @@ def _lowrank_modules(deltas: dict[str, CompressedDelta], device: torch.device, w
             entries = {name: write_delta(w, name, cd, {}) for name, cd in deltas.items()}
             w.finish(method="scratch", base_name="", finetune_name="", deltas=list(entries.values()))
         f = DeltaFile(path)
+        if group_scales:
+            return {name: _group_scaled(f, e, device) for name, e in entries.items()}
         return {name: read_delta(f, e, device, torch.float32) for name, e in entries.items()}
 
 
@@ -175,10 +282,35 @@ def set_lowrank_scales(cd: CompressedDelta, delta: nn.Module, s: torch.Tensor) -
             us.append(new_u.float())
             ss.append(torch.ones(r))
     assert start == s.numel(), (start, s.numel())
-    from ..nn.delta import LowRankDelta
-
     perm = delta.perm.cpu() if delta.perm is not None else None
     cd.approx = LowRankDelta(torch.cat(us, 1), torch.cat(ss), delta.vt.cpu(), perm).dense()
+
+
+@torch.no_grad()
+def set_group_scales(cd: CompressedDelta, delta: _GroupScaledLowRank) -> float:
+    """Write the trained group scales of ``delta``'s packed factors (stored scale × multiplier,
+    rounded to the stored dtype, fp16) into the ``QuantPart``s of ``cd``'s blocks: same shape,
+    same bytes; codes and zeros untouched. ``delta`` is then reset to what was written (scales
+    the new ones, multipliers 1), so that its ``u``/``vt`` decode as the file will: call
+    ``set_lowrank_scales`` after this one to write s and update ``cd.approx``. The kernels need
+    nothing more: the rank-major copy of Uᵀ they read is re-packed from the stored codes at load
+    (kernels/packed.py ``rank_major_codes``) and reads Uᵀ's scales from the part as stored.
+    Returns the relative change of all the scales (norm of the change / norm of the old)."""
+    diff = norm = 0.0
+    for k, which, fac in delta.quant_factors():
+        u_name, _, v_name = cd.blocks[k]
+        name = u_name if which == "u" else v_name
+        part = cd.parts[name]
+        if not isinstance(part, QuantPart) or part.scales.numel() != fac.scales.numel():
+            raise ValueError(f"part '{name}' is not the quantized factor whose {fac.scales.numel()} group scales were trained")
+        new = fac.stored()
+        old = fac.scales.float()
+        diff += float((new.float() - old).square().sum())
+        norm += float(old.square().sum())
+        cd.parts[name] = QuantPart(codes=part.codes, bits=part.bits, scales=new.cpu().reshape(part.scales.shape).to(part.scales.dtype), zeros=part.zeros, zero_point=part.zero_point, group_size=part.group_size)
+        fac.scales.copy_(new)
+        fac.mult.fill_(1.0)
+    return math.sqrt(diff / max(norm, 1e-30))
 
 
 def distill(
@@ -193,8 +325,9 @@ def distill(
     workdir: str | Path | None = None,
 ) -> DistillResult:
     """Train the scales of every delta in ``deltas`` (BitDelta or low-rank; updated in place:
-    parts, ``approx``, ``info``). ``without_delta``: matrices the compressed model takes from
-    the base. ``tokens``: the calibration sequences (made from ``cfg`` when None)."""
+    parts, ``approx``, ``info``), with ``cfg.distill_scales`` the low-rank deltas' group scales
+    too. ``without_delta``: matrices the compressed model takes from the base. ``tokens``: the
+    calibration sequences (made from ``cfg`` when None)."""
     from transformers import AutoModelForCausalLM
 
     from .hf import ModelDir
@@ -229,7 +362,12 @@ def distill(
                 raise ValueError(f"{name}: scale distillation needs a BitDelta (1-bit, one scale) or a low-rank delta")
         elif cd.form != "low_rank":
             raise ValueError(f"{name}: scale distillation does not apply to form '{cd.form}'")
-    lowrank = _lowrank_modules({n: cd for n, cd in deltas.items() if cd.form == "low_rank" and n in params}, device, workdir)
+    group_scales = bool(getattr(cfg, "distill_scales", False))
+    if group_scales:
+        for name, cd in deltas.items():
+            if cd.form != "low_rank" or not any(isinstance(cd.parts[p], QuantPart) for u, _, v in cd.blocks for p in (u, v)):
+                raise ValueError(f"{name}: distill_scales trains the group scales of quantized low-rank factors (delta-come); this delta has none")
+    lowrank = _lowrank_modules({n: cd for n, cd in deltas.items() if cd.form == "low_rank" and n in params}, device, workdir, group_scales)
     users: dict[int, int] = {}  # tensors named more than once are tied to another module
     for _, t in student.named_parameters(remove_duplicate=False):
         users[id(t)] = users.get(id(t), 0) + 1
@@ -250,9 +388,12 @@ def distill(
             p = _ScaledLowRank(lowrank[name], base=b)
         parametrize.register_parametrization(student.get_submodule(mod_name), pname, p, unsafe=True)
         pars[name] = p
-    trained = [p.trained() for p in pars.values()]
+    primary = [p.trained()[0] for p in pars.values()]  # α or the singular values' multipliers
+    scale_mults = [t for p in pars.values() for t in p.trained()[1:]]  # the group scales' (distill_scales)
+    trained = primary + scale_mults
     initial = [t.detach().clone() for t in trained]
     lr = cfg.distill_lr if cfg.distill_lr is not None else min((DEFAULT_LR[f] for f in forms), default=DEFAULT_LR["bitdelta"])
+    scales_lr = (cfg.distill_lr if cfg.distill_lr is not None else DEFAULT_LR["group_scales"]) if group_scales else None
 
     n = len(tokens)
     n_hold = n // 8 if n >= 8 else 0
@@ -276,7 +417,8 @@ def distill(
             student.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     if trained and steps > 0:
         student.train(ckpt)  # transformers checkpoints in train mode only (no dropout: _checkpointable)
-        opt = torch.optim.AdamW(trained, lr=lr, weight_decay=0.0)
+        groups = [{"params": primary, "lr": lr}] + ([{"params": scale_mults, "lr": scales_lr}] if scale_mults else [])
+        opt = torch.optim.AdamW(groups, weight_decay=0.0)
         sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 0.5 * (1 + math.cos(math.pi * s / max(steps, 1))))
         g = torch.Generator().manual_seed(cfg.seed)
         for _ in range(steps):
@@ -292,6 +434,9 @@ def distill(
         student.eval()
     after = held_loss() if trained and steps > 0 else before
     kept = math.isfinite(after) and after < before and all(bool(torch.isfinite(t).all()) for t in trained)
+    # the group scales are written as fp16: a trained one out of its range is a divergence too
+    scaled = [p.delta for p in pars.values() if isinstance(p, _ScaledLowRank) and isinstance(p.delta, _GroupScaledLowRank)]
+    kept = kept and all(bool(torch.isfinite(f.stored()).all()) for d in scaled for _, _, f in d.quant_factors())
     if not kept:
         with torch.no_grad():
             for t, v in zip(trained, initial):
@@ -304,9 +449,12 @@ def distill(
         elif kept:  # unchanged parts otherwise: bit for bit what was compressed
             s0 = p.delta.s.float()
             s = s0 * p.mult.detach()
-            set_lowrank_scales(cd, p.delta, s)
+            if isinstance(p.delta, _GroupScaledLowRank):  # first: set_lowrank_scales reads Û, V̂ as written
+                cd.info["scale_change"] = set_group_scales(cd, p.delta)
+            with torch.no_grad():
+                set_lowrank_scales(cd, p.delta, s)
             cd.info["s_change"] = float((s - s0).norm() / s0.norm().clamp(min=1e-30))
-    res = DistillResult(kind, before, after, kept, steps, lr, len(pars), time.perf_counter() - t0, ckpt)
+    res = DistillResult(kind, before, after, kept, steps, lr, len(pars), time.perf_counter() - t0, ckpt, group_scales, scales_lr)
     del teacher, student, pars, lowrank
     return res
 

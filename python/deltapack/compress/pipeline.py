@@ -57,6 +57,9 @@ class CompressConfig:
     distill: bool = False
     distill_steps: int = 200
     distill_lr: float | None = None  # None: distill.DEFAULT_LR (bitdelta 1e-4, low-rank 3e-2)
+    # delta-come with distill: train the packed singular vectors' fp16 group scales too (a
+    # relative multiplier per stored scale, written back in the same bytes; distill.py)
+    distill_scales: bool = False
     # 'kl': KL(fine-tune ‖ compressed) of the next-token distributions; 'mse': of the logits (the
     # BitDelta paper's). KL ended closer to the fine-tune on held-out text on two tiny zoos
     # (docs/notes/2026-11-22-quality.md, session 6)
@@ -84,6 +87,10 @@ class CompressConfig:
             raise ValueError(f"bits per param must be in (0, 16], got {self.bits_per_param}")
         if self.distill and self.method not in DISTILLED:
             raise ValueError(f"--distill applies to {', '.join(DISTILLED)} only, not {self.method}")
+        if self.distill_scales and not self.distill:
+            raise ValueError("--distill-scales trains the group scales within scale distillation: it needs --distill")
+        if self.distill_scales and self.method != "delta-come":
+            raise ValueError(f"--distill-scales applies to delta-come only (its quantized singular vectors' group scales), not {self.method}")
         if self.distill_loss not in ("kl", "mse"):
             raise ValueError(f"distill loss must be 'kl' or 'mse', not '{self.distill_loss}'")
         if self.bits is not None and self.bits not in (1, 2, 3, 4, 8):
@@ -482,7 +489,7 @@ def compress(base_dir: str | Path, ft_dir: str | Path, out: str | Path, cfg: Com
             rows = {r["name"]: r for r in report_rows}
             for t, cd, stats in deferred:
                 stats["rel_error"] = rel_error(cd.approx, ft.get(t.name).float() - base.get(t.name).float())
-                for k in ("alpha", "s_change"):
+                for k in ("alpha", "s_change", "scale_change"):
                     if k in cd.info:
                         stats[k] = float(cd.info[k])
                 if res.kept and cd.form == "low_rank":

@@ -49,12 +49,19 @@ class LowRankDelta(nn.Module):
     def dense(self, s: torch.Tensor | None = None) -> torch.Tensor:
         """The dense float32 Δ [out, in]; with ``s``, that vector of singular values instead
         of the stored one (differentiable in ``s``: scale distillation trains it)."""
-        m = (self.u.float() * (self.s if s is None else s).float()) @ self.vt.float()
-        if self.perm is None:
-            return m
-        out = torch.empty_like(m)
-        out[:, self.perm] = m
-        return out
+        return lowrank_dense(self.u, self.s if s is None else s, self.vt, self.perm)
+
+
+def lowrank_dense(u: torch.Tensor, s: torch.Tensor, vt: torch.Tensor, perm: torch.Tensor | None) -> torch.Tensor:
+    """Δ = U·diag(s)·Vᵀ in float32 [out, in], Vᵀ's input columns put back from the stored
+    (act-order) order: stored column j is input column ``perm[j]``. Differentiable in every
+    argument (scale distillation trains s and the factors' group scales through it)."""
+    m = (u.float() * s.float()) @ vt.float()
+    if perm is None:
+        return m
+    out = torch.empty_like(m)
+    out[:, perm.long()] = m
+    return out
 
 
 def read_delta(f: DeltaFile, entry: dict[str, Any], device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32) -> nn.Module:
