@@ -17,7 +17,7 @@ weight parametrization (any module type works); one training loop serves two for
 * group scales (Delta-CoMe only, ``cfg.distill_scales``): the fp16 group scales of the packed
   factors (Vᵀ's and Uᵀ's ``QuantPart`` scales) are trained too, each as scale₀·m with its own
   multiplier m (init 1), beside the singular values' multipliers. The student decodes Û and V̂
-  from the stored codes and zeros with the reference path's ``dequantize`` and the scaled
+  from the stored codes and zeros as the reference path's ``dequantize`` does, with the scaled
   scales (``_QuantFactor``), so with every m = 1 it is the reference path's Δ̂. The trained
   scales are written back as fp16 into the same parts (``set_group_scales``): same bytes, same
   format; codes and zeros unchanged.
@@ -43,7 +43,7 @@ from torch import nn
 from torch.nn.utils import parametrize
 
 from ..format import DeltaFile, DeltaWriter, PackedTensor
-from ..kernels.reference import dequantize
+from ..kernels.reference import code_offsets, scale_offsets
 from ..nn.delta import LowRankDelta, lowrank_dense, read_delta
 from .bitdelta import set_bitdelta_scale
 from .core import CompressedDelta, QuantPart, RawPart, write_delta
@@ -108,17 +108,19 @@ class _ScaledLowRank(nn.Module):
 
 class _QuantFactor(nn.Module):
     """One packed factor of a low-rank block as the file stores it (Vᵀ [r, in] or Uᵀ [r, out]),
-    decoded by the reference path's ``dequantize`` with every stored group scale times a
-    trainable multiplier (init 1: exactly the stored scales). Codes and zeros stay fixed."""
+    decoded as the reference path's ``dequantize`` does, with every stored group scale times a
+    trainable multiplier (init 1: exactly the stored scales). Codes and zeros stay fixed, so
+    their offsets (code − zero, float32: the memory of the decoded factor that the singular
+    values' path keeps) are unpacked once; a step only multiplies them by the scales."""
 
     def __init__(self, packed: PackedTensor, device: torch.device):
         super().__init__()
         if packed.indices is not None:
             raise ValueError(f"{packed.info.name}: a 2:4 sparse factor has no group scales to distill")
         self.info = packed.info
-        self.register_buffer("codes", packed.codes.to(device, copy=True))  # packed, as stored
         self.register_buffer("scales", packed.scales.to(device, copy=True))  # stored dtype (fp16)
-        self.register_buffer("zeros", None if packed.zeros is None else packed.zeros.to(device, copy=True))
+        z = None if packed.zeros is None else packed.zeros.to(device)
+        self.register_buffer("offsets", code_offsets(PackedTensor(info=packed.info, codes=packed.codes.to(device), scales=self.scales, zeros=z)))
         self.mult = nn.Parameter(torch.ones(packed.scales.shape, dtype=torch.float32, device=device))
 
     def scaled(self) -> torch.Tensor:
@@ -130,7 +132,7 @@ class _QuantFactor(nn.Module):
         return self.scaled().detach().to(self.scales.dtype)
 
     def forward(self) -> torch.Tensor:
-        return dequantize(PackedTensor(info=self.info, codes=self.codes, scales=self.scaled(), zeros=self.zeros))
+        return scale_offsets(self.info, self.offsets, self.scaled())
 
 
 class _RawFactor(nn.Module):

@@ -42,26 +42,44 @@ def pack_rows(codes: torch.Tensor, bits: int) -> torch.Tensor:
     return (stream * weights).sum(-1, dtype=torch.int32).to(torch.uint8)
 
 
-def dequantize(p: PackedTensor, dtype: torch.dtype = torch.float32) -> torch.Tensor:
-    """Dense values of a packed tensor in its logical shape: (code - zero) * scale."""
-    info = p.info
+def _per_code(info, t: torch.Tensor) -> torch.Tensor:
+    """A per-group tensor (scales or zeros, float32) indexed per code: ``[rows, code_cols]`` for
+    'group' granularity; 'row' ``[rows, 1]`` and 'tensor' ``[1, 1]`` broadcast as they are."""
     q = info.quant or {}
-    codes = unpack_rows(p.codes, info.code_cols, info.bits).to(torch.float32)
-    scales = p.scales.to(torch.float32)
-    zeros = p.zeros.to(torch.float32) if p.zeros is not None else torch.full_like(scales, float(q["zero"]["value"]))
     if q["granularity"] == "group":
-        g = int(q["group_size"])
-        col_group = torch.arange(info.code_cols, device=codes.device) // g
-        s, z = scales[:, col_group], zeros[:, col_group]
-    else:  # 'row' is [rows, 1], 'tensor' is [1, 1]: both broadcast
-        s, z = scales, zeros
-    vals = (codes - z) * s
-    if p.indices is not None:
-        idx = unpack_rows(p.indices, info.code_cols, 2).to(torch.int64)
-        pos = (torch.arange(info.code_cols, device=codes.device) // 2 * 4).unsqueeze(0) + idx
-        dense = torch.zeros((info.rows, info.cols), dtype=torch.float32, device=codes.device)
+        col_group = torch.arange(info.code_cols, device=t.device) // int(q["group_size"])
+        return t[:, col_group]
+    return t
+
+
+def code_offsets(p: PackedTensor) -> torch.Tensor:
+    """``code − zero`` of every stored code, float32 ``[rows, code_cols]``: the part of
+    :func:`dequantize` that does not depend on the scales."""
+    q = p.info.quant or {}
+    codes = unpack_rows(p.codes, p.info.code_cols, p.info.bits).to(torch.float32)
+    if p.zeros is not None:
+        zeros = p.zeros.to(torch.float32)
+    else:
+        zeros = torch.full_like(p.scales, float(q["zero"]["value"]), dtype=torch.float32)
+    return codes - _per_code(p.info, zeros)
+
+
+def scale_offsets(info, offsets: torch.Tensor, scales: torch.Tensor, indices: torch.Tensor | None = None, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """Dense values in the logical shape of ``info`` from :func:`code_offsets` and ``scales``
+    (the stored ones, or others: distillation trains them): (code − zero) · scale; ``indices``:
+    a 2:4 tensor's positions."""
+    vals = offsets * _per_code(info, scales.to(torch.float32))
+    if indices is not None:
+        idx = unpack_rows(indices, info.code_cols, 2).to(torch.int64)
+        pos = (torch.arange(info.code_cols, device=vals.device) // 2 * 4).unsqueeze(0) + idx
+        dense = torch.zeros((info.rows, info.cols), dtype=torch.float32, device=vals.device)
         vals = dense.scatter_(1, pos, vals)
     return vals.reshape(info.shape).to(dtype)
+
+
+def dequantize(p: PackedTensor, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """Dense values of a packed tensor in its logical shape: (code - zero) * scale."""
+    return scale_offsets(p.info, code_offsets(p), p.scales, p.indices, dtype)
 
 
 def delta_apply(x: torch.Tensor, y: torch.Tensor, deltas: list[torch.Tensor], slots: torch.Tensor) -> torch.Tensor:
