@@ -1,0 +1,71 @@
+# Session 11, third quality call (issue 5). The second (session11_q2.sh) stamped the code fine-tune at
+# 450 s (base 285 s: slower than session 10's 248 s) and its two code processes, run side by side,
+# did not finish one row in 135 s. Here: one process, the group-scale distillation first, then
+# singular values alone, both at 1 bit on the same 1000 problems; the Triton warm-up runs one method
+# at one budget only (less contention with the zoo build).
+# Results: $OUT/q11c.tgz; knobs as session10_q.sh.
+source bench/device/env.sh
+set -u
+P=${P:-gpu}
+SEED=${SEED:-1}
+NA=${NA:-1000}
+NC=${NC:-200}
+BA=${BA:-1000}
+XQ=${XQ:-}
+END=${END:-592}
+Z=${Z:-/tmp/zoo1}
+R=${R:-/tmp/res11c}
+mkdir -p $R
+export DELTAPACK_CUDA_DECODE=0  # Triton kernels, as in the committed quality runs
+T0=$(date +%s)
+el() { echo $(( $(date +%s) - T0 )); }
+q() {
+    local name=$1
+    shift
+    local limit=$(( END - $(el) ))
+    echo "[$(el) s] $name starts (limit $limit s)"
+    timeout "$limit" python3 bench/quality.py --preset $P --seed $SEED --zoo-dir $Z --threads 2 --work /tmp/work_$name --out "$R/$name" $XQ "$@" > "$R/$name.log" 2>&1
+    echo "[$(el) s] $name done (rc $?)"
+}
+# wait_ft TASK...: until every named fine-tune is stamped (1), or the build died / time ran out (0)
+wait_ft() {
+    local t
+    while true; do
+        local ok=1
+        for t in "$@"; do [ -f "$Z/$t-$P-s$SEED/zoo.json" ] || ok=0; done
+        [ $ok = 1 ] && return 0
+        if ! kill -0 $zpid 2>/dev/null || [ $(el) -ge $(( END - 30 )) ]; then
+            echo "[$(el) s] fine-tunes $* not stamped: build gone or out of time"; return 1
+        fi
+        sleep 2
+    done
+}
+timeout $(( END - 5 )) python3 bench/zoo/build.py --preset $P --seed $SEED --zoo-dir $Z --tasks code --out "$R/zoo" > "$R/zoo.log" 2>&1 &
+zpid=$!
+# meanwhile, warm the Triton cache through the same kernels (one method, one budget) on a tiny zoo
+if [ "$P" != tiny ]; then
+    python3 bench/quality.py --preset tiny --zoo-dir /tmp/zoo_tiny --device cuda --tasks code --methods delta-come-kl-distill-scales \
+        --bits 1 --n-eval 16 --n-kl 8 --threads 2 --work /tmp/work_warm --out "$R/warm" > "$R/warm.log" 2>&1 &
+fi
+pids=()
+if wait_ft code; then
+    echo "[$(el) s] code stamped"
+    q c_both --tasks code --bits 1 --n-eval $NA --eval-batch $BA --methods delta-come-kl-distill-scales,delta-come-kl-distill &
+    pids+=($!)
+fi
+wait $zpid
+echo "[$(el) s] zoo done (rc $?)"
+grep -A6 "^| model" $R/zoo/*.md | head -8
+for p in "${pids[@]}"; do wait $p; done
+echo "[$(el) s] all done"
+python3 - "$R" <<'PY'
+import csv, glob, sys
+for p in sorted(glob.glob(sys.argv[1] + "/*/quality*.csv")):
+    for r in csv.DictReader(open(p)):
+        f = lambda k, n=4: (f"{float(r[k]):.{n}f}" if r.get(k) not in ("", None) else "-")
+        print(p.split("/")[-2], r["task"], r["method"], r["bits"], "acc", f("accuracy", 4), "kept", f("kept", 4), "kl", f("kl"), "bpp", f("bits_per_param"),
+              "cs", f("compress_s", 1), "es", f("eval_s", 1), r.get("distill", ""), r.get("skipped", ""), r.get("error", ""))
+PY
+rm -f $R/*/*.dpk
+tar czf ${OUT:-/tmp}/q11c.tgz -C $R .
+echo "[$(el) s] tarred"
