@@ -47,8 +47,12 @@ def _per_code(info, t: torch.Tensor) -> torch.Tensor:
     'group' granularity; 'row' ``[rows, 1]`` and 'tensor' ``[1, 1]`` broadcast as they are."""
     q = info.quant or {}
     if q["granularity"] == "group":
-        col_group = torch.arange(info.code_cols, device=t.device) // int(q["group_size"])
-        return t[:, col_group]
+        # each group's value repeated over its codes by a broadcast, not a gather: the same
+        # values, and under autograd (distillation trains the scales) the backward is a sum
+        # over each group instead of an indexed scatter-add
+        g = int(q["group_size"])
+        rows, groups = t.shape
+        return t.unsqueeze(-1).expand(rows, groups, g).reshape(rows, groups * g)[:, : info.code_cols]
     return t
 
 
