@@ -1424,9 +1424,9 @@ __device__ __forceinline__ void lut_chunks(const uint32_t (&q)[kLutWords], int w
 }
 
 // Looks up words [wb, wb + kLutWords) of the step at k0 (held in q; ``tb``: the tables of word wb)
-// and closes the scale groups that end in them. A batch of live words inside one scale group
-// (per-row scales, groups of ≥ 512 codes) takes the straight path: no per-chunk group checks, its
-// chunk sums of x read as float4.
+// and closes the scale groups that end in them. A batch (512 1-bit or 256 2-bit codes) of live
+// words inside one scale group (per-row scales, or a longer group that ends past the batch)
+// takes the straight path: no per-chunk group checks, its chunk sums of x read as float4.
 template <int B>
 __device__ __forceinline__ void lut_words(const uint32_t (&q)[kLutWords], int wb, int nw, int k0, int K, uint32_t tb,
                                           const float* __restrict__ csum, const Operand& w, int64_t sbase, LutGroup& gr, float& acc) {
