@@ -44,7 +44,7 @@ from torch.nn.utils import parametrize
 
 from ..format import DeltaFile, DeltaWriter, PackedTensor
 from ..kernels.reference import code_offsets, scale_offsets
-from ..nn.delta import LowRankDelta, lowrank_dense, read_delta
+from ..nn.delta import LowRankDelta, lowrank_blocks, lowrank_dense, read_delta
 from .bitdelta import set_bitdelta_scale
 from .core import CompressedDelta, QuantPart, RawPart, write_delta
 
@@ -186,12 +186,12 @@ def _group_scaled(f: DeltaFile, entry: dict[str, Any], device: torch.device) -> 
         return _RawFactor(f.raw(name), device) if f.info(name).is_raw else _QuantFactor(f.packed(name), device)
 
     us, transposed, ss, vts = [], [], [], []
-    for b in entry["blocks"]:
-        us.append(factor(b["u"] if b.get("u") else b["ut"]))
-        transposed.append(not b.get("u"))
-        vts.append(factor(b["vt"]))
-        r = f.info(b["vt"]).shape[0]
-        ss.append(f.raw(b["s"]).to(device, torch.float32) if b.get("s") else torch.ones(r, device=device))
+    for u_name, t, s_name, vt_name in lowrank_blocks(entry):
+        us.append(factor(u_name))
+        transposed.append(t)
+        vts.append(factor(vt_name))
+        r = f.info(vt_name).shape[0]
+        ss.append(f.raw(s_name).to(device, torch.float32) if s_name else torch.ones(r, device=device))
     perm = f.raw(entry["input_perm"]).to(device, copy=True) if entry.get("input_perm") else None
     return _GroupScaledLowRank(us, transposed, torch.cat(ss), vts, perm)
 

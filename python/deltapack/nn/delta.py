@@ -69,10 +69,18 @@ def read_delta(f: DeltaFile, entry: dict[str, Any], device: torch.device | str =
     if entry["form"] == "dense":
         return DenseDelta(_tensor(f, entry["tensor"], device, dtype))
     us, ss, vts = [], [], []
-    for b in entry["blocks"]:
-        u = _tensor(f, b["u"], device, dtype) if b.get("u") else _tensor(f, b["ut"], device, dtype).T
+    for u_name, transposed, s_name, vt_name in lowrank_blocks(entry):
+        u = _tensor(f, u_name, device, dtype)
+        u = u.T if transposed else u
         us.append(u)
-        vts.append(_tensor(f, b["vt"], device, dtype))
-        ss.append(_tensor(f, b["s"], device, dtype) if b.get("s") else torch.ones(u.shape[1], device=device, dtype=dtype))
+        vts.append(_tensor(f, vt_name, device, dtype))
+        ss.append(_tensor(f, s_name, device, dtype) if s_name else torch.ones(u.shape[1], device=device, dtype=dtype))
     perm = _tensor(f, entry["input_perm"], device, dtype) if entry.get("input_perm") else None
     return LowRankDelta(torch.cat(us, 1), torch.cat(ss), torch.cat(vts, 0), perm)
+
+
+def lowrank_blocks(entry: dict[str, Any]) -> list[tuple[str, bool, str | None, str]]:
+    """Per block of a low-rank manifest entry (docs/FORMAT.md §4): the tensor names of its U
+    factor — ``u`` [out, r], or ``ut`` [r, out] (then ``True``: stored transposed) — its singular
+    values ``s`` (None: all ones) and its ``vt``."""
+    return [(b["u"], False, b.get("s"), b["vt"]) if b.get("u") else (b["ut"], True, b.get("s"), b["vt"]) for b in entry["blocks"]]
