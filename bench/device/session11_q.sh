@@ -69,14 +69,7 @@ echo "[$(el) s] zoo done (rc $?)"
 grep -A6 "^| model" $R/zoo/*.md | head -8
 for p in "${pids[@]}"; do wait $p; done
 echo "[$(el) s] all done"
-python3 - "$R" <<'PY'
-import csv, glob, sys
-for p in sorted(glob.glob(sys.argv[1] + "/*/quality*.csv")):
-    for r in csv.DictReader(open(p)):
-        f = lambda k, n=4: (f"{float(r[k]):.{n}f}" if r.get(k) not in ("", None) else "-")
-        print(p.split("/")[-2], r["task"], r["method"], r["bits"], "acc", f("accuracy", 4), "kept", f("kept", 4), "kl", f("kl"), "bpp", f("bits_per_param"),
-              "cs", f("compress_s", 1), "es", f("eval_s", 1), r.get("distill", ""), r.get("skipped", ""), r.get("error", ""))
-PY
+python3 bench/device/quality_summary.py "$R"
 rm -f $R/*/*.dpk
 tar czf ${OUT:-/tmp}/q11.tgz -C $R .
 echo "[$(el) s] tarred"

@@ -32,12 +32,5 @@ q af_kl $left --tasks arith,format --jobs 2 --bits 0.5 --methods delta-come-kl,d
 q af_base $left --tasks arith,format,code --jobs 3 --bits 1 --methods lowrank,bitdelta,rtn &
 wait
 echo "[$(el) s] all done"
-python3 - "$R" <<'PY'
-import csv, glob, sys
-for p in sorted(glob.glob(sys.argv[1] + "/*/quality*.csv")):
-    for r in csv.DictReader(open(p)):
-        f = lambda k, n=4: (f"{float(r[k]):.{n}f}" if r.get(k) not in ("", None) else "-")
-        print(p.split("/")[-2], r["task"], r["method"], r["bits"], "acc", f("accuracy", 3), "kept", f("kept", 3), "kl", f("kl"), "bpp", f("bits_per_param"),
-              "cs", f("compress_s", 1), r.get("distill", ""), r.get("skipped", ""), r.get("error", ""))
-PY
+python3 bench/device/quality_summary.py "$R"
 tar czf $OUT/q9.tgz -C $R .
