@@ -1,4 +1,5 @@
-"""Registers, spills and shared memory of the CUDA decode kernels (csrc/delta_decode.cu) for an
+"""Registers, spills and shared memory of the CUDA decode kernels (csrc/delta_decode.cuh, compiled
+through the csrc/inst_*.cu units) for an
 sm_90 target, compiled on a machine without a GPU, to screen changes before spending GPU time.
 
 It needs an nvcc. The CPU box has none, but the CUDA wheels on PyPI hold one. Merge them with the
@@ -75,20 +76,34 @@ def parse_symbols(readelf_out: str) -> dict[str, int]:
     return sizes
 
 
+def _compile_unit(nvcc: str, arch: str, std: str, inc: list[str], unit: Path, tmp: str) -> tuple[int, str, dict[str, int]]:
+    cubin = Path(tmp) / f"{unit.stem}.cubin"
+    cmd = [nvcc, f"-arch={arch}", "-cubin", "-O3", f"-std={std}", "-Xptxas", "-v", "-o", str(cubin), *inc, str(unit)]
+    r = subprocess.run(cmd, capture_output=True, text=True)
+    sizes = {}
+    if not r.returncode and shutil.which("readelf"):
+        sizes = parse_symbols(subprocess.run(["readelf", "-sW", str(cubin)], capture_output=True, text=True).stdout)
+    return r.returncode, r.stdout + r.stderr, sizes
+
+
 def compile_log(nvcc: str, arch: str, std: str) -> tuple[str, dict[str, int]]:
+    """ptxas's report and the kernels' code sizes over every unit that instantiates kernels
+    (csrc/inst_*.cu, compiled side by side)."""
+    from concurrent.futures import ThreadPoolExecutor
+
     from torch.utils import cpp_extension
 
     inc = [f"-I{p}" for p in cpp_extension.include_paths()] + [f"-I{sysconfig.get_paths()['include']}"]
-    with tempfile.TemporaryDirectory() as tmp:
-        cubin = Path(tmp) / "k.cubin"
-        cmd = [nvcc, f"-arch={arch}", "-cubin", "-O3", f"-std={std}", "-Xptxas", "-v", "-o", str(cubin), *inc, str(ROOT / "csrc" / "delta_decode.cu")]
-        r = subprocess.run(cmd, capture_output=True, text=True)
-        sizes = {}
-        if not r.returncode and shutil.which("readelf"):
-            sizes = parse_symbols(subprocess.run(["readelf", "-sW", str(cubin)], capture_output=True, text=True).stdout)
-    if r.returncode:
-        sys.exit(f"nvcc failed ({r.returncode}):\n{r.stderr[-4000:]}")
-    return r.stdout + r.stderr, sizes
+    units = sorted((ROOT / "csrc").glob("inst_*.cu"))
+    with tempfile.TemporaryDirectory() as tmp, ThreadPoolExecutor(os.cpu_count() or 1) as pool:
+        results = list(pool.map(lambda u: _compile_unit(nvcc, arch, std, inc, u, tmp), units))
+    log, sizes = "", {}
+    for unit, (rc, out, sz) in zip(units, results):
+        if rc:
+            sys.exit(f"nvcc failed on {unit.name} ({rc}):\n{out[-4000:]}")
+        log += out
+        sizes.update(sz)
+    return log, sizes
 
 
 def main(argv: list[str] | None = None) -> None:

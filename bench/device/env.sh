@@ -13,7 +13,7 @@ build_cuda() {
   local cache=${XDG_CACHE_HOME:-$HOME/.cache}/deltapack/cuda t0=$(date +%s)
   # the sources from one fixed folder: the build file names them by absolute path, and the
   # working tree's path differs from call to call (ninja would rebuild)
-  mkdir -p /tmp/deltapack_csrc && cp csrc/*.cu /tmp/deltapack_csrc/ && touch -d @946684800 /tmp/deltapack_csrc/*.cu
+  mkdir -p /tmp/deltapack_csrc && cp csrc/*.cu csrc/*.cuh /tmp/deltapack_csrc/ && touch -d @946684800 /tmp/deltapack_csrc/*.cu*
   export DELTAPACK_CSRC=/tmp/deltapack_csrc
   if [ -f .cudacache/build.tgz ]; then
     mkdir -p "$cache" && tar -xzf .cudacache/build.tgz -C "$cache"

@@ -1,4 +1,4 @@
-"""The CUDA decode kernel (csrc/delta_decode.cu, loaded by deltapack.kernels.cuda) against
+"""The CUDA decode kernel (csrc/delta_decode.cuh and its units, loaded by deltapack.kernels.cuda) against
 kernels.reference.delta_apply and the Triton path. The scope checks (which batches and tables the
 kernel takes) run everywhere; the kernel itself runs on a GPU where the extension builds, and is
 skipped elsewhere (with the build error). Cases as in delta_cases.py: fresh random deltas, odd
@@ -117,7 +117,9 @@ def _cpu_table(specs, out: int = 72, inp: int = 200, multi: bool = False):
 
 def test_sources_found():
     d = kcuda.csrc_dir()
-    assert d is not None and (d / "delta_decode.cu").is_file()
+    assert d is not None and all((d / f).is_file() for f in kcuda.SOURCES + kcuda.HEADERS)
+    # every unit in csrc/ is compiled (an inst_*.cu left out would leave its launchers undefined)
+    assert sorted(p.name for p in d.glob("*.cu")) == sorted(kcuda.SOURCES)
 
 
 def test_preferred_reads_env(monkeypatch):
@@ -439,13 +441,17 @@ LUT_SPECS = ["bitdelta", "q1g32", "q1g128", "q1row", "q1tensor", "q2g32", "q2g12
 
 
 @gpu
+@pytest.mark.parametrize("stage", ["0", "1"], ids=["loads", "staged"])
 @pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: str(d).split(".")[-1])
-def test_lut_dense(built, dtype, monkeypatch):
+def test_lut_dense(built, dtype, stage, monkeypatch):
     """The lookup-table kernel (forced on) for every 1- and 2-bit dense encoding and DeltaZip's
     2:4 s24q2, a slot of several parts, odd shapes (partial words, N past a block's 256 outputs)
     and inputs longer than one table step (2048 1-bit / 1024 2-bit codes), against the
-    reference and against the other path (the warp-per-row apply; Triton for 2:4)."""
-    for out, inp in ((72, 200), (33, 100), (300, 2100), (257, 4200)):
+    reference and against the other path (the warp-per-row apply; Triton for 2:4); with the
+    codes loaded per row or staged (rows of a multiple of 4 words: 2176 and 4224 inputs, and
+    4200's 1-bit rows, take the staged copies; the others fall back to the loads)."""
+    monkeypatch.setenv(kcuda.ENV_LUT_STAGE, stage)
+    for out, inp in ((72, 200), (33, 100), (300, 2100), (257, 4200), (100, 2176), (513, 4224)):
         kds, tab = _tables([{**SPECS, "s24q2": S24Q2}[s] for s in LUT_SPECS], out, inp, "cuda", seed=out + inp, multi=True)
         assert kcuda.lut_table(tab)
         for M in (1, 5, 16):
@@ -462,11 +468,13 @@ def test_lut_dense(built, dtype, monkeypatch):
 
 
 @gpu
-@pytest.mark.parametrize("lut", ["0", "1"])
+@pytest.mark.parametrize("lut", ["0", "1", "staged"])
 def test_many_distinct_deltas(built, lut, monkeypatch):
     """Batches past MAX_ROWS rows whose groups are short (one distinct delta per row or a few
-    rows each) stay on these kernels, per row, with and without the lookup-table kernel."""
-    monkeypatch.setenv(kcuda.ENV_LUT, lut)
+    rows each) stay on these kernels, per row, with and without the lookup-table kernel (its
+    code loads per row or staged)."""
+    monkeypatch.setenv(kcuda.ENV_LUT, "0" if lut == "0" else "1")
+    monkeypatch.setenv(kcuda.ENV_LUT_STAGE, "1" if lut == "staged" else "0")
     kds, tab = _tables([SPECS[s] for s in ("bitdelta", "q2g128", "q1row", "q1g32") * 2], 300, 512, "cuda", seed=43)
     M = kcuda.MAX_ROWS + 37
     check(kds, tab, M, torch.bfloat16, seed=M)  # one group per row

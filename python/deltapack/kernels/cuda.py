@@ -1,4 +1,4 @@
-"""CUDA decode kernels (csrc/delta_decode.cu) and their loader: built on first use where a GPU
+"""CUDA decode kernels (csrc/delta_decode.cuh; csrc/delta_decode.cu binds them) and their loader: built on first use where a GPU
 and nvcc exist, with :func:`torch.utils.cpp_extension.load`, into
 ``~/.cache/deltapack/cuda/<hash of the sources, torch version and GPU archs>``.
 
@@ -84,7 +84,19 @@ MAX_PARTS = 16  # parts per slot (csrc kMaxParts)
 BITS = (1, 2, 3, 4, 8)
 APPLY_WARPS = 8  # csrc kApplyWarps: an apply block holds APPLY_WARPS × rows_per_warp outputs
 DTYPES = (torch.float16, torch.bfloat16, torch.float32)
-SOURCES = ("delta_decode.cu",)
+# Compiled units (nvcc builds them in parallel; the launchers' specializations are spread over the
+# inst_* units, see csrc/delta_decode.cuh) and the header they share.
+SOURCES = (
+    "delta_decode.cu",
+    "inst_apply_bf16.cu",
+    "inst_apply_f16.cu",
+    "inst_apply_f32.cu",
+    "inst_onepass_bf16.cu",
+    "inst_onepass_f16.cu",
+    "inst_onepass_f32.cu",
+    "inst_small.cu",
+)
+HEADERS = ("delta_decode.cuh",)
 CFLAGS = ("-O3", "-lineinfo")
 ENV_DECODE = "DELTAPACK_CUDA_DECODE"
 ENV_ROWS_PER_WARP = "DELTAPACK_CUDA_ROWS_PER_WARP"  # 1, 2 or 4: overrides the heuristic (benchmarks)
@@ -108,13 +120,17 @@ ENV_LUT = "DELTAPACK_CUDA_LUT"  # 0: never the lookup-table kernel; 1: wherever 
 # buffers). Off by default: slower on the H100 (BitDelta B = D = 32, 4096²: 88 vs 68 µs; ncu: 30 vs 40 %
 # occupancy, a 64-byte stack frame; bench/results/kernels_h100_s7/call2)
 ENV_LUT_PREFETCH = "DELTAPACK_CUDA_LUT_PREFETCH"
+# 1: the lookup-table kernel copies each warp's rows of codes through shared memory with coalesced
+# async copies (csrc lut_part_staged) instead of one uncoalesced 16-byte load per row; 0: off.
+# Unset: off until measured on the H100 (sm_80 or newer only).
+ENV_LUT_STAGE = "DELTAPACK_CUDA_LUT_STAGE"
 LUT_BITS = (1, 2)  # code widths of the lookup-table kernel's dense parts
 ENV_LEAN = "DELTAPACK_CUDA_LEAN"  # 0: the lean fused GEMV and the lean base GEMV off (benchmarks: session 9's fused paths); see lean_on()
 LEAN_DTYPES = (torch.float16, torch.bfloat16)
 LUT_THREADS = 256  # csrc kLutThreads: outputs per lookup-table block
 LUT_MIN_GROUPS = 4  # use_lut(): fewer row groups take the warp-per-row apply
 TRACE_SLOTS = 8  # csrc kTrSlots: start, claims done, shrink items run, base GEMV done, t waited, end, t-independent operands staged
-# The table's layout as the kernel reads it (csrc/delta_decode.cu struct Fields, in this order;
+# The table's layout as the kernel reads it (csrc/delta_decode.cuh struct Fields, in this order;
 # each operand's 8 fields follow A_BITS / B_BITS in packed.py's order).
 FIELDS = (NF, F_KIND, F_RANK, F_ROFF, F_PERM, F_S, A_BITS, B_BITS, KIND_LOWRANK, KIND_DENSE, A_IDX, A_ISTRIDE, KIND_SPARSE24)
 
@@ -132,7 +148,7 @@ def csrc_dir() -> Path | None:
     cands = [Path(p) for p in [os.environ.get("DELTAPACK_CSRC")] if p]
     cands += [here.parents[3] / "csrc", here.parents[2] / "csrc"]
     for d in cands:
-        if all((d / s).is_file() for s in SOURCES):
+        if all((d / s).is_file() for s in SOURCES + HEADERS):
             return d
     return None
 
@@ -162,7 +178,7 @@ def _build() -> ModuleType:
     if src is None:
         raise FileNotFoundError(f"csrc/{SOURCES[0]} not found (looked next to the checkout's python/ and in site-packages; set DELTAPACK_CSRC)")
     sources = [src / s for s in SOURCES]
-    bdir = build_dir(sources)
+    bdir = build_dir(sources + [src / h for h in HEADERS])
     bdir.mkdir(parents=True, exist_ok=True)
     return cpp_extension.load(
         name="deltapack_cuda",
@@ -480,6 +496,13 @@ def lean(x: torch.Tensor, tab: DeltaTable) -> int:
     return lean_bits(tab)
 
 
+def lut_stage(device: torch.device) -> bool:
+    """Whether the lookup-table kernel stages its code loads (:data:`ENV_LUT_STAGE`)."""
+    if torch.cuda.get_device_capability(device)[0] < 8:
+        return False
+    return os.environ.get(ENV_LUT_STAGE, "0").strip() == "1"
+
+
 def use_lut(tab: DeltaTable, sms: int, n_groups: int, n_out: int) -> bool:
     """Unfused batches of a :func:`lut_table` table take the lookup-table kernel (a nibble of
     codes per shared-memory lookup instead of ~3.5 instructions per code) from
@@ -693,6 +716,7 @@ def delta_apply(
         os.environ.get(ENV_LUT_PREFETCH, "0").strip() == "1",
         lean_db,
         lean_on(),
+        lut and lut_stage(x.device),
     )
     return y
 

@@ -1,0 +1,6 @@
+// The apply launchers for F32 activations (delta_decode.cuh: DPK_APPLY), compiled in a unit of their own.
+#include "delta_decode.cuh"
+
+namespace dpk {
+DPK_APPLY(, F32)
+}  // namespace dpk
