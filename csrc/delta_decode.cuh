@@ -1284,6 +1284,27 @@ constexpr int kLutThreads = 256;  // one output row per thread
 constexpr int kLutTables = 512;   // nibble tables per K step: 2048 (1-bit) or 1024 (2-bit) codes of x
 constexpr int kLutWords = 16;     // words of its row a thread loads at once (64 bytes)
 
+// x[k .. k + C) as floats, 0 past K: one 8-byte (C = 4 16-bit values) or 4-byte (C = 2) load where
+// aligned and inside K (ncu, session 12: the scalar loads used 8 of every 32-byte sector's bytes).
+template <class D, int C>
+__device__ __forceinline__ void lut_x(const typename D::E* __restrict__ xr, int k, int K, float (&v)[C]) {
+  constexpr int kBytes = C * static_cast<int>(sizeof(typename D::E));
+  if constexpr (sizeof(typename D::E) == 2 && (kBytes == 8 || kBytes == 4)) {
+    if (k + C <= K && (reinterpret_cast<uintptr_t>(xr + k) & (kBytes - 1)) == 0) {
+      if constexpr (kBytes == 8) {
+        const uint2 u = __ldg(reinterpret_cast<const uint2*>(xr + k));
+        D::pair(u.x, v[0], v[1]);
+        D::pair(u.y, v[2], v[3]);
+      } else {
+        D::pair(__ldg(reinterpret_cast<const unsigned int*>(xr + k)), v[0], v[1]);
+      }
+      return;
+    }
+  }
+#pragma unroll
+  for (int c = 0; c < C; ++c) v[c] = k + c < K ? D::load1(xr + k + c) : 0.f;
+}
+
 // Tables and chunk sums for the step at k0 (x = 0 past K). Every thread of the block calls it.
 // MODE 1 / 2: B-bit dense codes as above; MODE 24: a 2:4 part's 2-bit kept values with constant
 // zero zc (DeltaZip): table i covers the block x[k0 + 4i .. + 4) of one kept pair, and a kept
@@ -1295,26 +1316,32 @@ __device__ __forceinline__ void lut_build(const typename D::E* __restrict__ xr, 
   constexpr int kCodes = 4 / B;           // codes per table
   constexpr int kPerChunk = 32 / kCodes;  // tables per 32-code chunk: 8 or 16
   const int lane = threadIdx.x & 31;
+  // A thread writes its table's 4 quads of entries (16 bytes each) starting at quad (lane >> 1) & 3:
+  // the 8 lanes of a quarter warp then write 8 distinct 16-byte bank groups at every store (in
+  // quad order, tables 64 bytes apart put lanes 2 apart on the same banks: 12.6-way conflicts).
+  const int rot = (lane >> 1) & 3;
   for (int i = threadIdx.x; i < kLutTables; i += blockDim.x) {  // kLutTables a multiple of blockDim: warp-uniform
     const int k = k0 + kCodes * i;
     float v[kCodes];
-#pragma unroll
-    for (int c = 0; c < kCodes; ++c) v[c] = k + c < K ? D::load1(xr + k + c) : 0.f;
-    float e[16];
-    if constexpr (MODE == 24) {
-#pragma unroll
-      for (int j = 0; j < 16; ++j) e[j] = (static_cast<float>(j >> 2) - zc) * v[j & 3];
-    } else if constexpr (B == 1) {  // sums of the low and the high pair: one flat loop (constant indices)
-      const float lo[4] = {0.f, v[0], v[1], v[0] + v[1]}, hi[4] = {0.f, v[2], v[3], v[2] + v[3]};
-#pragma unroll
-      for (int j = 0; j < 16; ++j) e[j] = lo[j & 3] + hi[j >> 2];
-    } else {
-#pragma unroll
-      for (int j = 0; j < 16; ++j) e[j] = static_cast<float>(j & 3) * v[0] + static_cast<float>(j >> 2) * v[1];
-    }
+    lut_x<D, kCodes>(xr, k, K, v);
     float4* dst = reinterpret_cast<float4*>(lut + 16 * i);
 #pragma unroll
-    for (int q = 0; q < 4; ++q) dst[q] = make_float4(e[4 * q], e[4 * q + 1], e[4 * q + 2], e[4 * q + 3]);
+    for (int q = 0; q < 4; ++q) {
+      const int qq = (q + rot) & 3;  // entries 4 qq .. 4 qq + 3: e & 3 = 0..3, e >> 2 = qq
+      const float hq = static_cast<float>(qq);
+      float4 e;
+      if constexpr (MODE == 24) {  // entry e = ((e >> 2) − zc) x[pos = e & 3]
+        const float m = hq - zc;
+        e = make_float4(m * v[0], m * v[1], m * v[2], m * v[3]);
+      } else if constexpr (B == 1) {  // entry e = Σ_c bit_c(e) x_c: low pair from e & 3, high pair from qq
+        const float h = ((qq & 1) ? v[2] : 0.f) + ((qq & 2) ? v[3] : 0.f);
+        e = make_float4(h, v[0] + h, v[1] + h, (v[0] + v[1]) + h);
+      } else {  // entry e = (e & 3) x_0 + (e >> 2) x_1
+        const float h = hq * v[1];
+        e = make_float4(h, v[0] + h, 2.f * v[0] + h, 3.f * v[0] + h);
+      }
+      dst[qq] = e;
+    }
     if constexpr (MODE != 24) {
       float s = 0.f;
 #pragma unroll

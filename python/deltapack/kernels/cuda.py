@@ -716,7 +716,7 @@ def delta_apply(
         os.environ.get(ENV_LUT_PREFETCH, "0").strip() == "1",
         lean_db,
         lean_on(),
-        lut and lut_stage(x.device),
+        lut and tab.dense_bits != 0 and lut_stage(x.device),  # 2:4-only tables keep the plain kernel's occupancy
     )
     return y
 
