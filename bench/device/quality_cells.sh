@@ -6,8 +6,9 @@
 # Cells run one after another (two quality processes side by side on the GPU slowed each other
 # past the time limit in session 11), each as its own bench/quality.py process whose measured
 # rows survive a cut (quality-part-<task>.csv). A cell: NAME:TASK:BITS:METHODS, BITS and METHODS
-# comma-separated, e.g.
-#   CELLS="c1:code:1:delta-come-kl-distill-scales c2:code:0.25:delta-come-kl-distill" bash bench/device/quality_cells.sh
+# comma-separated, and an optional fifth field of extra quality.py flags for that cell alone,
+# '+' for spaces, e.g.
+#   CELLS="c1:code:1:delta-come-kl-distill-scales:--distill-lr+1e-2 c2:code:0.25:delta-come-kl-distill" bash bench/device/quality_cells.sh
 # Knobs: CELLS, TASKS (the fine-tunes to build when none is stamped; default: the cells' tasks),
 # N (problems per cell, default 1000), END (deadline in s, default 585), P, SEED, Z, R, XQ (extra
 # quality.py flags). Results: $OUT/cells.tgz, a summary printed last.
@@ -45,13 +46,14 @@ else
     echo "[$(el) s] zoo stamped"
 fi
 for c in $CELLS; do
-    IFS=: read -r name task bits methods <<< "$c"
+    IFS=: read -r name task bits methods xc <<< "$c"
+    xc=${xc//+/ }
     stamped || break
     limit=$(( END - $(el) ))
     [ $limit -gt 30 ] || { echo "[$(el) s] no time left for $name"; break; }
-    echo "[$(el) s] $name ($task, $bits bit, $methods) starts (limit $limit s)"
+    echo "[$(el) s] $name ($task, $bits bit, $methods${xc:+, $xc}) starts (limit $limit s)"
     timeout "$limit" python3 bench/quality.py --preset $P --seed $SEED --zoo-dir $Z --threads 2 --work /tmp/work_$name --out "$R/$name" \
-        --tasks $task --bits $bits --n-eval $N --eval-batch $N --methods $methods $XQ > "$R/$name.log" 2>&1
+        --tasks $task --bits $bits --n-eval $N --eval-batch $N --methods $methods $XQ $xc > "$R/$name.log" 2>&1
     echo "[$(el) s] $name done (rc $?)"
 done
 wait
