@@ -1534,6 +1534,8 @@ __device__ __forceinline__ void lut_part(const Operand& w, int n, int N, const t
 // (8 rows of a quarter warp) and the reads (one row per lane) hit 8 distinct 16-byte bank groups.
 // Two buffers per warp: the next 16 words (or the next step's first) are in flight while the
 // current ones are looked up. Needs 16-byte aligned rows (``vec``) and sm_80's cp.async.
+// Off by default: on the H100 the staging's shared memory costs more occupancy than the coalescing
+// saves (session 12: 4096x11008, B = D = 32, 159 against 122 µs; docs/notes/2026-11-23-s12.md).
 constexpr int kStageBufs = 2;
 constexpr int kStageWarpBytes = 32 * kLutWords * 4;                              // 32 rows × 64 bytes
 constexpr int kLutStageBytes = kLutThreads / 32 * kStageBufs * kStageWarpBytes;  // dynamic shared memory of a block

@@ -122,7 +122,8 @@ ENV_LUT = "DELTAPACK_CUDA_LUT"  # 0: never the lookup-table kernel; 1: wherever 
 ENV_LUT_PREFETCH = "DELTAPACK_CUDA_LUT_PREFETCH"
 # 1: the lookup-table kernel copies each warp's rows of codes through shared memory with coalesced
 # async copies (csrc lut_part_staged) instead of one uncoalesced 16-byte load per row; 0: off.
-# Unset: off until measured on the H100 (sm_80 or newer only).
+# Unset: off. Slower on the H100 (the staging's 32 KB per block drop occupancy from 43 to 30 %;
+# decode step 1571 against 1395 µs, bench/results/kernels_h100_s12/call2). sm_80 or newer only.
 ENV_LUT_STAGE = "DELTAPACK_CUDA_LUT_STAGE"
 LUT_BITS = (1, 2)  # code widths of the lookup-table kernel's dense parts
 ENV_LEAN = "DELTAPACK_CUDA_LEAN"  # 0: the lean fused GEMV and the lean base GEMV off (benchmarks: session 9's fused paths); see lean_on()
