@@ -499,9 +499,8 @@ def lean(x: torch.Tensor, tab: DeltaTable) -> int:
 
 def lut_stage(device: torch.device) -> bool:
     """Whether the lookup-table kernel stages its code loads (:data:`ENV_LUT_STAGE`)."""
-    if torch.cuda.get_device_capability(device)[0] < 8:
-        return False
-    return os.environ.get(ENV_LUT_STAGE, "0").strip() == "1"
+    # the variable first: off by default, so the per-call path never asks for the capability
+    return os.environ.get(ENV_LUT_STAGE, "0").strip() == "1" and torch.cuda.get_device_capability(device)[0] >= 8
 
 
 def use_lut(tab: DeltaTable, sms: int, n_groups: int, n_out: int) -> bool:
