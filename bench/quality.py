@@ -93,6 +93,10 @@ METHODS: dict[str, tuple[str, dict[str, Any]]] = {
     "lowrank": ("lowrank", {"method": "lowrank"}),
     "rtn": ("rtn", {"method": "rtn"}),
 }
+# Delta-CoMe's 8+3+2 schedule and alternatives that end in 1-bit singular vectors (sign grid):
+# with --plan auto the allocation picks one per matrix (2 bits keep 75 % of a vector's energy,
+# 1 bit 64 % for half the bytes, so a flat tail of the spectrum gets more rank at 1 bit)
+SIGN_SCHEDULES = "8:2,3:32,2|8:2,3:32,2:64,1|8:2,2:32,1|8:2,1"
 # measured only when named in --methods
 EXTRA_METHODS: dict[str, tuple[str, dict[str, Any]]] = {
     "delta-come-kl": ("delta-come auto, KL-weighted", {"method": "delta-come", "plan": "auto", "sensitivity": "kl"}),
@@ -101,6 +105,12 @@ EXTRA_METHODS: dict[str, tuple[str, dict[str, Any]]] = {
     "delta-come-kl-distill-scales": (
         "delta-come auto, KL-weighted + distill (s and group scales)",
         {"method": "delta-come", "plan": "auto", "sensitivity": "kl", "distill": True, "distill_scales": True},
+    ),
+    # the same allocations offered plans with a 1-bit tail of singular vectors (sign grid)
+    "delta-come-kl-sign": ("delta-come auto, KL-weighted, 1-bit tails", {"method": "delta-come", "plan": "auto", "sensitivity": "kl", "schedule": SIGN_SCHEDULES}),
+    "delta-come-kl-distill-scales-sign": (
+        "delta-come auto, KL-weighted + distill (s and group scales), 1-bit tails",
+        {"method": "delta-come", "plan": "auto", "sensitivity": "kl", "distill": True, "distill_scales": True, "schedule": SIGN_SCHEDULES},
     ),
 }
 ALL_METHODS = {**METHODS, **EXTRA_METHODS}
@@ -240,6 +250,7 @@ def run_task(task: str, opts: dict[str, Any]) -> list[dict[str, Any]]:
                 rep = compress(
                     base_dir, ft_dir, path, bits_per_param=bits, calib=str(calib), n_samples=opts["calib_samples"], seq_len=opts["calib_len"],
                     distill_steps=opts["distill_steps"], seed=opts["seed"], progress=False, **_distill_opts(opts), **kw,
+                    **(opts.get("sets", {}) if kw.get("method") == "delta-come" else {}),
                 )
             except ValueError as e:  # a budget the method cannot meet at all
                 record({**row, "skipped": str(e).split("\n")[0][:200]})
@@ -274,6 +285,23 @@ def run_task(task: str, opts: dict[str, Any]) -> list[dict[str, Any]]:
             if not opts["keep_dpk"]:
                 path.unlink(missing_ok=True)
     return rows
+
+
+def parse_sets(items: list[str]) -> dict[str, Any]:
+    """--set KEY=VALUE items -> CompressConfig overrides (values read as JSON, else text)."""
+    from deltapack.compress.pipeline import CompressConfig
+
+    fields = set(CompressConfig.__dataclass_fields__)
+    out: dict[str, Any] = {}
+    for item in items:
+        k, sep, v = item.partition("=")
+        if not sep or k not in fields:
+            raise ValueError(f"--set {item!r}: expected KEY=VALUE with KEY a compression option ({', '.join(sorted(fields))})")
+        try:
+            out[k] = json.loads(v)
+        except json.JSONDecodeError:
+            out[k] = v
+    return out
 
 
 def _distill_opts(opts: dict[str, Any]) -> dict[str, Any]:
@@ -358,7 +386,8 @@ def markdown(rows: list[dict[str, Any]], meta: dict[str, Any]) -> str:
         f"KL: mean KL(fine-tune ‖ model) per token over {meta['n_kl']} held-out problems with their worked answers. "
         f"bits/param counts every stored bit (codes, scales, zeros, singular values, raw norms) over all parameters that differ. "
         f"Calibration: {meta['calib_samples']} × {meta['calib_len']} tokens of train-split task text; scale distillation {meta['distill_steps']} steps"
-        + (f", loss {meta['distill_loss']}" if meta.get("distill_loss") else "") + (f", lr {meta['distill_lr']:g}" if meta.get("distill_lr") else "") + ".",
+        + (f", loss {meta['distill_loss']}" if meta.get("distill_loss") else "") + (f", lr {meta['distill_lr']:g}" if meta.get("distill_lr") else "")
+        + (", delta-come options " + ", ".join(f"{k}={v}" for k, v in meta["sets"].items()) if meta.get("sets") else "") + ".",
         "",
     ]
     for t in tasks:
@@ -565,6 +594,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--distill-loss", choices=["kl", "mse"], default=None, help="scale distillation loss (default: the pipeline's)")
     ap.add_argument("--distill-lr", type=float, default=None, help="scale distillation learning rate (default: the pipeline's per method)")
     ap.add_argument("--eval-batch", type=int, default=None, help="generation batch (default: 256 on a GPU, 100 on a CPU)")
+    ap.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE", help="a compression option for every delta-come cell (CompressConfig field, e.g. whiten=1); repeatable")
     ap.add_argument("--allow-partial", action="store_true", help="also run budgets below half a method's floor")
     ap.add_argument("--keep-dpk", action="store_true")
     ap.add_argument("--quiet", action="store_true")
@@ -583,6 +613,10 @@ def main(argv: list[str] | None = None) -> int:
         if m not in ALL_METHODS:
             ap.error(f"unknown method {m!r}; choose from {', '.join(ALL_METHODS)}")
     bits = [float(b) for b in a.bits.split(",") if b]
+    try:
+        sets = parse_sets(a.sets)
+    except ValueError as e:
+        ap.error(str(e))
     device = a.device or ("cuda" if torch.cuda.is_available() else "cpu")
     dtype = a.dtype or ("bfloat16" if device.startswith("cuda") else "float32")
     jobs = a.jobs or (3 if device.startswith("cuda") else 1)
@@ -597,14 +631,14 @@ def main(argv: list[str] | None = None) -> int:
         "preset": a.preset, "zoo_dir": str(zoo_dir), "seed": a.seed, "device": device, "dtype": dtype, "methods": methods, "bits": bits,
         "n_eval": a.n_eval, "n_kl": a.n_kl, "out": str(out), "work": str(Path(a.work or zoo_dir / "quality")), "threads": a.threads,
         "calib_samples": a.calib_samples, "calib_len": a.calib_len, "distill_steps": a.distill_steps,
-        "distill_loss": a.distill_loss, "distill_lr": a.distill_lr,
+        "distill_loss": a.distill_loss, "distill_lr": a.distill_lr, "sets": sets,
         "eval_batch": a.eval_batch or (256 if device.startswith("cuda") else 100), "allow_partial": a.allow_partial, "keep_dpk": a.keep_dpk, "quiet": a.quiet,
     }
     meta = {
         "preset": a.preset, "device": device_name(device), "device_kind": device, "dtype": dtype, "commit": commit_id(),
         "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"), "n_eval": a.n_eval, "n_kl": a.n_kl,
         "calib_samples": a.calib_samples, "calib_len": a.calib_len, "distill_steps": a.distill_steps, "zoo_seconds": zoo_s,
-        "distill_loss": a.distill_loss, "distill_lr": a.distill_lr,
+        "distill_loss": a.distill_loss, "distill_lr": a.distill_lr, "sets": sets,
         "torch": torch.__version__, "jobs": jobs,
     }
     # for --merge of the part CSVs if this run is cut off (removed with the parts at the end)

@@ -35,7 +35,9 @@ def manual_dequant_stored(r: GPTQResult) -> torch.Tensor:
     out = torch.empty(rows, cols)
     for j in range(cols):
         g = j // r.group_size
-        z = float(2 ** (r.bits - 1)) if r.zeros is None else r.zeros[:, g].float()
+        z = r.zero_point if r.zeros is None else r.zeros[:, g].float()
+        if r.sign_rows is not None and r.zeros is not None:
+            z = torch.where(r.sign_rows, 0.5, z)
         out[:, j] = (r.codes[:, j].float() - z) * r.scales[:, g].float()
     return out
 
@@ -233,6 +235,55 @@ def test_one_bit_asymmetric(rng):
     r = gptq_quantize(w, h, 1, 32)
     assert int(r.codes.max()) <= 1
     assert out_err(w, r.dequantize(), x) < out_err(w, quantize_rtn(w, 1, 32).dequantize(), x)
+
+
+def test_sign_grid_one_bit(rng):
+    """sign1: 1-bit rows decode to ±scale/2 (constant zero 0.5), scale = 2·mean|w| per group
+    where no error feedback acts (diagonal H), and GPTQ's feedback lowers the output error."""
+    w, x, h = layer(rng, rows=16, cols=64, n=256)
+    r = gptq_quantize(w, h, 1, 32, sign1=True)
+    assert r.zeros is None and r.zero_point == 0.5 and bool(r.sign_rows.all())
+    q = r.dequantize_stored()
+    assert torch.equal(q.abs(), r.scales.float().repeat_interleave(32, dim=1) / 2)  # ±scale/2 only
+    hd = torch.diag(torch.diagonal(h))
+    rd = gptq_quantize(w, hd, 1, 32, act_order=False, sign1=True)
+    assert torch.equal(rd.scales, (2 * w.abs().reshape(16, 2, 32).mean(dim=2)).half())
+    assert torch.equal(torch.sign(rd.dequantize()), torch.where(w > 0, 1.0, -1.0))
+    assert out_err(w, r.dequantize(), x) < out_err(w, rd.dequantize(), x)
+    # the sign grid holds a vector the asymmetric 1-bit grid ({0, s} or {−s, 0}) cannot
+    assert out_err(w, r.dequantize(), x) < 0.8 * out_err(w, gptq_quantize(w, h, 1, 32).dequantize(), x)
+
+
+def test_sign_grid_in_mixed_rows(rng, tmp_path):
+    """Per-row widths with sign1: the 1-bit rows on the sign grid, the others unchanged; a
+    slice of either kind writes through the file as stored."""
+    w, x, h = layer(rng, rows=12, cols=96, n=256)
+    bits = [8, 8, 2, 2, 2, 2, 1, 1, 1, 1, 1, 1]
+    r = gptq_quantize(w, h, bits, 32, sign1=True)
+    plain = gptq_quantize(w, h, bits, 32)
+    assert r.sign_rows.tolist() == [b == 1 for b in bits] and r.zero_point is None
+    assert r.row_zero_point(slice(6, 12)) == 0.5 and r.row_zero_point(slice(0, 6)) is None
+    with pytest.raises(ValueError, match="mix"):
+        r.row_zero_point(slice(4, 8))
+    assert torch.equal(r.codes[:6], plain.codes[:6]) and torch.equal(r.zeros[:6], plain.zeros[:6])
+    assert torch.equal(r.dequantize_stored(), manual_dequant_stored(r))
+    ones = GPTQResult(codes=r.codes[6:], scales=r.scales[6:], zeros=None, perm=r.perm, bits=1, group_size=32, sign_rows=r.sign_rows[6:])
+    assert torch.equal(write_and_read(tmp_path, ones), ones.dequantize_stored())
+    with pytest.raises(ValueError, match="sign1"):
+        gptq_quantize(w, h, 2, 32, sym=True, sign1=True)
+
+
+def test_sign_grid_transposed(rng):
+    """gptq_quantize_transposed with sign1: a short last group's scale is the mean over its
+    own values; a diagonal H leaves plain per-group signs."""
+    from deltapack.compress.gptq import gptq_quantize_transposed
+    from deltapack.compress.rtn import quantize_sign
+
+    w = torch.randn(100, 6, generator=rng)  # 100 rows: groups of 32, the last one 4 long
+    t = gptq_quantize_transposed(w, torch.eye(6), 1, 32, sign1=True)
+    assert t.zeros is None and t.zero_point == 0.5
+    assert torch.equal(t.dequantize(), quantize_sign(w.T, 32).T)
+    assert torch.equal(t.scales[:, 3], (2 * w[96:].abs().mean(dim=0)).half())
 
 
 # -- robustness

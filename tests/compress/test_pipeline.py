@@ -270,3 +270,62 @@ def test_kl_sensitivity_allocation(zoo_pair, calib_file, heldout, finetune_model
         assert params["sensitivity"] == sens and (("sensitivity_kl" in params) == (sens == "kl"))
         kls[sens] = next_token_kl(deltapack.load(base, p, dtype=torch.float32), finetune_model, heldout)
     assert kls["kl"] < kls["size"], kls
+
+
+def test_one_bit_tails_and_schedule_alternatives(zoo_pair, calib_file, heldout, finetune_model, tmp_path):
+    """A schedule ending in 1 bit writes its singular vectors on the sign grid (q1, constant
+    zero 0.5, no zeros segment), meets its budget as accounted, and loads to the stored
+    values; with '|' alternatives --plan auto picks per matrix and stays within the budget."""
+    from deltapack.compress.plan import parse_schedules
+
+    base, ft = zoo_pair
+    p = tmp_path / "tail.dpk"
+    rep = compress(base, ft, p, method="delta-come", schedule="8:2,2:4,1", bits_per_param=1.0, calib=str(calib_file), **CAL)
+    f = deltapack.open(p, verify="full")
+    s = summarize(f)
+    assert s["bits_per_param"] <= 1.0 + 1e-9 and s["stored_bytes"] == rep.stored_bytes
+    ones = [n for n in f.names() if f.info(n).encoding_name == "q1"]
+    assert ones, "no 1-bit singular vectors were written"
+    for n in ones:
+        info = f.info(n)
+        assert info.quant["zero"] == {"kind": "constant", "value": 0.5} and "zeros" not in info.segments, info
+        v = f.dequantize(n).abs()
+        g = info.quant["group_size"]
+        for c in range(0, v.shape[1], g):  # one magnitude per group: ±scale/2
+            blk = v[:, c : c + g]
+            assert torch.equal(blk.amax(dim=1), blk.amin(dim=1))
+    kl_tail = next_token_kl(deltapack.load(base, p, dtype=torch.float32), finetune_model, heldout)
+    assert kl_tail < 2.0, kl_tail
+
+    alts = "8:2,3:32,2|8:2,2:4,1"
+    assert parse_schedules(alts) == [[(8, 2), (3, 32), (2, None)], [(8, 2), (2, 4), (1, None)]]
+    for bad in ("8:2,3|8:2,3", "8:2,5", "8:0,2", "a:b"):
+        with pytest.raises(ValueError, match="schedule"):
+            parse_schedules(bad)
+    p2 = tmp_path / "alts.dpk"
+    rep2 = compress(base, ft, p2, method="delta-come", plan="auto", schedule=alts, bits_per_param=0.5, calib=str(calib_file), **CAL)
+    assert rep2.bits_per_param <= 0.5 + 1e-9
+    assert summarize(deltapack.open(p2, verify="full"))["stored_bytes"] == rep2.stored_bytes
+
+
+def test_whitened_svd(zoo_pair, calib_file, tmp_path, rng):
+    """whitened_svd factors Δ exactly, its top-r truncation fits Δ·M^½ better than plain SVD's
+    (and plain SVD's weights better), and --whiten compresses within the budget."""
+    from deltapack.compress.delta_come import whitened_svd
+    from deltapack.compress.lowrank import svd
+
+    x = torch.randn(400, 48, generator=rng) * torch.linspace(0.1, 3, 48)
+    H = 2 / 400 * x.T @ x
+    d = torch.randn(30, 48, generator=rng) @ torch.diag(torch.linspace(1, 0.1, 48))
+    U, s, Vh = whitened_svd(d, H, 0.0)
+    assert torch.allclose((U * s) @ Vh, d, atol=1e-4)
+    U0, s0, Vh0 = svd(d)
+    r = 6
+    wh, pl = (U[:, :r] * s[:r]) @ Vh[:r], (U0[:, :r] * s0[:r]) @ Vh0[:r]
+    assert float(((d - wh) @ x.T).norm()) < float(((d - pl) @ x.T).norm())
+    assert float((d - pl).norm()) < float((d - wh).norm())
+    base, ft = zoo_pair
+    rep = compress(base, ft, tmp_path / "w.dpk", method="delta-come", whiten=1.0, bits_per_param=1.0, calib=str(calib_file), **CAL)
+    assert rep.bits_per_param <= 1.0 + 1e-9
+    with pytest.raises(ValueError, match="whiten"):
+        compress(base, ft, tmp_path / "bad.dpk", method="bitdelta", whiten=1.0)

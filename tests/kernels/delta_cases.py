@@ -73,6 +73,9 @@ def check(specs, out: int, inp: int, M: int, mode: str, dtype=torch.float32, dev
     return err
 
 
+SIGN_TAIL = [(8, 2), (2, 4), (1, None)]  # Delta-CoMe with a 1-bit tail
+
+
 # ---- case groups -------------------------------------------------------------------------
 def every_encoding(device: str = "cpu", dtype=torch.float32) -> int:
     n = 0
@@ -91,6 +94,9 @@ def every_encoding(device: str = "cpu", dtype=torch.float32) -> int:
         for bpp, act in ((1.0, False), (3.0, True)):
             check([("delta-come", bpp, {"group": 32, "act_order": act})], out, inp, 4, "row", dtype, device, seed=22)
             n += 1
+        # a 1-bit tail of singular vectors on the sign grid (constant zero 0.5), 2-bit before it
+        check([("delta-come", 1.0, {"group": 32, "schedule": SIGN_TAIL})], out, inp, 4, "row", dtype, device, seed=23)
+        n += 1
     return n
 
 
@@ -114,6 +120,7 @@ def mixed_batches(device: str = "cpu", dtype=torch.float32) -> int:
         ("lowrank", 1.0, {}),
         ("rtn", 4.0, {"bits": 4, "group": 32}),
         ("delta-come", 2.0, {"group": 32, "act_order": True}),
+        ("delta-come", 1.0, {"group": 32, "schedule": SIGN_TAIL}),
     ]
     n = 0
     for M, mode in ((1, "row"), (6, "row"), (17, "row"), (1, "seg"), (40, "seg"), (70, "seg")):
@@ -186,6 +193,7 @@ def prefill_dequant(device: str = "cpu", dtype=torch.float32) -> int:
         [("rtn", 4.0, {"bits": 4, "granularity": "row"}), ("delta-come", 1.0, {})],
         [("rtn", 8.0, {"bits": 8, "granularity": "tensor"}), ("rtn", 2.0, {"bits": 2, "group": 32})],
         [("deltazip", 2.0, {"bits": 4}), ("deltazip", 2.0, {"bits": 8}), ("deltazip", 2.0, {"bits": 3})],
+        [("delta-come", 1.0, {"group": 32, "schedule": SIGN_TAIL}), ("bitdelta", 1.0, {})],
     ]
     n = 0
     for i, specs in enumerate(sets):

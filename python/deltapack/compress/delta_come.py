@@ -1,7 +1,9 @@
 """Delta-CoMe (arXiv 2406.08903): mixed-precision quantization of the delta's singular
 vectors. ΔW = U·Σ·Vᵀ in fp32; the vectors of large singular values get more bits (default
 8 bits for the top 2, 3 bits for the next 32, 2 bits for as many as the budget allows, the
-rest dropped), with ranks computed per matrix shape (``plan.fit_lowrank_plan``).
+rest dropped), with ranks computed per matrix shape (``plan.fit_lowrank_plan``). A 1-bit
+group (e.g. schedule ``8:2,3:32,2:64,1``) goes on the sign grid: codes 1 / 0 are ±scale/2
+per group of 128 (constant zero 0.5), since an asymmetric 1-bit grid cannot hold a sign.
 
 Each bit group k is quantized with GPTQ, from high bits to low:
   1. V̂ₖᵀ ← GPTQ(Vₖᵀ) with the layer input X as GPTQ input (Hessian H = XXᵀ) — done for all
@@ -34,6 +36,26 @@ from .lowrank import svd
 from .plan import LowRankPlan
 
 
+def whitened_svd(delta: torch.Tensor, H: torch.Tensor, blend: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Activation-aware SVD: the SVD of Δ·M^½ in the metric M = H + blend·mean(diag H)·I, so
+    that the top-r components are the best rank-r approximation of Δ in ‖(Δ − Δ̂)M^½‖ — the
+    calibration outputs' error for blend = 0, the weights' for blend → ∞ (plain SVD). Returns
+    (U, s, Vh) with Δ = U·diag(s)·Vh, Vh = V'ᵀ·M^-½ (rows no longer orthonormal)."""
+    inp = delta.shape[1]
+    Hf = H.double()
+    M = Hf + blend * torch.diagonal(Hf).mean().clamp(min=1e-30) * torch.eye(inp, dtype=torch.float64, device=H.device)
+    lam, Q = torch.linalg.eigh(M)
+    lam = lam.clamp(min=float(lam.max()) * 1e-10)
+    root = (Q * lam.sqrt()) @ Q.T
+    inv_root = (Q * lam.rsqrt()) @ Q.T
+    U, s, Vh = svd((delta.double() @ root).float())
+    return U, s, (Vh.double() @ inv_root).float()
+
+
+def _cpu(t: torch.Tensor | None) -> torch.Tensor | None:
+    return None if t is None else t.cpu()
+
+
 def compress_delta_come(
     delta: torch.Tensor,
     H: torch.Tensor | None,
@@ -43,6 +65,7 @@ def compress_delta_come(
     factors: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None,
     refit: bool = True,
     refit_blend: float = 10.0,
+    whiten: float | None = None,
 ) -> CompressedDelta:
     out, inp = delta.shape
     dev = delta.device
@@ -50,7 +73,10 @@ def compress_delta_come(
         return empty_delta((out, inp), dev)
     d = delta.float()
     H = torch.eye(inp, device=dev) if H is None else H.float().to(dev)
-    U, s, Vh = factors if factors is not None else svd(d)
+    if whiten is not None and factors is None:
+        U, s, Vh = whitened_svd(d, H, whiten)
+    else:
+        U, s, Vh = factors if factors is not None else svd(d)
     perm = torch.argsort(torch.diagonal(H), descending=True) if plan.act_order else None
     residual = d.clone()
     approx = torch.zeros_like(d)
@@ -61,7 +87,7 @@ def compress_delta_come(
     # groups (3× fewer column steps than one pass per group; bench/results/compress.md).
     kept = [g for g in plan.groups if g.rank]
     row_bits = [g.bits for g in kept for _ in range(g.rank)]
-    qv_all = gptq_quantize(Vh[: plan.rank].contiguous(), H, row_bits, plan.group_size, act_order=plan.act_order, perm=perm, damp=damp)
+    qv_all = gptq_quantize(Vh[: plan.rank].contiguous(), H, row_bits, plan.group_size, act_order=plan.act_order, perm=perm, damp=damp, sign1=True)
     vhat_all = qv_all.dequantize().to(dev)
     start = 0
     for k, g in enumerate(plan.groups):
@@ -82,13 +108,14 @@ def compress_delta_come(
             target = torch.linalg.solve(Hub + lam * torch.eye(g.rank, device=dev), (residual @ AHb.T).T).T
         else:
             target = U[:, sl] * 1.0
-        qu = gptq_quantize_transposed(target.contiguous(), Hu, g.bits, plan.group_size, damp=damp)
+        qu = gptq_quantize_transposed(target.contiguous(), Hu, g.bits, plan.group_size, damp=damp, sign1=True)
         contrib = qu.dequantize().to(dev) @ A
         residual -= contrib
         approx += contrib
-        parts[f"ut{k}"] = QuantPart(codes=qu.codes.cpu(), bits=g.bits, scales=qu.scales.cpu(), zeros=qu.zeros.cpu(), group_size=plan.group_size)
+        parts[f"ut{k}"] = QuantPart(codes=qu.codes.cpu(), bits=g.bits, scales=qu.scales.cpu(), zeros=_cpu(qu.zeros), zero_point=qu.zero_point, group_size=plan.group_size)
         parts[f"s{k}"] = RawPart(s16.cpu())
-        parts[f"vt{k}"] = QuantPart(codes=qv_all.codes[sl].cpu(), bits=g.bits, scales=qv_all.scales[sl].cpu(), zeros=qv_all.zeros[sl].cpu(), group_size=plan.group_size)
+        vz = qv_all.row_zero_point(sl)
+        parts[f"vt{k}"] = QuantPart(codes=qv_all.codes[sl].cpu(), bits=g.bits, scales=qv_all.scales[sl].cpu(), zeros=None if vz is not None else qv_all.zeros[sl].cpu(), zero_point=vz, group_size=plan.group_size)
         blocks.append((f"ut{k}", f"s{k}", f"vt{k}"))
     if perm is not None:
         parts["perm"] = RawPart(perm.to(torch.int32).cpu())

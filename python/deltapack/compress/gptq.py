@@ -17,6 +17,10 @@ Conventions (shared with :mod:`deltapack.compress.rtn`):
   (−2**(bits−1) … 2**(bits−1) − 1) × scale: the span 2·max|w| is cut into 2**bits − 1 steps, so
   −max|w| and +max|w| are both within half a step of a grid point (the positive end is the one
   that rounds down). 1-bit symmetric is refused (its grid {−scale, 0} cannot hold a sign).
+- Sign grid (``sign1=True``, 1-bit rows only): the constant zero point 0.5, so codes 1 / 0
+  decode to ±scale/2, with scale = 2·mean|w| per group: BitDelta's grid, per group. The
+  asymmetric 1-bit grid above is {0, scale} or {−scale, 0} (0 must be on it): it cannot hold
+  a sign either, so a 1-bit singular vector (Delta-CoMe's lowest-precision tail) needs this one.
 - Scales are floored at 2**−24 (the smallest positive float16), so an all-zero group gets a tiny
   positive scale and exact zero codes instead of 0/0; a scale that overflows float16 raises.
 """
@@ -89,21 +93,44 @@ class HessianAccumulator:
 class GPTQResult:
     codes: torch.Tensor  # uint8 [rows, cols], columns in STORED order (= permuted order under act-order)
     scales: torch.Tensor  # float16 [rows, n_groups], n_groups = ceil(cols / group_size)
-    zeros: torch.Tensor | None  # uint8 [rows, n_groups]; None when symmetric (zero = 2**(bits-1))
+    zeros: torch.Tensor | None  # uint8 [rows, n_groups]; None when every row has a constant zero
     perm: torch.Tensor | None  # int64 [cols]: stored column j is original column perm[j]; None = identity
     bits: int
     group_size: int
+    # bool [rows]: rows on the sign grid (constant zero 0.5; their ``zeros`` entries are 0 and
+    # unused). None: no such row.
+    sign_rows: torch.Tensor | None = None
 
     @property
     def zero_point(self) -> float | None:
-        """The constant zero point of a symmetric result (None when zeros are stored)."""
-        return float(2 ** (self.bits - 1)) if self.zeros is None else None
+        """The constant zero point shared by every row: 2**(bits−1) when symmetric, 0.5 on the
+        sign grid; None when zeros are stored."""
+        if self.zeros is not None:
+            return None
+        return 0.5 if self.sign_rows is not None else float(2 ** (self.bits - 1))
+
+    def row_zero_point(self, rows: slice) -> float | None:
+        """The constant zero point of ``rows`` when they all share one (sign grid or symmetric),
+        None when they have stored zeros. Raises for a slice that mixes the two."""
+        if self.sign_rows is None:
+            return self.zero_point
+        sel = self.sign_rows[rows]
+        if bool(sel.all()):
+            return 0.5
+        if bool(sel.any()):
+            raise ValueError(f"rows {rows} mix the sign grid with stored zero points")
+        return None
 
     def dequantize_stored(self) -> torch.Tensor:
         """float32 [rows, cols] in stored (permuted) column order: what the file holds."""
         idx = torch.arange(self.codes.shape[1], device=self.codes.device) // self.group_size
         s = self.scales.float()[:, idx]
-        z = float(2 ** (self.bits - 1)) if self.zeros is None else self.zeros.float()[:, idx]
+        if self.zeros is None:
+            z = self.zero_point
+        else:
+            z = self.zeros.float()[:, idx]
+            if self.sign_rows is not None:
+                z[self.sign_rows.to(z.device)] = 0.5
         return (self.codes.float() - z) * s
 
     def dequantize(self) -> torch.Tensor:
@@ -188,9 +215,10 @@ def _clamp_codes(x: torch.Tensor, maxq: int | torch.Tensor) -> torch.Tensor:
     return x.clamp_(0, maxq)
 
 
-def _group_params(g: torch.Tensor, maxq: int | torch.Tensor, sym: bool) -> tuple[torch.Tensor, torch.Tensor]:
+def _group_params(g: torch.Tensor, maxq: int | torch.Tensor, sym: bool, sign: torch.Tensor | bool = False) -> tuple[torch.Tensor, torch.Tensor]:
     """(float16 scale [rows], float32 zero [rows]) of the weights ``g`` [rows, k];
-    ``maxq`` may be per row (mixed bit widths, asymmetric only)."""
+    ``maxq`` may be per row (mixed bit widths, asymmetric only). ``sign`` (bool, or a bool
+    tensor [rows]) puts 1-bit rows on the sign grid: zero 0.5, scale 2·mean|w|."""
     if sym:
         amax = g.abs().amax(dim=1)
         s = _scale_to_f16(2.0 * amax / maxq, "gptq_quantize")
@@ -199,6 +227,12 @@ def _group_params(g: torch.Tensor, maxq: int | torch.Tensor, sym: bool) -> tuple
     hi = g.amax(dim=1).clamp(min=0.0)
     s = _scale_to_f16((hi - lo) / maxq, "gptq_quantize")
     z = _clamp_codes(torch.round(-lo / s.float()), maxq)
+    if isinstance(sign, torch.Tensor) or sign:
+        s_sign = _scale_to_f16(2.0 * g.abs().mean(dim=1), "gptq_quantize")
+        if not isinstance(sign, torch.Tensor):
+            return s_sign, torch.full_like(z, 0.5)
+        s = torch.where(sign, s_sign, s)
+        z = torch.where(sign, torch.full_like(z, 0.5), z)
     return s, z
 
 
@@ -224,6 +258,7 @@ def gptq_quantize(
     damp: float = 0.01,
     block_size: int = 128,
     sym: bool = False,
+    sign1: bool = False,
     backend: str = "auto",
 ) -> GPTQResult:
     """GPTQ-quantize ``W`` [rows, cols] (out × in) to ``bits`` bits given the Hessian ``H``
@@ -242,6 +277,8 @@ def gptq_quantize(
     - ``block_size``: columns per lazy batch update (affects speed, not the result beyond
       float rounding).
     - ``sym``: symmetric grid, zero = 2**(bits−1), scale = 2·max|w| / (2**bits − 1); zeros None.
+    - ``sign1``: 1-bit rows go on the sign grid (zero 0.5, scale 2·mean|w| per group; the
+      result's ``sign_rows`` marks them, and ``zeros`` is None when every row is 1-bit).
     - ``backend``: 'auto' (fused Triton block kernel on CUDA when group_size == block_size,
       else the torch loop), 'torch', or 'triton'.
     """
@@ -260,7 +297,9 @@ def gptq_quantize(
     if bits not in SUPPORTED_BITS:
         raise ValueError(f"{what}: unsupported bit width {bits} (supported: {SUPPORTED_BITS})")
     if sym and bits == 1:
-        raise ValueError(f"{what}: 1-bit symmetric quantization has the grid {{-scale, 0}} and cannot hold a sign; use sym=False")
+        raise ValueError(f"{what}: 1-bit symmetric quantization has the grid {{-scale, 0}} and cannot hold a sign; use sign1=True")
+    if sym and sign1:
+        raise ValueError(f"{what}: sign1 is a grid for 1-bit rows of an asymmetric result; drop sym")
     if int(group_size) <= 0:
         raise ValueError(f"{what}: group_size must be > 0, got {group_size}")
     if int(block_size) <= 0:
@@ -282,6 +321,11 @@ def gptq_quantize(
     maxq: int | torch.Tensor = (1 << bits) - 1
     if row_bits is not None:
         maxq = (2.0 ** row_bits.to(device=dev, dtype=torch.float32)) - 1
+    sign: torch.Tensor | bool = False
+    if sign1:
+        sign = (row_bits == 1).to(dev) if row_bits is not None else bits == 1
+        if isinstance(sign, torch.Tensor) and not bool(sign.any()):
+            sign = False
     n_groups = -(-cols // group_size)
     scales = torch.empty(rows, n_groups, dtype=torch.float16, device=dev)
     zeros = torch.empty(rows, n_groups, dtype=torch.float32, device=dev)
@@ -299,7 +343,7 @@ def gptq_quantize(
         i2 = min(i1 + block_size, cols)
         count = i2 - i1
         if fused and count == block_size:
-            s16, z = _group_params(W[:, i1:i2], maxq, sym)
+            s16, z = _group_params(W[:, i1:i2], maxq, sym, sign)
             scales[:, i1 // group_size] = s16
             zeros[:, i1 // group_size] = z
             mq = maxq if isinstance(maxq, torch.Tensor) else float(maxq)
@@ -323,7 +367,7 @@ def gptq_quantize(
                 else:  # the group runs past this block: apply this block's pending updates to it
                     ahead = W[:, i2:gend] - (W1[:, :i] - Q1[:, :i]).div(d1[:i]) @ U[i1:col, i2:gend]
                     grp = torch.cat([W1[:, i:], ahead], dim=1)
-                s16, z = _group_params(grp, maxq, sym)
+                s16, z = _group_params(grp, maxq, sym, sign)
                 scales[:, col // group_size] = s16
                 zeros[:, col // group_size] = z
                 s = s16.float()
@@ -341,13 +385,20 @@ def gptq_quantize(
             Err1 = (W1 - Q1).div_(d1)
             W[:, i2:].addmm_(Err1, U[i1:i2, i2:], alpha=-1.0)
 
+    sign_rows = None
+    if isinstance(sign, torch.Tensor):
+        sign_rows = sign.cpu()
+        zeros[sign] = 0.0  # the constant 0.5 is not a u8; these entries are unused
+    elif sign:
+        sign_rows = torch.ones(rows, dtype=torch.bool)
     return GPTQResult(
         codes=codes,
         scales=scales,
-        zeros=None if sym else zeros.to(torch.uint8),
+        zeros=None if sym or (sign is True) else zeros.to(torch.uint8),
         perm=perm,
         bits=bits if row_bits is None else row_bits,
         group_size=group_size,
+        sign_rows=sign_rows,
     )
 
 
@@ -359,26 +410,33 @@ class GPTQTransposedResult:
 
     codes: torch.Tensor  # uint8 [cols, rows]
     scales: torch.Tensor  # float16 [cols, ceil(rows / group_size)]
-    zeros: torch.Tensor  # uint8 [cols, ceil(rows / group_size)]
+    zeros: torch.Tensor | None  # uint8 [cols, ceil(rows / group_size)]; None on the sign grid
     bits: int
     group_size: int
+
+    @property
+    def zero_point(self) -> float | None:
+        """0.5 on the sign grid (1 bit, ``sign1``), None when zeros are stored."""
+        return 0.5 if self.zeros is None else None
 
     def dequantize_t(self) -> torch.Tensor:
         """float32 Ŵᵀ [cols, rows] (what the file holds)."""
         idx = torch.arange(self.codes.shape[1], device=self.codes.device) // self.group_size
-        return (self.codes.float() - self.zeros.float()[:, idx]) * self.scales.float()[:, idx]
+        z = 0.5 if self.zeros is None else self.zeros.float()[:, idx]
+        return (self.codes.float() - z) * self.scales.float()[:, idx]
 
     def dequantize(self) -> torch.Tensor:
         """float32 Ŵ [rows, cols]."""
         return self.dequantize_t().T
 
 
-def gptq_quantize_transposed(W: torch.Tensor, H: torch.Tensor, bits: int, group_size: int = 128, *, damp: float = 0.01, block_size: int = 128) -> GPTQTransposedResult:
+def gptq_quantize_transposed(W: torch.Tensor, H: torch.Tensor, bits: int, group_size: int = 128, *, damp: float = 0.01, block_size: int = 128, sign1: bool = False) -> GPTQTransposedResult:
     """GPTQ of ``W`` [rows, cols] with input Hessian ``H`` [cols, cols], natural column order,
     where each column gets its own asymmetric (scale, zero) per group of ``group_size`` rows,
     computed from that column's error-updated values when the loop reaches it. For factors
     with few columns and many rows (Delta-CoMe's U: [out, r]) this costs r·⌈out/g⌉ scales
-    instead of out·⌈r/g⌉, and stores Ŵᵀ in the [rank, dim] row layout of the other factor."""
+    instead of out·⌈r/g⌉, and stores Ŵᵀ in the [rank, dim] row layout of the other factor.
+    ``sign1`` with ``bits`` 1: the sign grid (zero 0.5, scale 2·mean|w| per group; zeros None)."""
     what = "gptq_quantize_transposed"
     _check_inputs(W, H, what)
     if bits not in SUPPORTED_BITS:
@@ -391,8 +449,11 @@ def gptq_quantize_transposed(W: torch.Tensor, H: torch.Tensor, bits: int, group_
     rows, cols = W.shape
     dev = W.device
     maxq = (1 << bits) - 1
+    sign = bool(sign1) and bits == 1
     ng = -(-rows // group_size)
     pad = ng * group_size - rows
+    counts = torch.full((ng,), float(group_size), device=dev)
+    counts[-1] = group_size - pad
     codes = torch.empty(cols, rows, dtype=torch.uint8, device=dev)
     scales = torch.empty(cols, ng, dtype=torch.float16, device=dev)
     zeros = torch.empty(cols, ng, dtype=torch.float32, device=dev)
@@ -405,9 +466,13 @@ def gptq_quantize_transposed(W: torch.Tensor, H: torch.Tensor, bits: int, group_
         R1 = U1 / d1.unsqueeze(1)
         for i in range(i2 - i1):
             w = W1[:, i]
-            # pad the short last group with its own last value so min/max stay its own
-            g = torch.cat([w, w[-1:].expand(pad)]) if pad else w
-            s16, z = _group_params(g.reshape(ng, group_size), maxq, sym=False)
+            if sign:  # mean|w| over each group's own values (the last one may be short)
+                a = torch.nn.functional.pad(w.abs(), (0, pad)).reshape(ng, group_size).sum(dim=1) / counts
+                s16, z = _scale_to_f16(2.0 * a, what), torch.full((ng,), 0.5, device=dev)
+            else:
+                # pad the short last group with its own last value so min/max stay its own
+                g = torch.cat([w, w[-1:].expand(pad)]) if pad else w
+                s16, z = _group_params(g.reshape(ng, group_size), maxq, sym=False)
             s = s16.float().repeat_interleave(group_size)[:rows]
             zz = z.repeat_interleave(group_size)[:rows]
             c = torch.div(w, s).add_(zz).round_().clamp_(0, maxq)
@@ -420,4 +485,4 @@ def gptq_quantize_transposed(W: torch.Tensor, H: torch.Tensor, bits: int, group_
                 W1[:, i + 1 :].addr_(w - q, R1[i, i + 1 :], alpha=-1.0)
         if i2 < cols:
             W[:, i2:].addmm_((W1 - Q1).div_(d1), U[i1:i2, i2:], alpha=-1.0)
-    return GPTQTransposedResult(codes=codes, scales=scales, zeros=zeros.to(torch.uint8), bits=bits, group_size=group_size)
+    return GPTQTransposedResult(codes=codes, scales=scales, zeros=None if sign else zeros.to(torch.uint8), bits=bits, group_size=group_size)

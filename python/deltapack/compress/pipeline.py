@@ -25,8 +25,8 @@ from .delta_come import compress_delta_come
 from .deltazip import compress_deltazip
 from .hf import ModelDir, check_pair, layer_index
 from .lowrank import compress_lowrank, svd
-from .plan import DELTA_COME_SCHEDULE, LowRankPlan, fit_lowrank_plan, lowrank_plan_bytes, parse_schedule, quantized_bytes, sparse24_bytes
-from .rtn import compress_rtn, quantize_rtn
+from .plan import DELTA_COME_SCHEDULE, LowRankPlan, fit_lowrank_plan, lowrank_plan_bytes, parse_schedules, quantized_bytes, sparse24_bytes
+from .rtn import compress_rtn, quantize_rtn, quantize_sign
 
 METHODS = ("delta-come", "bitdelta", "deltazip", "lowrank", "rtn")
 CALIBRATED = ("delta-come", "deltazip")
@@ -39,8 +39,15 @@ class CompressConfig:
     method: str = "delta-come"
     bits_per_param: float | None = None  # None: the method's natural rate (delta-come/lowrank: 1.0)
     plan: str = "fixed"  # delta-come: 'fixed' (schedule per shape) or 'auto' (allocated by error)
-    schedule: str = "8:2,3:32,2"  # delta-come bit groups: bits:max_rank, last one fills the budget
+    # delta-come bit groups: bits:max_rank, the last one fills the budget; '|' separates
+    # alternatives (the fixed plan takes the first, --plan auto chooses per matrix)
+    schedule: str = "8:2,3:32,2"
     group_size: int = 128
+    # delta-come: factor Δ by the SVD of Δ·M^½, M = H + whiten·mean(diag H)·I (activation-aware:
+    # the best rank-r fit of the calibration outputs, blended with the weights') instead of
+    # the SVD of Δ; None: plain SVD (Delta-CoMe's). refit_blend: γ of Û's re-fit metric.
+    whiten: float | None = None
+    refit_blend: float = 10.0
     bits: int | None = None  # rtn / deltazip bit width when no budget is given
     embeddings: str = "compress"  # 'compress' (like any matrix, no calibration) or 'raw' (stored whole)
     # how a budgeted allocation (rtn, bitdelta, deltazip, delta-come --plan auto) weighs one
@@ -79,6 +86,10 @@ class CompressConfig:
             raise ValueError(f"plan must be 'fixed' or 'auto', not '{self.plan}'")
         if self.plan == "auto" and self.method != "delta-come":
             raise ValueError("--plan auto applies to delta-come only")
+        if self.whiten is not None and (self.method != "delta-come" or not self.whiten >= 0):
+            raise ValueError(f"--whiten takes a blend ≥ 0 and applies to delta-come only (got {self.whiten} with {self.method})")
+        if not self.refit_blend >= 0:
+            raise ValueError(f"refit_blend must be ≥ 0, got {self.refit_blend}")
         if self.sensitivity not in ("size", "kl"):
             raise ValueError(f"sensitivity must be 'size' or 'kl', not '{self.sensitivity}'")
         if self.embeddings not in ("compress", "raw"):
@@ -97,7 +108,7 @@ class CompressConfig:
             raise ValueError(f"bits must be one of 1, 2, 3, 4, 8, got {self.bits}")
         if self.method == "deltazip" and self.bits == 1:
             raise ValueError("deltazip supports 2, 3, 4 or 8 bits")
-        parse_schedule(self.schedule)
+        parse_schedules(self.schedule)
 
 
 @dataclass
@@ -200,13 +211,14 @@ class _Progress:
 def _dc_error_model(delta: torch.Tensor, s: torch.Tensor, Vh: torch.Tensor, group_size: int) -> Callable[[LowRankPlan], float]:
     """Squared error of a delta-come plan, estimated from the spectrum: dropped components
     cost σ², kept ones σ²·c_b where c_b is the relative error of b-bit group RTN measured on
-    this matrix's own singular vectors (×2: both U and V are quantized)."""
+    this matrix's own singular vectors (×2: both U and V are quantized; 1 bit on the sign
+    grid that Delta-CoMe's 1-bit groups use)."""
     s2 = (s.float() ** 2).cpu()
     k = min(64, Vh.shape[0])
     c = {}
+    v = Vh[:k].float()
     for b in (1, 2, 3, 4, 8):
-        v = Vh[:k].float()
-        q = quantize_rtn(v, b, group_size).dequantize().to(v.device)
+        q = quantize_sign(v, group_size) if b == 1 else quantize_rtn(v, b, group_size).dequantize().to(v.device)
         c[b] = 2 * float(((q - v).norm(dim=1) ** 2).mean())
     csum = torch.cat([torch.zeros(1), torch.cumsum(s2, 0)])
 
@@ -223,18 +235,18 @@ def _dc_error_model(delta: torch.Tensor, s: torch.Tensor, Vh: torch.Tensor, grou
 AUTO_BUDGETS = (0.03125, 0.0625, 0.125, 0.1875, 0.25, 0.375, 0.5, 0.75, 1.0, 1.25, 1.5, 2.0, 3.0, 4.0)
 
 
-def _menu(delta: torch.Tensor, cfg: CompressConfig, schedule, weight: float | None = None) -> list[Option]:
+def _menu(delta: torch.Tensor, cfg: CompressConfig, schedules, weight: float | None = None) -> list[Option]:
     """Options for one matrix with their squared errors, normalised by the matrix's own delta
     energy and weighted by its parameter count (or by ``weight``, its measured sensitivity):
     absolute errors of different matrices are not comparable in model-output terms (on the
     tiny zoo pair, allocating by absolute Frobenius error gave delta-come a KL to the
     fine-tune of 1.89 against the fixed plan's 1.39)."""
-    opts = _menu_abs(delta, cfg, schedule)
+    opts = _menu_abs(delta, cfg, schedules)
     norm = (delta.numel() if weight is None else weight) / max(opts[0].error, 1e-30)
     return [Option(o.nbytes, o.error * norm, o.choice) for o in opts]
 
 
-def _menu_abs(delta: torch.Tensor, cfg: CompressConfig, schedule) -> list[Option]:
+def _menu_abs(delta: torch.Tensor, cfg: CompressConfig, schedules) -> list[Option]:
     out, inp = delta.shape
     d = delta.float()
     total = float((d**2).sum())
@@ -255,10 +267,13 @@ def _menu_abs(delta: torch.Tensor, cfg: CompressConfig, schedule) -> list[Option
     elif cfg.method == "delta-come":
         _, s, Vh = svd(d)
         err = _dc_error_model(d, s, Vh, g)
-        for bpp in AUTO_BUDGETS:
-            plan = fit_lowrank_plan(out, inp, bpp, schedule, g)
-            if plan.rank:
-                opts.append(Option(lowrank_plan_bytes(out, inp, plan), err(plan), plan))
+        seen = set()
+        for schedule in schedules:
+            for bpp in AUTO_BUDGETS:
+                plan = fit_lowrank_plan(out, inp, bpp, schedule, g)
+                if plan.rank and plan not in seen:
+                    seen.add(plan)
+                    opts.append(Option(lowrank_plan_bytes(out, inp, plan), err(plan), plan))
     return opts
 
 
@@ -337,7 +352,7 @@ def compress_matrix(delta: torch.Tensor, H: torch.Tensor | None, cfg: CompressCo
         return empty_delta(shape, delta.device)
     if cfg.method == "delta-come":
         plan = choice if isinstance(choice, LowRankPlan) else fit_lowrank_plan(*shape, bpp if bpp is not None else 1.0, schedule, cfg.group_size)
-        return compress_delta_come(delta, H, plan, damp=cfg.damp)
+        return compress_delta_come(delta, H, plan, damp=cfg.damp, whiten=cfg.whiten, refit_blend=cfg.refit_blend)
     if cfg.method == "lowrank":
         return compress_lowrank(delta, bpp if bpp is not None else 1.0)
     if choice is _UNALLOCATED:
@@ -375,7 +390,8 @@ def compress(base_dir: str | Path, ft_dir: str | Path, out: str | Path, cfg: Com
     base, ft = ModelDir(base_dir), ModelDir(ft_dir)
     check_pair(base, ft)  # before any work
     dev = _device(cfg)
-    schedule = parse_schedule(cfg.schedule) if cfg.schedule else DELTA_COME_SCHEDULE
+    schedules = parse_schedules(cfg.schedule) if cfg.schedule else [DELTA_COME_SCHEDULE]
+    schedule = schedules[0]  # the fixed plan's
     targets = plan_targets(base, ft, cfg)
     matrices = [t for t in targets if t.kind == "matrix"]
     raw_bytes = sum(ft.nbytes(t.name) for t in targets if t.kind == "raw")
@@ -406,7 +422,7 @@ def compress(base_dir: str | Path, ft_dir: str | Path, out: str | Path, cfg: Com
             prog = _Progress(cfg.progress, len(matrices), "measuring (allocation pass)")
             for t in matrices:
                 d = ft.get(t.name).to(dev, torch.float32) - base.get(t.name).to(dev, torch.float32)
-                menus[t.name] = _menu(d, cfg, schedule, weights.get(t.name))
+                menus[t.name] = _menu(d, cfg, schedules, weights.get(t.name))
                 prog.advance()
             prog.close()
             picked = allocate(menus, matrix_budget)

@@ -56,12 +56,14 @@ class LowRankPlan:
 
 def lowrank_plan_bytes(out: int, inp: int, plan: LowRankPlan) -> int:
     """Stored bytes of a quantized low-rank delta: per group Uᵀ [r, out] and Vt [r, in]
-    (scale groups along each row), singular values, and the act-order permutation."""
+    (scale groups along each row; zero points too, except on 1-bit groups' sign grid),
+    singular values, and the act-order permutation."""
     total = 0
     for g in plan.groups:
         if g.rank:
-            total += quantized_bytes(g.rank, out, g.bits, plan.group_size)
-            total += quantized_bytes(g.rank, inp, g.bits, plan.group_size)
+            zeros = g.bits != 1  # 1-bit groups are on the sign grid: constant zero point 0.5
+            total += quantized_bytes(g.rank, out, g.bits, plan.group_size, stored_zeros=zeros)
+            total += quantized_bytes(g.rank, inp, g.bits, plan.group_size, stored_zeros=zeros)
             total += g.rank * S_BYTES
     if plan.act_order and plan.rank:
         total += inp * PERM_BYTES
@@ -110,12 +112,25 @@ DELTA_COME_SCHEDULE: list[tuple[int, int | None]] = [(8, 2), (3, 32), (2, None)]
 def parse_schedule(text: str) -> list[tuple[int, int | None]]:
     """'8:2,3:32,2' -> [(8, 2), (3, 32), (2, None)]."""
     out: list[tuple[int, int | None]] = []
-    for part in text.split(","):
-        b, _, r = part.strip().partition(":")
-        out.append((int(b), int(r) if r else None))
-    if not out or any(b not in (1, 2, 3, 4, 8) for b, _ in out):
-        raise ValueError(f"bad schedule '{text}': expected e.g. '8:2,3:32,2' with bit widths in 1,2,3,4,8")
+    try:
+        for part in text.split(","):
+            b, _, r = part.strip().partition(":")
+            out.append((int(b), int(r) if r else None))
+    except ValueError:
+        out = []
+    if not out or any(b not in (1, 2, 3, 4, 8) for b, _ in out) or any(r is not None and r <= 0 for _, r in out):
+        raise ValueError(f"bad schedule '{text}': expected e.g. '8:2,3:32,2' with bit widths in 1,2,3,4,8 and ranks > 0")
     return out
+
+
+def parse_schedules(text: str) -> list[list[tuple[int, int | None]]]:
+    """'8:2,3:32,2|8:2,2:16,1' -> one schedule per '|'-separated alternative. A fixed plan
+    uses the first; ``--plan auto`` offers every alternative's plans to the allocation, which
+    picks per matrix (e.g. a 1-bit tail where the spectrum is flat)."""
+    alts = [parse_schedule(t) for t in text.split("|")]
+    if len({tuple(a) for a in alts}) != len(alts):
+        raise ValueError(f"bad schedule '{text}': an alternative is repeated")
+    return alts
 
 
 def fp16_lowrank_rank(out: int, inp: int, bits_per_param: float) -> int:

@@ -53,6 +53,23 @@ def quantize_rtn(w: torch.Tensor, bits: int, group_size: int = 128) -> GroupQuan
     return GroupQuantized(codes=codes.to(torch.uint8), scales=scale, zeros=zero.to(torch.uint8), bits=bits, group_size=group_size)
 
 
+def quantize_sign(w: torch.Tensor, group_size: int = 128) -> torch.Tensor:
+    """float32 ±a per group of ``group_size`` columns, a = mean|w| of the group in float16:
+    the sign grid (codes 1 / 0 at the constant zero point 0.5, scale 2a) that Delta-CoMe's
+    1-bit groups use, without GPTQ's error feedback. Returns the dequantized values."""
+    if w.dim() != 2:
+        raise ValueError(f"quantize_sign expects a 2-D matrix, got shape {tuple(w.shape)}")
+    rows, cols = w.shape
+    n_groups = -(-cols // group_size)
+    pad = n_groups * group_size - cols
+    a = torch.nn.functional.pad(w.float().abs(), (0, pad)).reshape(rows, n_groups, group_size).sum(dim=2)
+    counts = torch.full((n_groups,), float(group_size), device=w.device)
+    counts[-1] = group_size - pad
+    scale = (2 * a / counts).clamp(min=2.0**-24).half().float()  # what the file would store
+    half = scale.repeat_interleave(group_size, dim=1)[:, :cols] / 2
+    return torch.where(w > 0, half, -half)
+
+
 def compress_rtn(delta: torch.Tensor, bits: int, group_size: int = 128):
     """The uniform low-bit baseline: the whole delta at ``bits`` with group RTN."""
     from .core import CompressedDelta, QuantPart

@@ -3,7 +3,8 @@ written through :class:`~deltapack.format.DeltaWriter` into a real .dpk: the ker
 ``bench/kernels.py`` read them back through the same path a compressed fine-tune takes.
 
 Layouts (python/deltapack/compress): ``delta-come`` (8/3/2-bit Vt and Ut groups of 128 with
-u8 zeros, f16 singular values, act-order permutation per :func:`fit_lowrank_plan`),
+u8 zeros, 1-bit groups on the sign grid with the constant zero 0.5, f16 singular values,
+act-order permutation per :func:`fit_lowrank_plan`),
 ``bitdelta`` (``q1``, one f16 scale, constant zero 0.5), ``deltazip`` (``s24q{b}``, a scale
 per row, symmetric), ``lowrank`` (raw f16 ``u`` and ``vt``), ``rtn`` (``q{b}`` groups with u8
 zeros). Values are scaled so that ``Δ·x`` of a unit-variance ``x`` is O(1).
@@ -17,12 +18,11 @@ from typing import Any
 
 import torch
 
-from ..compress.plan import fit_lowrank_plan
+from ..compress.plan import DELTA_COME_SCHEDULE, fit_lowrank_plan
 from ..format import DeltaFile, DeltaWriter
 from ..format import open as open_dpk
 
 METHODS = ("delta-come", "bitdelta", "deltazip", "lowrank", "rtn")
-DELTA_COME_SCHEDULE = [(8, 2), (3, 32), (2, None)]
 
 
 def _grid(rows: int, cols: int, granularity: str, group: int) -> tuple[int, int]:
@@ -47,17 +47,19 @@ def lowrank_rank(out: int, inp: int, bits_per_param: float) -> int:
     return max(1, int(bits_per_param * out * inp // (16 * (out + inp))))
 
 
-def add_synthetic_delta(w: DeltaWriter, target: str, out: int, inp: int, method: str, bits_per_param: float, g: torch.Generator, *, group: int = 128, granularity: str = "group", act_order: bool | None = None, bits: int | None = None) -> dict[str, Any]:
-    """Write one random delta of ``method`` for a linear ``[out, inp]``; returns its entry."""
+def add_synthetic_delta(w: DeltaWriter, target: str, out: int, inp: int, method: str, bits_per_param: float, g: torch.Generator, *, group: int = 128, granularity: str = "group", act_order: bool | None = None, bits: int | None = None, schedule: list[tuple[int, int | None]] | None = None) -> dict[str, Any]:
+    """Write one random delta of ``method`` for a linear ``[out, inp]``; returns its entry.
+    ``schedule``: Delta-CoMe's bit groups (default 8:2,3:32,2)."""
     std = 1.0 / math.sqrt(inp)
     entry: dict[str, Any] = {"target": target, "op": "add"}
     if method == "delta-come":
-        plan = fit_lowrank_plan(out, inp, bits_per_param, DELTA_COME_SCHEDULE, group_size=group, act_order=act_order)
+        plan = fit_lowrank_plan(out, inp, bits_per_param, schedule or DELTA_COME_SCHEDULE, group_size=group, act_order=act_order)
         blocks = []
         for i, grp in enumerate(gr for gr in plan.groups if gr.rank):
             r = grp.rank
-            _add_q(w, f"{target}.vt{i}", r, inp, grp.bits, g, std=1.0 / math.sqrt(inp), granularity=granularity, group=group)
-            _add_q(w, f"{target}.ut{i}", r, out, grp.bits, g, std=1.0 / math.sqrt(out), granularity=granularity, group=group)
+            zeros = grp.bits != 1  # the compressor's 1-bit groups: sign grid, constant zero 0.5
+            _add_q(w, f"{target}.vt{i}", r, inp, grp.bits, g, std=1.0 / math.sqrt(inp), granularity=granularity, group=group, stored_zero=zeros)
+            _add_q(w, f"{target}.ut{i}", r, out, grp.bits, g, std=1.0 / math.sqrt(out), granularity=granularity, group=group, stored_zero=zeros)
             s = (torch.rand(r, generator=g) + 0.5) * math.sqrt(out / max(1, plan.rank))
             w.add_raw(f"{target}.s{i}", s.to(torch.float16))
             blocks.append({"ut": f"{target}.ut{i}", "s": f"{target}.s{i}", "vt": f"{target}.vt{i}"})
