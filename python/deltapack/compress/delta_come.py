@@ -73,10 +73,9 @@ def compress_delta_come(
         return empty_delta((out, inp), dev)
     d = delta.float()
     H = torch.eye(inp, device=dev) if H is None else H.float().to(dev)
-    if whiten is not None and factors is None:
-        U, s, Vh = whitened_svd(d, H, whiten)
-    else:
-        U, s, Vh = factors if factors is not None else svd(d)
+    if factors is None:  # given factors are used as they are (``whiten`` is for the SVD made here)
+        factors = svd(d) if whiten is None else whitened_svd(d, H, whiten)
+    U, s, Vh = factors
     perm = torch.argsort(torch.diagonal(H), descending=True) if plan.act_order else None
     residual = d.clone()
     approx = torch.zeros_like(d)

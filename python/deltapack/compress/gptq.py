@@ -33,6 +33,8 @@ from dataclasses import dataclass
 
 import torch
 
+from .rtn import group_mean_abs
+
 SUPPORTED_BITS = (1, 2, 3, 4, 8)
 _MIN_SCALE = 2.0**-24  # smallest positive float16 (subnormal): never rounds to 0
 _MAX_F16 = 65504.0
@@ -452,8 +454,6 @@ def gptq_quantize_transposed(W: torch.Tensor, H: torch.Tensor, bits: int, group_
     sign = bool(sign1) and bits == 1
     ng = -(-rows // group_size)
     pad = ng * group_size - rows
-    counts = torch.full((ng,), float(group_size), device=dev)
-    counts[-1] = group_size - pad
     codes = torch.empty(cols, rows, dtype=torch.uint8, device=dev)
     scales = torch.empty(cols, ng, dtype=torch.float16, device=dev)
     zeros = torch.empty(cols, ng, dtype=torch.float32, device=dev)
@@ -467,8 +467,7 @@ def gptq_quantize_transposed(W: torch.Tensor, H: torch.Tensor, bits: int, group_
         for i in range(i2 - i1):
             w = W1[:, i]
             if sign:  # mean|w| over each group's own values (the last one may be short)
-                a = torch.nn.functional.pad(w.abs(), (0, pad)).reshape(ng, group_size).sum(dim=1) / counts
-                s16, z = _scale_to_f16(2.0 * a, what), torch.full((ng,), 0.5, device=dev)
+                s16, z = _scale_to_f16(2.0 * group_mean_abs(w[None], group_size)[0], what), torch.full((ng,), 0.5, device=dev)
             else:
                 # pad the short last group with its own last value so min/max stay its own
                 g = torch.cat([w, w[-1:].expand(pad)]) if pad else w

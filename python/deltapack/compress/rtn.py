@@ -59,15 +59,21 @@ def quantize_sign(w: torch.Tensor, group_size: int = 128) -> torch.Tensor:
     1-bit groups use, without GPTQ's error feedback. Returns the dequantized values."""
     if w.dim() != 2:
         raise ValueError(f"quantize_sign expects a 2-D matrix, got shape {tuple(w.shape)}")
+    scale = (2 * group_mean_abs(w, group_size)).clamp(min=2.0**-24).half().float()  # what the file would store
+    half = scale.repeat_interleave(group_size, dim=1)[:, :w.shape[1]] / 2
+    return torch.where(w > 0, half, -half)
+
+
+def group_mean_abs(w: torch.Tensor, group_size: int) -> torch.Tensor:
+    """float32 [rows, ceil(cols / group_size)]: mean|w| over each group of ``group_size``
+    columns, the short last group's over its own values (the sign grid's scale / 2)."""
     rows, cols = w.shape
     n_groups = -(-cols // group_size)
     pad = n_groups * group_size - cols
     a = torch.nn.functional.pad(w.float().abs(), (0, pad)).reshape(rows, n_groups, group_size).sum(dim=2)
     counts = torch.full((n_groups,), float(group_size), device=w.device)
     counts[-1] = group_size - pad
-    scale = (2 * a / counts).clamp(min=2.0**-24).half().float()  # what the file would store
-    half = scale.repeat_interleave(group_size, dim=1)[:, :cols] / 2
-    return torch.where(w > 0, half, -half)
+    return a / counts
 
 
 def compress_rtn(delta: torch.Tensor, bits: int, group_size: int = 128):
