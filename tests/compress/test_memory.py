@@ -6,6 +6,7 @@ after a warm-up compression of a one-layer pair has done every lazy import (tran
 tokenizer and model modules alone are ~100 MB) and grown the math libraries' buffer pools."""
 
 import json
+import os
 import subprocess
 import sys
 import textwrap
@@ -75,7 +76,12 @@ SCRIPT = textwrap.dedent(
 def _peak(tmp_path, method, layers):
     d = tmp_path / f"{method}-{layers}"
     d.mkdir()
-    r = subprocess.run([sys.executable, "-c", SCRIPT, str(d), method, str(layers)], capture_output=True, text=True, timeout=900)
+    # glibc serves large blocks from the heap once its dynamic mmap threshold has grown, and
+    # keeps freed ones there: the peak then carries fragmentation that differs from run to run
+    # (9-23 MiB of "growth" for the same code). A fixed threshold maps every block >= 128 KiB
+    # and unmaps it on free, so RssAnon follows what is live.
+    env = dict(os.environ, MALLOC_MMAP_THRESHOLD_=str(128 * 1024), MALLOC_ARENA_MAX="2")
+    r = subprocess.run([sys.executable, "-c", SCRIPT, str(d), method, str(layers)], capture_output=True, text=True, timeout=900, env=env)
     assert r.returncode == 0, r.stderr[-3000:]
     return json.loads(r.stdout.strip().splitlines()[-1])
 
