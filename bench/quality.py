@@ -7,7 +7,8 @@ without scale distillation, DeltaZip, low-rank, RTN; and, when named in ``--meth
 ``delta-come-kl`` (``--plan auto --sensitivity kl``), ``delta-come-distill`` and
 ``delta-come-kl-distill`` (the same two with their singular values distilled against the
 fine-tune's logits, ``--distill``), ``delta-come-kl-distill-scales`` (the latter with the
-quantized singular vectors' group scales distilled too, ``--distill-scales``) — at each budget (every stored bit
+quantized singular vectors' group scales distilled too, ``--distill-scales``),
+``delta-come-kl-distill-codes`` (and their codes, quantization-aware, ``--distill-codes``) — at each budget (every stored bit
 counted: codes, scales, zeros, singular values, raw norms), the fine-tune's delta is compressed
 to a .dpk, loaded with ``deltapack.load`` (DeltaLinear modules; on a GPU in bf16, through the
 kernels that ``load`` dispatches to) and measured:
@@ -105,6 +106,12 @@ EXTRA_METHODS: dict[str, tuple[str, dict[str, Any]]] = {
     "delta-come-kl-distill-scales": (
         "delta-come auto, KL-weighted + distill (s and group scales)",
         {"method": "delta-come", "plan": "auto", "sensitivity": "kl", "distill": True, "distill_scales": True},
+    ),
+    # quantization-aware: the singular vectors' codes trained too (straight-through latents on
+    # the stored grid), beside the singular values and group scales; same bytes
+    "delta-come-kl-distill-codes": (
+        "delta-come auto, KL-weighted + distill (s, group scales and codes)",
+        {"method": "delta-come", "plan": "auto", "sensitivity": "kl", "distill": True, "distill_scales": True, "distill_codes": True},
     ),
     # the same allocations offered plans with a 1-bit tail of singular vectors (sign grid)
     "delta-come-kl-sign": ("delta-come auto, KL-weighted, 1-bit tails", {"method": "delta-come", "plan": "auto", "sensitivity": "kl", "schedule": SIGN_SCHEDULES}),

@@ -110,6 +110,9 @@ def test_distill_methods_are_extra_and_reported(tmp_path):
     kw = EXTRA_METHODS["delta-come-kl-distill-scales"][1]
     assert kw["distill_scales"] is True and {k: v for k, v in kw.items() if k != "distill_scales"} == EXTRA_METHODS["delta-come-kl-distill"][1]
     CompressConfig(**kw).validate()
+    kc = EXTRA_METHODS["delta-come-kl-distill-codes"][1]
+    assert kc["distill_codes"] is True and {k: v for k, v in kc.items() if k != "distill_codes"} == kw
+    CompressConfig(**kc).validate()
     rows = [
         {"task": "code", "method": "fine-tune", "label": "fine-tune", "bits": 16.0, "accuracy": 0.6, "kept": 1.0, "kl": 0.0},
         {"task": "code", "method": "base", "label": "base", "bits": 0.0, "accuracy": 0.1, "kept": 1 / 6, "kl": 3.0},

@@ -1,6 +1,6 @@
 """Scale distillation (compress/distill.py) on the session's real tiny pair: Delta-CoMe's and
-low-rank's singular values trained against the fine-tune's logits, written back in the same
-bytes; the student it trains is the compressed model the file loads as; a diverging run keeps
+low-rank's singular values (and Delta-CoMe's group scales and codes) trained against the
+fine-tune's logits, written back in the same bytes; the student it trains is the compressed model the file loads as; a diverging run keeps
 the initial scales; methods without trainable scales are refused."""
 
 import pytest
@@ -245,9 +245,10 @@ def test_checkpointed_distillation_gives_the_same_scales(zoo_pair, calib_file, t
 # ----------------------------------------------------------------------------- group scales
 
 
-def _synthetic_delta_come(seed: int = 0):
-    """A Delta-CoMe delta of a random low-rank-ish matrix, act-order on, three bit groups, and
-    groups of 32 so that Uᵀ and Vᵀ have several scales per row."""
+def _synthetic_delta_come(seed: int = 0, sign: bool = False):
+    """A Delta-CoMe delta of a random low-rank-ish matrix, act-order on, three bit groups (four
+    with ``sign``: a 1-bit tail on the sign grid, constant zero 0.5), and groups of 32 so that
+    Uᵀ and Vᵀ have several scales per row."""
     from deltapack.compress.delta_come import compress_delta_come
     from deltapack.compress.plan import BitGroup, LowRankPlan
 
@@ -256,7 +257,8 @@ def _synthetic_delta_come(seed: int = 0):
     delta = torch.randn(out, 12, generator=g) @ torch.randn(12, inp, generator=g) / 10 + torch.randn(out, inp, generator=g) / 100
     x = torch.randn(256, inp, generator=g) * torch.linspace(0.2, 3.0, inp)
     H = x.T @ x / len(x)
-    plan = LowRankPlan((BitGroup(8, 2), BitGroup(3, 4), BitGroup(2, 6)), group_size=32, act_order=True)
+    groups = (BitGroup(8, 2), BitGroup(3, 4), BitGroup(2, 6)) + ((BitGroup(1, 5),) if sign else ())
+    plan = LowRankPlan(groups, group_size=32, act_order=True)
     return compress_delta_come(delta, H, plan)
 
 
@@ -293,12 +295,12 @@ def test_group_scaled_student_is_the_reference_delta(tmp_path):
 
 
 def test_written_group_scales_are_what_the_file_decodes(tmp_path):
-    """set_group_scales + set_lowrank_scales: fp16 scales written into the same parts (codes,
+    """set_quant_factors + set_lowrank_scales: fp16 scales written into the same parts (codes,
     zeros, shapes, dtypes, bytes unchanged), and ``cd.approx`` equals what the reference path
     reads back from a file written with them."""
     import deltapack
     from deltapack.compress.core import write_delta
-    from deltapack.compress.distill import _lowrank_modules, set_group_scales, set_lowrank_scales
+    from deltapack.compress.distill import _lowrank_modules, set_lowrank_scales, set_quant_factors
     from deltapack.format import DeltaWriter
 
     cd = _synthetic_delta_come(1)
@@ -311,7 +313,8 @@ def test_written_group_scales_are_what_the_file_decodes(tmp_path):
             f.mult.copy_(1 + 0.2 * torch.randn(f.mult.shape, generator=g))
     s = gs.s * 1.1
     expect = gs.dense(s).detach()
-    change = set_group_scales(cd, gs)
+    change, codes_changed = set_quant_factors(cd, gs)
+    assert codes_changed is None
     assert 0.1 < change < 0.3, change
     set_lowrank_scales(cd, gs, s)
     assert cd.nbytes == nbytes and cd.parts.keys() == old.keys()
@@ -416,3 +419,158 @@ def test_diverging_group_scale_distillation_keeps_every_initial_scale(zoo_pair, 
             for k in ("ut", "s", "vt"):
                 assert all(torch.equal(x, y) for x, y in zip(_raw_bytes(f0, b0[k]), _raw_bytes(f1, b1[k]), strict=True)), (target, k)
         assert "scale_change" not in e["stats"] and "s_change" not in e["stats"]
+
+
+def test_latent_codes_decode_as_stored_and_round_straight_through(tmp_path):
+    """With trainable codes, the student's Δ̂ at the start is the reference path's bit for bit
+    (8-, 3-, 2- and 1-bit sign-grid factors); the rounding passes the gradient through to every
+    latent; a latent moved past half a level decodes as the neighbouring code, one moved less
+    does not, and none leaves the grid."""
+    from deltapack.compress.distill import _lowrank_modules
+
+    cd = _synthetic_delta_come(2, sign=True)
+    assert any(p.zero_point == 0.5 and p.bits == 1 for p in cd.parts.values() if hasattr(p, "zero_point"))
+    cpu = torch.device("cpu")
+    ref = _lowrank_modules({"m": cd}, cpu, tmp_path)["m"].dense()
+    gc = _lowrank_modules({"m": cd}, cpu, tmp_path, codes=True)["m"]
+    facs = [f for _, _, f in gc.quant_factors()]
+    assert len(facs) == 8 and all(f.latent is not None and f.offsets is None for f in facs)
+    assert not any(isinstance(f.mult, torch.nn.Parameter) for f in facs)  # scales fixed: codes alone
+    assert torch.equal(gc.dense(gc.s), ref)
+    w = torch.randn(ref.shape, generator=torch.Generator().manual_seed(5))
+    (gc.dense(gc.s) * w).sum().backward()
+    for f in facs:
+        assert f.latent.grad is not None and (f.latent.grad != 0).float().mean() > 0.5, f.info.name
+    f = max(facs, key=lambda f: f.info.bits)  # the 8-bit factor: room on both sides of most codes
+    before = f().detach().clone()
+    with torch.no_grad():
+        c0 = f.codes().clone()
+        f.latent.add_(0.45)
+        assert torch.equal(f.codes(), c0) and torch.equal(f(), before)
+        f.latent.add_(0.1)  # now 0.55 above: one level up where the grid has room
+        up = c0 < f.levels
+        assert torch.equal(f.codes()[up], c0[up] + 1) and torch.equal(f.codes()[~up], c0[~up])
+        f.latent.add_(1000.0)
+        assert float(f.codes().max()) == f.levels and float(f().abs().max()) < float("inf")
+
+
+def test_written_codes_are_what_the_file_decodes(tmp_path):
+    """set_quant_factors writes the trained codes (and scales) into the same parts: same shapes
+    and bytes, zeros and bit widths unchanged, codes on the grid; the written file decodes to
+    exactly the student's Δ̂ (``cd.approx``)."""
+    from deltapack.compress.core import write_delta
+    from deltapack.compress.distill import _lowrank_modules, set_lowrank_scales, set_quant_factors
+    from deltapack.format import DeltaWriter
+
+    cd = _synthetic_delta_come(4, sign=True)
+    old = dict(cd.parts)
+    nbytes = cd.nbytes
+    gc = _lowrank_modules({"m": cd}, torch.device("cpu"), tmp_path, group_scales=True, codes=True)["m"]
+    g = torch.Generator().manual_seed(6)
+    with torch.no_grad():
+        for _, _, f in gc.quant_factors():
+            f.latent.add_(1.5 * torch.randn(f.latent.shape, generator=g))
+            f.mult.copy_(1 + 0.1 * torch.randn(f.mult.shape, generator=g))
+    expect = gc.dense(gc.s).detach()
+    change, moved = set_quant_factors(cd, gc)
+    assert change > 0.01 and 0.3 < moved < 0.9, (change, moved)
+    set_lowrank_scales(cd, gc, gc.s)
+    assert cd.nbytes == nbytes and cd.parts.keys() == old.keys()
+    for u, _, v in cd.blocks:
+        for name in (u, v):
+            p0, p1 = old[name], cd.parts[name]
+            assert p1.codes.dtype == torch.uint8 and p1.codes.shape == p0.codes.shape and int(p1.codes.max()) < 2**p1.bits
+            assert not torch.equal(p0.codes, p1.codes) and p1.bits == p0.bits and p1.zero_point == p0.zero_point
+            assert (p0.zeros is None and p1.zeros is None) or torch.equal(p0.zeros, p1.zeros)
+    torch.testing.assert_close(cd.approx, expect, rtol=2e-3, atol=2e-3 * float(expect.abs().max()))  # fp16 rounding of the scales
+    with DeltaWriter(tmp_path / "w.dpk") as w:
+        e = write_delta(w, "m", cd, {})
+        w.finish(method="t", base_name="", finetune_name="", deltas=[e])
+    f = deltapack.open(tmp_path / "w.dpk", verify="full")
+    assert torch.equal(read_delta(f, e).dense(), cd.approx)
+
+
+@pytest.fixture(scope="module")
+def dc_codes(zoo_pair, calib_file, tmp_path_factory, dc_scales):
+    """The dc_scales compression (0.25 bit, auto plan) with the codes trained too."""
+    base, ft = zoo_pair
+    out = tmp_path_factory.mktemp("distill-codes")
+    kw = dict(method="delta-come", plan="auto", bits_per_param=0.25, calib=str(calib_file), distill=True, distill_steps=40, distill_lr=1e-2, device="cpu", **CAL)
+    r_c = compress(base, ft, out / "c.dpk", distill_scales=True, distill_codes=True, distill_codes_lr=5e-2, **kw)
+    return out / "c.dpk", r_c
+
+
+def test_distilled_codes_lower_the_loss_further(dc_scales, dc_codes):
+    """Training the codes beside the scales ends below the scales alone (same start), some codes
+    change, and the file keeps its bytes."""
+    _, pg, _, r_g = dc_scales
+    pc, r_c = dc_codes
+    rg = deltapack.open(pg).manifest["method"]["params"]["distill_result"]
+    rc = deltapack.open(pc).manifest["method"]["params"]["distill_result"]
+    assert rc["codes"] and rc["codes_lr"] == 5e-2 and not rg["codes"] and rg["codes_changed"] is None
+    assert rc["before"] == pytest.approx(rg["before"], rel=1e-6)
+    assert rc["kept"] and rc["after"] < rg["after"], (rc, rg)
+    assert 0 < rc["codes_changed"] < 0.5, rc
+    assert r_c.stored_bytes == r_g.stored_bytes
+
+
+def test_distilled_codes_round_trip(dc_scales, dc_codes, zoo_pair):
+    """Every stored tensor has its shape and dtype; codes moved in some factors, zeros never;
+    the reference path reads back the distilled delta (its rel_error stat), the kernels' packed
+    form agrees with it, and loading the model gives the distilled student."""
+    from deltapack.compress.hf import ModelDir
+
+    _, pg, _, _ = dc_scales
+    pc, _ = dc_codes
+    fg, fc = deltapack.open(pg, verify="full"), deltapack.open(pc, verify="full")
+    assert fg.file_len == fc.file_len
+    eg, ec = _low_rank(fg), _low_rank(fc)
+    assert eg.keys() == ec.keys() and len(ec) >= 10
+    base, ft = (ModelDir(p) for p in zoo_pair)
+    moved = 0
+    for target, e in ec.items():
+        for b0, b1 in zip(eg[target]["blocks"], e["blocks"], strict=True):
+            for k in ("ut", "vt"):
+                p0, p1 = fg.packed(b0[k]), fc.packed(b1[k])
+                assert p1.codes.shape == p0.codes.shape and p1.scales.shape == p0.scales.shape and p1.scales.dtype == torch.float16
+                assert (p0.zeros is None) == (p1.zeros is None)
+                moved += not torch.equal(p0.codes, p1.codes)
+        assert 0 <= e["stats"]["codes_changed"] < 1
+        exact = ft.get(target).float() - base.get(target).float()
+        got = read_delta(fc, e).dense()
+        assert float((got - exact).norm() / exact.norm()) == pytest.approx(e["stats"]["rel_error"], rel=1e-5, abs=1e-7), target
+    assert moved >= len(ec) // 2, moved
+
+
+def test_distill_codes_refused_where_it_does_not_apply(zoo_pair, tmp_path):
+    with pytest.raises(ValueError, match="needs --distill"):
+        CompressConfig(method="delta-come", distill_codes=True).validate()
+    for m in ("lowrank", "bitdelta"):
+        with pytest.raises(ValueError, match="delta-come only"):
+            CompressConfig(method=m, distill=True, distill_codes=True).validate()
+    with pytest.raises(ValueError, match="distill_codes_lr"):
+        CompressConfig(method="delta-come", distill=True, distill_codes=True, distill_codes_lr=0.0).validate()
+    CompressConfig(method="delta-come", distill=True, distill_codes=True).validate()
+    base, ft = zoo_pair
+    from deltapack.cli import main
+
+    assert main(["compress", str(base), str(ft), "-o", str(tmp_path / "y.dpk"), "--method", "bitdelta", "--distill", "--distill-codes"]) == 2
+    assert not (tmp_path / "y.dpk").exists()
+
+
+def test_diverging_code_distillation_keeps_every_initial_code(zoo_pair, calib_file, tmp_path):
+    """The guard covers the codes: a diverging run writes every tensor as compressed."""
+    base, ft = zoo_pair
+    kw = dict(method="delta-come", bits_per_param=1.0, calib=str(calib_file), device="cpu", **CAL)
+    compress(base, ft, tmp_path / "p.dpk", **kw)
+    compress(base, ft, tmp_path / "d.dpk", distill=True, distill_codes=True, distill_steps=3, distill_lr=1e3, distill_codes_lr=1e3, **kw)
+    f0, f1 = deltapack.open(tmp_path / "p.dpk"), deltapack.open(tmp_path / "d.dpk")
+    res = f1.manifest["method"]["params"]["distill_result"]
+    assert res["codes"] and not res["kept"], res
+    e0, e1 = _low_rank(f0), _low_rank(f1)
+    assert e0.keys() == e1.keys() and e1
+    for target, e in e1.items():
+        for b0, b1 in zip(e0[target]["blocks"], e["blocks"], strict=True):
+            for k in ("ut", "s", "vt"):
+                assert all(torch.equal(x, y) for x, y in zip(_raw_bytes(f0, b0[k]), _raw_bytes(f1, b1[k]), strict=True)), (target, k)
+        assert "codes_changed" not in e["stats"]

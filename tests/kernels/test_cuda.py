@@ -20,7 +20,8 @@ from tests.kernels.delta_cases import TOL, _deltas
 
 # Encodings in the kernels' scope: BitDelta q1 (tensor scale, constant zero 0.5), RTN q{b} with
 # u8 zeros at group / row / tensor granularity, and Delta-CoMe low-rank blocks (8/3/2-bit Vt and
-# Ut, f16 singular values; act-order permutation or not; groups of 128 or 32, or a scale per row).
+# Ut, f16 singular values; act-order permutation or not; groups of 128 or 32, or a scale per row;
+# a 1-bit sign-grid tail).
 SPECS = {"bitdelta": ("bitdelta", 1.0, {})}
 for _b in (1, 2, 3, 4, 8):
     for _name, _kw in (("g32", {"group": 32}), ("g128", {"group": 128}), ("row", {"granularity": "row"}), ("tensor", {"granularity": "tensor"})):
@@ -31,6 +32,9 @@ SPECS |= {
     "dc05_noperm": ("delta-come", 0.5, {"act_order": False}),
     "dc2_perm": ("delta-come", 2.0, {"act_order": True}),
     "dc2_row": ("delta-come", 2.0, {"granularity": "row"}),
+    # a 1-bit tail of singular vectors on the sign grid (constant zero 0.5; session 13's form)
+    "dc1_sign": ("delta-come", 1.0, {"schedule": [(8, 2), (2, 4), (1, None)]}),
+    "dc1_sign_g32": ("delta-come", 1.0, {"group": 32, "schedule": [(8, 2), (2, 4), (1, None)]}),
 }
 DTYPES = [torch.float32, torch.float16, torch.bfloat16]
 # odd shapes: partial last words, N not a multiple of a block's outputs, rows of x not 16-byte

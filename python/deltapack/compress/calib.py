@@ -113,9 +113,14 @@ class LayerStream:
         pos = torch.arange(self.seq_len, device=device).unsqueeze(0)
         self.position_ids = pos
         self.position_embeddings = self.rotary(self.hidden[0], position_ids=pos)
+        import inspect
+
         from transformers.masking_utils import create_causal_mask
 
-        self.mask = create_causal_mask(config=self.config, inputs_embeds=self.hidden[0], attention_mask=None, past_key_values=None, position_ids=pos)
+        # the no-cache argument was renamed (past_key_values → cache, transformers 5.2x); the
+        # device machine's older transformers knows only the first
+        no_cache = "cache" if "cache" in inspect.signature(create_causal_mask).parameters else "past_key_values"
+        self.mask = create_causal_mask(config=self.config, inputs_embeds=self.hidden[0], attention_mask=None, position_ids=pos, **{no_cache: None})
 
     def build_layer(self, index: int, weights: Callable[[str], torch.Tensor]) -> nn.Module:
         """Decoder layer ``index`` with parameters from ``weights(full tensor name)``."""

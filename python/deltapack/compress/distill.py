@@ -19,8 +19,17 @@ weight parametrization (any module type works); one training loop serves two for
   multiplier m (init 1), beside the singular values' multipliers. The student decodes Û and V̂
   from the stored codes and zeros as the reference path's ``dequantize`` does, with the scaled
   scales (``_QuantFactor``), so with every m = 1 it is the reference path's Δ̂. The trained
-  scales are written back as fp16 into the same parts (``set_group_scales``): same bytes, same
+  scales are written back as fp16 into the same parts (``set_quant_factors``): same bytes, same
   format; codes and zeros unchanged.
+* codes (Delta-CoMe only, ``cfg.distill_codes``): quantization-aware training of the packed
+  factors' codes themselves. Each stored code gets a latent float copy (init: the code); the
+  student decodes ``(clamp(round(latent), 0, 2^b − 1) − zero) · scale`` with a straight-through
+  round (the gradient passes the rounding unchanged), so a code moves to a neighbouring level
+  only once the loss has pushed its latent across the half-way point, i.e. after a sustained
+  gradient of one sign. The stored grid (scales, zeros, bit width) is kept, and the rounded
+  codes are written back into the same parts (same bytes, same format, kernels unchanged).
+  With ``distill_scales`` the group scales train beside them. The latents cost 4 bytes per code
+  plus AdamW's 8 (a 7B delta at 1 bit holds ~3.5 G codes: this is for models that fit).
 
 Matrices a budget left without a delta use the base weight in the student (as in the compressed
 model); tensors stored whole (norms, raw embeddings) are the fine-tune's. The loss is
@@ -43,7 +52,7 @@ from torch import nn
 from torch.nn.utils import parametrize
 
 from ..format import DeltaFile, DeltaWriter, PackedTensor
-from ..kernels.reference import code_offsets, scale_offsets
+from ..kernels.reference import code_offsets, scale_offsets, unpack_rows
 from ..nn.delta import LowRankDelta, lowrank_blocks, lowrank_dense, read_delta
 from .bitdelta import set_bitdelta_scale
 from .core import CompressedDelta, QuantPart, RawPart, write_delta
@@ -57,6 +66,10 @@ LOSSES = ("kl", "mse")
 # values alone 0.0538 at 1 bit, 0.1003 at 0.25) gave 0.0578 / 0.0873 at 3e-2 and 0.0527 /
 # 0.0899 at 1e-2 — to be measured on the real zoo. ``cfg.distill_lr``, when given, sets all.
 DEFAULT_LR = {"bitdelta": 1e-4, "low_rank": 3e-2, "group_scales": 3e-2}
+# the codes' latents move in code units (one level = 1.0; a code flips after its latent has
+# travelled 0.5): with AdamW's ~lr per step and the cosine decay, 200 steps move a latent by at
+# most ~1.3 levels at 1e-2 (``cfg.distill_codes_lr`` sets it; ``distill_lr`` does not)
+DEFAULT_CODES_LR = 1e-2
 BATCH = 4  # sequences per step (the paper's)
 
 
@@ -109,19 +122,34 @@ class _ScaledLowRank(nn.Module):
 class _QuantFactor(nn.Module):
     """One packed factor of a low-rank block as the file stores it (Vᵀ [r, in] or Uᵀ [r, out]),
     decoded as the reference path's ``dequantize`` does, with every stored group scale times a
-    trainable multiplier (init 1: exactly the stored scales). Codes and zeros stay fixed, so
-    their offsets (code − zero, float32: the memory of the decoded factor that the singular
-    values' path keeps) are unpacked once; a step only multiplies them by the scales."""
+    multiplier (init 1: exactly the stored scales), trainable when ``scales``. Codes and zeros
+    stay fixed unless ``codes``: then their offsets (code − zero, float32: the memory of the
+    decoded factor that the singular values' path keeps) are unpacked once and a step only
+    multiplies them by the scales. With ``codes`` each code has a trainable latent (init: the
+    code) that is rounded to the grid on the way in, straight through (module docstring)."""
 
-    def __init__(self, packed: PackedTensor, device: torch.device):
+    def __init__(self, packed: PackedTensor, device: torch.device, scales: bool = True, codes: bool = False):
         super().__init__()
         if packed.indices is not None:
-            raise ValueError(f"{packed.info.name}: a 2:4 sparse factor has no group scales to distill")
+            raise ValueError(f"{packed.info.name}: a 2:4 sparse factor has no group scales or dense codes to distill")
         self.info = packed.info
+        self.levels = (1 << packed.info.bits) - 1
         self.register_buffer("scales", packed.scales.to(device, copy=True))  # stored dtype (fp16)
         z = None if packed.zeros is None else packed.zeros.to(device)
-        self.register_buffer("offsets", code_offsets(PackedTensor(info=packed.info, codes=packed.codes.to(device), scales=self.scales, zeros=z)))
-        self.mult = nn.Parameter(torch.ones(packed.scales.shape, dtype=torch.float32, device=device))
+        offsets = code_offsets(PackedTensor(info=packed.info, codes=packed.codes.to(device), scales=self.scales, zeros=z))
+        if codes:
+            stored = unpack_rows(packed.codes.to(device), packed.info.code_cols, packed.info.bits).to(torch.float32)
+            self.register_buffer("zero", stored - offsets)  # each code's zero point, float32
+            self.latent = nn.Parameter(stored)
+            self.register_buffer("offsets", None)
+        else:
+            self.register_buffer("offsets", offsets)
+            self.latent = None
+        mult = torch.ones(packed.scales.shape, dtype=torch.float32, device=device)
+        if scales:
+            self.mult = nn.Parameter(mult)
+        else:
+            self.register_buffer("mult", mult)
 
     def scaled(self) -> torch.Tensor:
         """The trained scales, float32 (differentiable in the multipliers)."""
@@ -131,8 +159,35 @@ class _QuantFactor(nn.Module):
         """The trained scales as the file would store them (the stored scales' dtype)."""
         return self.scaled().detach().to(self.scales.dtype)
 
+    def codes(self) -> torch.Tensor:
+        """The codes as the student decodes them and the file will store them (float32 levels in
+        [0, 2^b − 1]; the stored ones when the codes are not trained)."""
+        if self.latent is None:
+            raise ValueError(f"{self.info.name}: its codes are not trained")
+        return self.latent.detach().clamp(0, self.levels).round()
+
+    def trained(self) -> list[nn.Parameter]:
+        """The scales' multipliers (if trained), then the latent codes (if trained)."""
+        return [t for t in (self.mult, self.latent) if isinstance(t, nn.Parameter)]
+
     def forward(self) -> torch.Tensor:
-        return scale_offsets(self.info, self.offsets, self.scaled())
+        if self.latent is None:
+            offsets = self.offsets
+        else:
+            # straight through the round and the clamp alike: a clamp's own gradient is 0 at
+            # its bounds (torch's, at least for some), which would pin every code at 0 or
+            # 2^b − 1 (all 1-bit codes, many 2-bit ones) where it is
+            lat = self.latent
+            offsets = lat + (lat.detach().clamp(0, self.levels).round() - lat.detach()) - self.zero
+        return scale_offsets(self.info, offsets, self.scaled())
+
+    @torch.no_grad()
+    def project_(self) -> None:
+        """Keep each latent within half a level of the grid ([−0.5, 2^b − 0.5]): beyond it the
+        code no longer changes, and a latent left to drift there would have to travel back
+        before its code could move the other way."""
+        if self.latent is not None:
+            self.latent.clamp_(-0.5, self.levels + 0.5)
 
 
 class _RawFactor(nn.Module):
@@ -175,15 +230,17 @@ class _GroupScaledLowRank(nn.Module):
         return [(k, w, f) for k, w, f in every if isinstance(f, _QuantFactor)]
 
     def trained(self) -> list[nn.Parameter]:
-        return [f.mult for _, _, f in self.quant_factors()]
+        """The group scales' multipliers, then the latent codes (those trained)."""
+        scales = [f.mult for _, _, f in self.quant_factors() if isinstance(f.mult, nn.Parameter)]
+        return scales + [f.latent for _, _, f in self.quant_factors() if f.latent is not None]
 
 
-def _group_scaled(f: DeltaFile, entry: dict[str, Any], device: torch.device) -> _GroupScaledLowRank:
+def _group_scaled(f: DeltaFile, entry: dict[str, Any], device: torch.device, scales: bool = True, codes: bool = False) -> _GroupScaledLowRank:
     """``nn.delta.read_delta``'s walk over a low-rank entry's blocks, with each packed factor
-    kept packed (``_QuantFactor``) instead of decoded once."""
+    kept packed (``_QuantFactor``, its scales and / or codes trainable) instead of decoded once."""
 
     def factor(name: str) -> nn.Module:
-        return _RawFactor(f.raw(name), device) if f.info(name).is_raw else _QuantFactor(f.packed(name), device)
+        return _RawFactor(f.raw(name), device) if f.info(name).is_raw else _QuantFactor(f.packed(name), device, scales, codes)
 
     us, transposed, ss, vts = [], [], [], []
     for u_name, t, s_name, vt_name in lowrank_blocks(entry):
@@ -209,6 +266,9 @@ class DistillResult:
     checkpointed: bool = False  # the layers' activations were recomputed in the backward pass
     scales: bool = False  # the packed factors' group scales were trained too (distill_scales)
     scales_lr: float | None = None  # their multipliers' learning rate
+    codes: bool = False  # the packed factors' codes were trained too (distill_codes)
+    codes_lr: float | None = None  # their latents' learning rate
+    codes_changed: float | None = None  # share of the trained codes written with a new value
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -238,11 +298,14 @@ def _checkpointable(model: nn.Module) -> bool:
     return all(float(getattr(cfg, k, 0.0) or 0.0) == 0.0 for k in ("attention_dropout", "hidden_dropout", "dropout"))
 
 
-def _lowrank_modules(deltas: dict[str, CompressedDelta], device: torch.device, workdir: str | Path | None, group_scales: bool = False) -> dict[str, nn.Module]:
+def _lowrank_modules(
+    deltas: dict[str, CompressedDelta], device: torch.device, workdir: str | Path | None, group_scales: bool = False, codes: bool = False
+) -> dict[str, nn.Module]:
     """The reference path's LowRankDelta (float32, on ``device``) of each low-rank delta: the
     parts go through a scratch .dpk and back, so Û and V̂ are dequantized as the file stores
-    them (codes, group scales and zeros, the act-order permutation). ``group_scales``: a
-    ``_GroupScaledLowRank`` instead, which decodes them on each call with trainable scales."""
+    them (codes, group scales and zeros, the act-order permutation). ``group_scales`` and / or
+    ``codes``: a ``_GroupScaledLowRank`` instead, which decodes them on each call with trainable
+    scales and / or codes."""
     if not deltas:
         return {}
     with tempfile.TemporaryDirectory(prefix="deltapack-distill-", dir=workdir) as td:
@@ -251,8 +314,8 @@ def _lowrank_modules(deltas: dict[str, CompressedDelta], device: torch.device, w
             entries = {name: write_delta(w, name, cd, {}) for name, cd in deltas.items()}
             w.finish(method="scratch", base_name="", finetune_name="", deltas=list(entries.values()))
         f = DeltaFile(path)
-        if group_scales:
-            return {name: _group_scaled(f, e, device) for name, e in entries.items()}
+        if group_scales or codes:
+            return {name: _group_scaled(f, e, device, group_scales, codes) for name, e in entries.items()}
         return {name: read_delta(f, e, device, torch.float32) for name, e in entries.items()}
 
 
@@ -289,30 +352,40 @@ def set_lowrank_scales(cd: CompressedDelta, delta: nn.Module, s: torch.Tensor) -
 
 
 @torch.no_grad()
-def set_group_scales(cd: CompressedDelta, delta: _GroupScaledLowRank) -> float:
-    """Write the trained group scales of ``delta``'s packed factors (stored scale × multiplier,
-    rounded to the stored dtype, fp16) into the ``QuantPart``s of ``cd``'s blocks: same shape,
-    same bytes; codes and zeros untouched. ``delta`` is then reset to what was written (scales
-    the new ones, multipliers 1), so that its ``u``/``vt`` decode as the file will: call
-    ``set_lowrank_scales`` after this one to write s and update ``cd.approx``. The kernels need
-    nothing more: the rank-major copy of Uᵀ they read is re-packed from the stored codes at load
-    (kernels/packed.py ``rank_major_codes``) and reads Uᵀ's scales from the part as stored.
-    Returns the relative change of all the scales (norm of the change / norm of the old)."""
+def set_quant_factors(cd: CompressedDelta, delta: _GroupScaledLowRank) -> tuple[float, float | None]:
+    """Write the trained group scales (stored scale × multiplier, rounded to the stored dtype,
+    fp16) and, where trained, the codes (the latents rounded to the grid, uint8) of ``delta``'s
+    packed factors into the ``QuantPart``s of ``cd``'s blocks: same shapes, same bytes; zeros
+    and bit widths untouched. ``delta`` is then reset to what was written (scales the new ones,
+    multipliers 1, latents the written codes), so that its ``u``/``vt`` decode as the file
+    will: call ``set_lowrank_scales`` after this one to write s and update ``cd.approx``. The
+    kernels need nothing more: the rank-major copy of Uᵀ they read is re-packed from the
+    stored codes at load (kernels/packed.py ``rank_major_codes``) and reads Uᵀ's scales from
+    the part as stored. Returns the relative change of all the scales (norm of the change /
+    norm of the old) and the share of the trained codes that changed (None: none trained)."""
     diff = norm = 0.0
+    moved = total = 0
     for k, which, fac in delta.quant_factors():
         u_name, _, v_name = cd.blocks[k]
         name = u_name if which == "u" else v_name
         part = cd.parts[name]
-        if not isinstance(part, QuantPart) or part.scales.numel() != fac.scales.numel():
+        if not isinstance(part, QuantPart) or part.scales.numel() != fac.scales.numel() or tuple(part.codes.shape) != (fac.info.rows, fac.info.code_cols):
             raise ValueError(f"part '{name}' is not the quantized factor whose {fac.scales.numel()} group scales were trained")
         new = fac.stored()
         old = fac.scales.float()
         diff += float((new.float() - old).square().sum())
         norm += float(old.square().sum())
-        cd.parts[name] = QuantPart(codes=part.codes, bits=part.bits, scales=new.cpu().reshape(part.scales.shape).to(part.scales.dtype), zeros=part.zeros, zero_point=part.zero_point, group_size=part.group_size)
+        codes = part.codes
+        if fac.latent is not None:
+            c = fac.codes()
+            codes = c.to(torch.uint8).cpu()
+            moved += int((codes != part.codes).sum())
+            total += codes.numel()
+            fac.latent.copy_(c)
+        cd.parts[name] = QuantPart(codes=codes, bits=part.bits, scales=new.cpu().reshape(part.scales.shape).to(part.scales.dtype), zeros=part.zeros, zero_point=part.zero_point, group_size=part.group_size)
         fac.scales.copy_(new)
         fac.mult.fill_(1.0)
-    return math.sqrt(diff / max(norm, 1e-30))
+    return math.sqrt(diff / max(norm, 1e-30)), (moved / total if total else None)
 
 
 def distill(
@@ -365,11 +438,13 @@ def distill(
         elif cd.form != "low_rank":
             raise ValueError(f"{name}: scale distillation does not apply to form '{cd.form}'")
     group_scales = bool(getattr(cfg, "distill_scales", False))
-    if group_scales:
+    codes = bool(getattr(cfg, "distill_codes", False))
+    if group_scales or codes:
+        what = "group scales" if group_scales else "codes"
         for name, cd in deltas.items():
             if cd.form != "low_rank" or not any(isinstance(cd.parts[p], QuantPart) for u, _, v in cd.blocks for p in (u, v)):
-                raise ValueError(f"{name}: distill_scales trains the group scales of quantized low-rank factors (delta-come); this delta has none")
-    lowrank = _lowrank_modules({n: cd for n, cd in deltas.items() if cd.form == "low_rank" and n in params}, device, workdir, group_scales)
+                raise ValueError(f"{name}: distill_{what.split()[-1]} trains the {what} of quantized low-rank factors (delta-come); this delta has none")
+    lowrank = _lowrank_modules({n: cd for n, cd in deltas.items() if cd.form == "low_rank" and n in params}, device, workdir, group_scales, codes)
     users: dict[int, int] = {}  # tensors named more than once are tied to another module
     for _, t in student.named_parameters(remove_duplicate=False):
         users[id(t)] = users.get(id(t), 0) + 1
@@ -391,11 +466,14 @@ def distill(
         parametrize.register_parametrization(student.get_submodule(mod_name), pname, p, unsafe=True)
         pars[name] = p
     primary = [p.trained()[0] for p in pars.values()]  # α or the singular values' multipliers
-    scale_mults = [t for p in pars.values() for t in p.trained()[1:]]  # the group scales' (distill_scales)
-    trained = primary + scale_mults
+    factors = [f for p in pars.values() if isinstance(p, _ScaledLowRank) and isinstance(p.delta, _GroupScaledLowRank) for _, _, f in p.delta.quant_factors()]
+    scale_mults = [f.mult for f in factors if isinstance(f.mult, nn.Parameter)]  # the group scales' (distill_scales)
+    latents = [f.latent for f in factors if f.latent is not None]  # the codes' (distill_codes)
+    trained = primary + scale_mults + latents
     initial = [t.detach().clone() for t in trained]
     lr = cfg.distill_lr if cfg.distill_lr is not None else min((DEFAULT_LR[f] for f in forms), default=DEFAULT_LR["bitdelta"])
     scales_lr = (cfg.distill_lr if cfg.distill_lr is not None else DEFAULT_LR["group_scales"]) if group_scales else None
+    codes_lr = (getattr(cfg, "distill_codes_lr", None) or DEFAULT_CODES_LR) if codes else None
 
     n = len(tokens)
     n_hold = n // 8 if n >= 8 else 0
@@ -420,6 +498,7 @@ def distill(
     if trained and steps > 0:
         student.train(ckpt)  # transformers checkpoints in train mode only (no dropout: _checkpointable)
         groups = [{"params": primary, "lr": lr}] + ([{"params": scale_mults, "lr": scales_lr}] if scale_mults else [])
+        groups += [{"params": latents, "lr": codes_lr}] if latents else []
         opt = torch.optim.AdamW(groups, weight_decay=0.0)
         sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 0.5 * (1 + math.cos(math.pi * s / max(steps, 1))))
         g = torch.Generator().manual_seed(cfg.seed)
@@ -433,17 +512,19 @@ def distill(
             loss.backward()
             opt.step()
             sched.step()
+            for f in factors:
+                f.project_()
         student.eval()
     after = held_loss() if trained and steps > 0 else before
     kept = math.isfinite(after) and after < before and all(bool(torch.isfinite(t).all()) for t in trained)
     # the group scales are written as fp16: a trained one out of its range is a divergence too
-    scaled = [p.delta for p in pars.values() if isinstance(p, _ScaledLowRank) and isinstance(p.delta, _GroupScaledLowRank)]
-    kept = kept and all(bool(torch.isfinite(f.stored()).all()) for d in scaled for _, _, f in d.quant_factors())
+    kept = kept and all(bool(torch.isfinite(f.stored()).all()) for f in factors)
     if not kept:
         with torch.no_grad():
             for t, v in zip(trained, initial):
                 t.copy_(v)
 
+    moved = total = 0
     for name, p in pars.items():
         cd = deltas[name]
         if cd.form == "dense":
@@ -452,11 +533,17 @@ def distill(
             s0 = p.delta.s.float()
             s = s0 * p.mult.detach()
             if isinstance(p.delta, _GroupScaledLowRank):  # first: set_lowrank_scales reads Û, V̂ as written
-                cd.info["scale_change"] = set_group_scales(cd, p.delta)
+                n_codes = sum(f.latent.numel() for _, _, f in p.delta.quant_factors() if f.latent is not None)
+                cd.info["scale_change"], changed = set_quant_factors(cd, p.delta)
+                if changed is not None:
+                    cd.info["codes_changed"] = changed
+                    moved += changed * n_codes
+                    total += n_codes
             with torch.no_grad():
                 set_lowrank_scales(cd, p.delta, s)
             cd.info["s_change"] = float((s - s0).norm() / s0.norm().clamp(min=1e-30))
-    res = DistillResult(kind, before, after, kept, steps, lr, len(pars), time.perf_counter() - t0, ckpt, group_scales, scales_lr)
+    changed_share = (moved / total if total else 0.0) if codes else None
+    res = DistillResult(kind, before, after, kept, steps, lr, len(pars), time.perf_counter() - t0, ckpt, group_scales, scales_lr, codes, codes_lr, changed_share)
     del teacher, student, pars, lowrank
     return res
 

@@ -67,6 +67,12 @@ class CompressConfig:
     # delta-come with distill: train the packed singular vectors' fp16 group scales too (a
     # relative multiplier per stored scale, written back in the same bytes; distill.py)
     distill_scales: bool = False
+    # delta-come with distill: quantization-aware training of the packed singular vectors' codes
+    # (a latent per code, rounded straight through onto the stored grid; written back in the same
+    # bytes; distill.py). distill_codes_lr: the latents' learning rate in code levels (None:
+    # distill.DEFAULT_CODES_LR)
+    distill_codes: bool = False
+    distill_codes_lr: float | None = None
     # 'kl': KL(fine-tune ‖ compressed) of the next-token distributions; 'mse': of the logits (the
     # BitDelta paper's). KL ended closer to the fine-tune on held-out text on two tiny zoos
     # (docs/notes/2026-11-22-quality.md, session 6)
@@ -102,6 +108,12 @@ class CompressConfig:
             raise ValueError("--distill-scales trains the group scales within scale distillation: it needs --distill")
         if self.distill_scales and self.method != "delta-come":
             raise ValueError(f"--distill-scales applies to delta-come only (its quantized singular vectors' group scales), not {self.method}")
+        if self.distill_codes and not self.distill:
+            raise ValueError("--distill-codes trains the codes within scale distillation: it needs --distill")
+        if self.distill_codes and self.method != "delta-come":
+            raise ValueError(f"--distill-codes applies to delta-come only (its quantized singular vectors' codes), not {self.method}")
+        if self.distill_codes_lr is not None and not self.distill_codes_lr > 0:
+            raise ValueError(f"distill_codes_lr must be > 0, got {self.distill_codes_lr}")
         if self.distill_loss not in ("kl", "mse"):
             raise ValueError(f"distill loss must be 'kl' or 'mse', not '{self.distill_loss}'")
         if self.bits is not None and self.bits not in (1, 2, 3, 4, 8):
@@ -505,7 +517,7 @@ def compress(base_dir: str | Path, ft_dir: str | Path, out: str | Path, cfg: Com
             rows = {r["name"]: r for r in report_rows}
             for t, cd, stats in deferred:
                 stats["rel_error"] = rel_error(cd.approx, ft.get(t.name).float() - base.get(t.name).float())
-                for k in ("alpha", "s_change", "scale_change"):
+                for k in ("alpha", "s_change", "scale_change", "codes_changed"):
                     if k in cd.info:
                         stats[k] = float(cd.info[k])
                 if res.kept and cd.form == "low_rank":
