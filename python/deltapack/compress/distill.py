@@ -440,10 +440,10 @@ def distill(
     group_scales = bool(getattr(cfg, "distill_scales", False))
     codes = bool(getattr(cfg, "distill_codes", False))
     if group_scales or codes:
-        what = "group scales" if group_scales else "codes"
+        flag, what = ("distill_scales", "group scales") if group_scales else ("distill_codes", "codes")
         for name, cd in deltas.items():
             if cd.form != "low_rank" or not any(isinstance(cd.parts[p], QuantPart) for u, _, v in cd.blocks for p in (u, v)):
-                raise ValueError(f"{name}: distill_{what.split()[-1]} trains the {what} of quantized low-rank factors (delta-come); this delta has none")
+                raise ValueError(f"{name}: {flag} trains the {what} of quantized low-rank factors (delta-come); this delta has none")
     lowrank = _lowrank_modules({n: cd for n, cd in deltas.items() if cd.form == "low_rank" and n in params}, device, workdir, group_scales, codes)
     users: dict[int, int] = {}  # tensors named more than once are tied to another module
     for _, t in student.named_parameters(remove_duplicate=False):
