@@ -21,6 +21,10 @@ import tempfile
 import time
 from pathlib import Path
 
+# run as a script, bench/ is sys.path[0]; its kernels.py would then shadow the `kernels` package
+# (Hugging Face's hub kernels) that transformers imports where it is installed
+sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
+
 import torch
 
 from deltapack.compress.calib import LayerStream

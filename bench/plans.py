@@ -16,8 +16,13 @@ import datetime as dt
 import json
 import os
 import subprocess
+import sys
 import time
 from pathlib import Path
+
+# run as a script, bench/ is sys.path[0]; its kernels.py would then shadow the `kernels` package
+# (Hugging Face's hub kernels) that transformers imports where it is installed
+sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
 
 import torch
 

@@ -30,6 +30,9 @@ from typing import Any
 import torch
 
 ROOT = Path(__file__).resolve().parent.parent
+# run as a script, bench/ is sys.path[0]; its kernels.py would then shadow the `kernels` package
+# (Hugging Face's hub kernels) that transformers imports where it is installed
+sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
