@@ -12,5 +12,8 @@ set -u
     timeout 200 python3 -m pytest -q -p no:cacheprovider tests/kernels/test_delta_gemm.py -k "on_gpu and (every_encoding or mixed_batches)" > $OUT/tests_triton.log 2>&1
     echo "rc $?" >> $OUT/tests_triton.log
 ) &
-TASKS=code CELLS=${CELLS:-"a1:code:0.25:delta-come-kl-distill-scales a2:code:0.25:delta-come-kl-distill-codes"} bash bench/device/quality_cells.sh
+# the same 200 distillation steps first (the scales-only rows of sessions 11-12), then 400 for the
+# codes (on the CPU `small` zoo 400 steps helped the codes and not the scales alone:
+# bench/results/quality_cpu_small/s14)
+TASKS=code CELLS=${CELLS:-"a1:code:0.25:delta-come-kl-distill-scales a2:code:0.25:delta-come-kl-distill-codes b1:code:0.125:delta-come-kl-distill-scales b2:code:0.125:delta-come-kl-distill-codes:--distill-steps+400"} bash bench/device/quality_cells.sh
 wait

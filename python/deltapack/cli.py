@@ -257,7 +257,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--distill", action="store_true", help="bitdelta, delta-come, lowrank: train the scales (BitDelta's per-matrix scale, the low-rank deltas' singular values) against the fine-tune's logits on the calibration text; the file's size and format stay the same")
     s.add_argument("--distill-scales", action="store_true", help="delta-come, with --distill: also train the fp16 group scales of the quantized singular vectors (a relative multiplier per scale), written back in the same bytes")
     s.add_argument("--distill-codes", action="store_true", help="delta-come, with --distill: also train the codes of the quantized singular vectors (quantization-aware: a latent per code rounded straight through onto the stored grid), written back in the same bytes")
-    s.add_argument("--distill-codes-lr", type=float, default=None, help="learning rate of the codes' latents, in code levels (default 1e-2)")
+    s.add_argument("--distill-codes-lr", type=float, default=None, help="learning rate of the codes' latents, in code levels (default 3e-2)")
     s.add_argument("--distill-steps", type=int, default=200)
     s.add_argument("--distill-lr", type=float, help="distillation learning rate (default: 1e-4 for bitdelta's scales, 3e-2 for the low-rank singular values' and the group scales' relative multipliers; given, it sets all)")
     s.add_argument("--distill-no-checkpoint", action="store_true", help="keep every layer's activations for the distillation's backward pass instead of recomputing them (faster, much more memory)")
