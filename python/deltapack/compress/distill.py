@@ -69,7 +69,7 @@ LOSSES = ("kl", "mse")
 DEFAULT_LR = {"bitdelta": 1e-4, "low_rank": 3e-2, "group_scales": 3e-2}
 # the codes' latents move in code units (one level = 1.0; a code flips after its latent has
 # travelled 0.5): with AdamW's ~lr per step and the cosine decay, 200 steps move a latent by at
-# most ~4 levels at 3e-2 (``cfg.distill_codes_lr`` sets it; ``distill_lr`` does not). Session 14,
+# most ~3 levels at 3e-2 (``cfg.distill_codes_lr`` sets it; ``distill_lr`` does not). Session 14,
 # CPU `small` zoo, format task, 200 problems, 200 steps (bench/results/quality_cpu_small/s14):
 # at 0.125 bit 1e-2 / 3e-2 / 1e-1 kept 80.0 / 83.1 / 75.0 % (KL 0.098 / 0.090 / 0.152; group
 # scales alone 73.1 %, 0.126); at 0.25 bit 93.1 / 95.6 / 92.5 % (scales alone 92.5 %). At 1e-1
@@ -128,11 +128,11 @@ class _ScaledLowRank(nn.Module):
 class _QuantFactor(nn.Module):
     """One packed factor of a low-rank block as the file stores it (Vᵀ [r, in] or Uᵀ [r, out]),
     decoded as the reference path's ``dequantize`` does, with every stored group scale times a
-    multiplier (init 1: exactly the stored scales), trainable when ``scales``. Codes and zeros
-    stay fixed unless ``codes``: then their offsets (code − zero, float32: the memory of the
-    decoded factor that the singular values' path keeps) are unpacked once and a step only
+    multiplier (init 1: exactly the stored scales), trainable when ``scales``. Without
+    ``codes`` the codes and zeros stay fixed: their offsets (code − zero, float32: the memory of
+    the decoded factor that the singular values' path keeps) are unpacked once and a step only
     multiplies them by the scales. With ``codes`` each code has a trainable latent (init: the
-    code) that is rounded to the grid on the way in, straight through (module docstring)."""
+    code) that is rounded onto the grid on the way in, straight through (module docstring)."""
 
     def __init__(self, packed: PackedTensor, device: torch.device, scales: bool = True, codes: bool = False):
         super().__init__()
@@ -166,23 +166,19 @@ class _QuantFactor(nn.Module):
         return self.scaled().detach().to(self.scales.dtype)
 
     def codes(self) -> torch.Tensor:
-        """The codes as the student decodes them and the file will store them (float32 levels in
-        [0, 2^b − 1]; the stored ones when the codes are not trained)."""
+        """The trained codes as the student decodes them and the file will store them (float32
+        levels in [0, 2^b − 1])."""
         if self.latent is None:
             raise ValueError(f"{self.info.name}: its codes are not trained")
         return self.latent.detach().clamp(0, self.levels).round()
-
-    def trained(self) -> list[nn.Parameter]:
-        """The scales' multipliers (if trained), then the latent codes (if trained)."""
-        return [t for t in (self.mult, self.latent) if isinstance(t, nn.Parameter)]
 
     def forward(self) -> torch.Tensor:
         if self.latent is None:
             offsets = self.offsets
         else:
-            # straight through the round and the clamp alike: a clamp's own gradient is 0 at
-            # its bounds (torch's, at least for some), which would pin every code at 0 or
-            # 2^b − 1 (all 1-bit codes, many 2-bit ones) where it is
+            # straight through the round and the clamp alike: torch's clamp passes no gradient
+            # at its bounds, which would pin every code at 0 or 2^b − 1 (all 1-bit codes, many
+            # 2-bit ones) where it is
             lat = self.latent
             offsets = lat + (lat.detach().clamp(0, self.levels).round() - lat.detach()) - self.zero
         return scale_offsets(self.info, offsets, self.scaled())
